@@ -1,0 +1,39 @@
+"""Background jobs for Flask apps that need nothing but their own SQL database and HTTP."""
+
+from .errors import (
+    ConfigError,
+    InvalidDurationError,
+    InvalidOptionError,
+    InvalidPayloadError,
+    InvalidRetryError,
+    InvalidScheduleError,
+    InvalidStatusError,
+    JobNotFoundError,
+    QueueError,
+    StorageError,
+    UnknownQueueError,
+)
+from .extension import Handler, ProduceResult, Queue
+from .job import Job, JobStatus, ScheduleType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Handler",
+    "InvalidDurationError",
+    "InvalidOptionError",
+    "InvalidPayloadError",
+    "InvalidRetryError",
+    "InvalidScheduleError",
+    "InvalidStatusError",
+    "Job",
+    "JobNotFoundError",
+    "JobStatus",
+    "ProduceResult",
+    "Queue",
+    "QueueError",
+    "ScheduleType",
+    "StorageError",
+    "UnknownQueueError",
+]

@@ -1,0 +1,144 @@
+"""Every ``QUEUE_*`` key, its default, and the typed config read once per app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .durations import to_timedelta
+from .errors import ConfigError, QueueError
+from .models import DEFAULT_TABLE_NAME
+from .scheduling import retry_delays
+
+EXECUTORS = ("inline", "thread", "http")
+
+#: The defaults ``init_app`` sets with ``setdefault``; the README lists the same.
+DEFAULTS: dict[str, Any] = {
+    "QUEUE_SECRET": None,  # falls back to SECRET_KEY
+    "QUEUE_SECRET_FALLBACKS": [],  # older secrets still accepted on invoke (rotation)
+    "QUEUE_BASE_URL": None,
+    "QUEUE_INVOKE_URL": None,
+    "QUEUE_URL_PREFIX": "/_queue",
+    "QUEUE_EXECUTOR": "thread",
+    "QUEUE_THREADS": 4,
+    "QUEUE_SCHEDULER": False,
+    "QUEUE_PRODUCE_INTERVAL": "10s",
+    "QUEUE_PRODUCE_TOKEN": None,  # derived from the secret when unset
+    "QUEUE_PRODUCE_BUDGET": "20s",
+    "QUEUE_RETRY": ["10s", "1m", "10m"],
+    "QUEUE_LEASE": "16m",
+    "QUEUE_BATCH_SIZE": 100,
+    "QUEUE_KEEP_COMPLETED": 0,
+    "QUEUE_DASHBOARD_AUTH": None,
+    "QUEUE_TABLE_NAME": DEFAULT_TABLE_NAME,
+    "QUEUE_INVOKE_MAX_AGE": "5m",
+    "QUEUE_DISPATCH_TIMEOUT": "2s",
+}
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    secret_keys: list[str]  # newest last, as itsdangerous wants them
+    base_url: str | None
+    invoke_url: str | None
+    url_prefix: str
+    executor: str
+    threads: int
+    scheduler: bool
+    produce_interval: timedelta
+    produce_token: str | None
+    produce_budget: timedelta
+    retry: list[timedelta]
+    lease: timedelta
+    batch_size: int
+    keep_completed: timedelta
+    dashboard_auth: Callable[[], bool] | str | None
+    table_name: str
+    invoke_max_age: timedelta
+    dispatch_timeout: timedelta
+
+    @property
+    def secret(self) -> str | None:
+        return self.secret_keys[-1] if self.secret_keys else None
+
+
+def _positive_int(config: Mapping[str, Any], key: str) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive int, got {value!r}.")
+    return value
+
+
+def _duration(config: Mapping[str, Any], key: str, *, allow_zero: bool = False) -> timedelta:
+    value = config[key]
+    if value in (None, False) and allow_zero:
+        return timedelta(0)
+    try:
+        return to_timedelta(value, name=key, allow_zero=allow_zero)
+    except QueueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def read_config(config: Mapping[str, Any]) -> QueueConfig:
+    """Validate the app's ``QUEUE_*`` keys; every mistake names its key."""
+    executor = config["QUEUE_EXECUTOR"]
+    if executor not in EXECUTORS:
+        raise ConfigError(f"QUEUE_EXECUTOR must be one of {EXECUTORS}, got {executor!r}.")
+    secret = config["QUEUE_SECRET"] or config.get("SECRET_KEY")
+    fallbacks = config["QUEUE_SECRET_FALLBACKS"] or []
+    if isinstance(fallbacks, str):
+        fallbacks = [fallbacks]
+    secret_keys = [str(k) for k in fallbacks] + ([str(secret)] if secret else [])
+    if executor == "http" and not secret:
+        raise ConfigError(
+            "QUEUE_EXECUTOR='http' signs every invoke request: set QUEUE_SECRET"
+            " (or SECRET_KEY) to a long random string."
+        )
+    prefix = config["QUEUE_URL_PREFIX"]
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise ConfigError(f"QUEUE_URL_PREFIX must start with '/', got {prefix!r}.")
+    prefix = prefix.rstrip("/")
+    base_url = config["QUEUE_BASE_URL"]
+    invoke_url = config["QUEUE_INVOKE_URL"] or (
+        f"{base_url.rstrip('/')}{prefix}/invoke" if base_url else None
+    )
+    if executor == "http" and not invoke_url:
+        raise ConfigError(
+            "QUEUE_EXECUTOR='http' needs to know where to POST: set QUEUE_BASE_URL"
+            " (e.g. 'https://example.com') or QUEUE_INVOKE_URL."
+        )
+    try:
+        retry = retry_delays(config["QUEUE_RETRY"], name="QUEUE_RETRY")
+    except QueueError as exc:
+        raise ConfigError(str(exc)) from None
+    auth = config["QUEUE_DASHBOARD_AUTH"]
+    if auth is not None and not callable(auth) and not (isinstance(auth, str) and ":" in auth):
+        raise ConfigError(
+            "QUEUE_DASHBOARD_AUTH must be a callable returning True to allow, or"
+            " 'user:password' for HTTP Basic auth."
+        )
+    table_name = config["QUEUE_TABLE_NAME"]
+    if not isinstance(table_name, str) or not table_name.isidentifier():
+        raise ConfigError(f"QUEUE_TABLE_NAME must be a plain identifier, got {table_name!r}.")
+    return QueueConfig(
+        secret_keys=secret_keys,
+        base_url=base_url,
+        invoke_url=invoke_url,
+        url_prefix=prefix,
+        executor=executor,
+        threads=_positive_int(config, "QUEUE_THREADS"),
+        scheduler=bool(config["QUEUE_SCHEDULER"]),
+        produce_interval=_duration(config, "QUEUE_PRODUCE_INTERVAL"),
+        produce_token=config["QUEUE_PRODUCE_TOKEN"],
+        produce_budget=_duration(config, "QUEUE_PRODUCE_BUDGET"),
+        retry=retry,
+        lease=_duration(config, "QUEUE_LEASE"),
+        batch_size=_positive_int(config, "QUEUE_BATCH_SIZE"),
+        keep_completed=_duration(config, "QUEUE_KEEP_COMPLETED", allow_zero=True),
+        dashboard_auth=auth,
+        table_name=table_name,
+        invoke_max_age=_duration(config, "QUEUE_INVOKE_MAX_AGE"),
+        dispatch_timeout=_duration(config, "QUEUE_DISPATCH_TIMEOUT"),
+    )

@@ -1,0 +1,640 @@
+"""The ``Queue`` extension: registration, per-app state, enqueue and produce."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
+
+from flask import Flask, current_app
+
+from .config import DEFAULTS, QueueConfig, read_config
+from .durations import Duration, to_timedelta
+from .errors import (
+    ConfigError,
+    InvalidOptionError,
+    InvalidPayloadError,
+    InvalidScheduleError,
+    JobNotFoundError,
+    QueueError,
+    UnknownQueueError,
+)
+from .job import Job, JobStatus, ScheduleType
+from .models import job_table
+from .scheduling import next_cron, retry_delays, validate_cron, zone
+from .store import CRON_ID_PREFIX, RUNNING, SCHEDULED, JobStore, Row
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy.orm import Session, scoped_session
+
+    from .executors import Executor
+
+T = TypeVar("T")
+R = TypeVar("R")
+UTC = timezone.utc
+RetryPolicy = Union[int, Sequence[Duration]]
+AnySession = Union["Session", "scoped_session[Any]"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ProduceResult:
+    """What one producer call did. ``more`` is True when it stopped at its time
+    budget or batch bound with due jobs possibly left for the next call."""
+
+    claimed: int = 0
+    purged: int = 0
+    crons: dict[str, int] = field(default_factory=dict)
+    more: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "claimed": self.claimed,
+            "purged": self.purged,
+            "crons": self.crons,
+            "more": self.more,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+class Handler(Generic[T, R]):
+    """A registered handler: callable like the function it wraps, plus
+    ``enqueue`` typed against the handler's ``Job[T]``."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        name: str,
+        func: Callable[[Job[T]], R],
+        retry: list[timedelta] | None,
+    ) -> None:
+        self.queue = queue
+        self.name = name
+        self.func = func
+        self.retry = retry
+        self.__doc__ = func.__doc__
+        self.__name__ = getattr(func, "__name__", name)
+        self.__wrapped__ = func
+
+    def __call__(self, job: Job[T]) -> R:
+        return self.func(job)
+
+    def __repr__(self) -> str:
+        return f"<Handler {self.name!r}>"
+
+    def enqueue(
+        self,
+        payload: T,
+        *,
+        delay: Duration | None = None,
+        run_at: datetime | None = None,
+        id: str | None = None,
+        override: bool = False,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: Duration | None = None,
+        times: int | None = None,
+        retry: RetryPolicy | None = None,
+        session: AnySession | None = None,
+    ) -> Job[T]:
+        return self.queue.enqueue(
+            self.name,
+            payload,
+            delay=delay,
+            run_at=run_at,
+            id=id,
+            override=override,
+            cron=cron,
+            tz=tz,
+            every=every,
+            times=times,
+            retry=retry,
+            session=session,
+        )
+
+    def enqueue_many(self, payloads: Iterable[T], **options: Any) -> list[Job[T]]:
+        return self.queue.enqueue_many(self.name, payloads, **options)
+
+
+@dataclass
+class QueueState:
+    """Everything flask_queue keeps per app, in ``app.extensions["queue"]``."""
+
+    queue: Queue
+    app: Flask
+    db: SQLAlchemy
+    config: QueueConfig
+    store: JobStore
+    executor: Executor
+    scheduler: Any = None
+
+
+@dataclass
+class _Cron:
+    name: str
+    expr: str
+    tz: str
+    retry: list[timedelta] | None
+
+
+class Queue:
+    """Background jobs stored in the app's own database.
+
+    ``Queue()`` then ``init_app(app)`` (app factories), or ``Queue(app)``;
+    pass ``db=`` when Flask-SQLAlchemy is not registered on the app yet. One
+    ``Queue`` serves any number of apps; handlers and declared crons belong to
+    the ``Queue``, storage and config to each app.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        db: SQLAlchemy | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.db = db
+        #: Returns the current time (aware UTC). Tests swap it for a frozen clock.
+        self.clock: Callable[[], datetime] = clock or _utcnow
+        self.handlers: dict[str, Handler[Any, Any]] = {}
+        self.crons: dict[str, _Cron] = {}
+        self.dashboard_auth_callback: Callable[[], bool] | None = None
+        if app is not None:
+            self.init_app(app, db=db)
+
+    # -- setup -------------------------------------------------------------------
+
+    def init_app(self, app: Flask, *, db: SQLAlchemy | None = None) -> None:
+        if "queue" in app.extensions:
+            raise ConfigError(
+                f"flask_queue is already initialised on app {app.name!r}: call"
+                " init_app once per app (one Queue can serve many apps)."
+            )
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        config = read_config(app.config)
+        db = db or self.db or app.extensions.get("sqlalchemy")
+        if db is None:
+            raise ConfigError(
+                "flask_queue stores jobs with Flask-SQLAlchemy: call db.init_app(app)"
+                " before queue.init_app(app), or pass queue.init_app(app, db=db)."
+            )
+        table = job_table(db.metadata, config.table_name)
+        store = JobStore(_engine_getter(app, db), table, lambda: self.clock())
+
+        from .executors import make_executor
+
+        state = QueueState(
+            queue=self,
+            app=app,
+            db=db,
+            config=config,
+            store=store,
+            executor=None,  # type: ignore[arg-type]
+        )
+        state.executor = make_executor(state)
+        app.extensions["queue"] = state
+
+        from .views import make_blueprint
+
+        app.register_blueprint(make_blueprint(state), url_prefix=config.url_prefix)
+
+        from .cli import queue_cli
+
+        app.cli.add_command(queue_cli)
+
+        if config.scheduler:
+            from .scheduler import install_scheduler
+
+            install_scheduler(state)
+
+        # Let running handlers finish at interpreter exit without holding it open.
+        atexit.register(_shutdown_at_exit, weakref.ref(state))
+
+    def handler(
+        self, name: str, *, retry: RetryPolicy | None = None
+    ) -> Callable[[Callable[[Job[T]], R]], Handler[T, R]]:
+        """Register the decorated function as the handler of queue ``name``."""
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise InvalidOptionError(f"Invalid queue name {name!r}: use a non-empty string.")
+        delays = retry_delays(retry) if retry is not None else None
+
+        def decorator(func: Callable[[Job[T]], R]) -> Handler[T, R]:
+            if name in self.handlers:
+                raise ConfigError(f"Queue {name!r} already has a handler.")
+            handle: Handler[T, R] = Handler(self, name, func, delays)
+            self.handlers[name] = handle
+            return handle
+
+        return decorator
+
+    def cron(
+        self,
+        expr: str,
+        *,
+        name: str | None = None,
+        tz: str = "UTC",
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[Callable[[Job[None]], R]], Handler[None, R]]:
+        """Declare a repeating job: kept as exactly one row, synced at each produce.
+
+        Removing the declaration removes the row at the next sync; changing the
+        expression or timezone updates it.
+        """
+        validate_cron(expr)
+        zone(tz)
+
+        def decorator(func: Callable[[Job[None]], R]) -> Handler[None, R]:
+            cron_name = name or func.__name__
+            handle: Handler[None, R] = self.handler(cron_name, retry=retry)(func)
+            self.crons[cron_name] = _Cron(cron_name, expr, tz, handle.retry)
+            return handle
+
+        return decorator
+
+    def dashboard_auth(self, func: Callable[[], bool]) -> Callable[[], bool]:
+        """Register the callback that guards the dashboard: return True to allow."""
+        self.dashboard_auth_callback = func
+        return func
+
+    def state(self, app: Flask | None = None) -> QueueState:
+        """The per-app state of ``app`` (default: the current app)."""
+        if app is None:
+            try:
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+            except RuntimeError:
+                raise ConfigError(
+                    "flask_queue needs an app context: use `with app.app_context():`."
+                ) from None
+        state = app.extensions.get("queue")
+        if state is None or state.queue is not self:
+            raise ConfigError(
+                f"This Queue is not initialised on app {app.name!r}: call queue.init_app(app)."
+            )
+        return state  # type: ignore[no-any-return]
+
+    @property
+    def store(self) -> JobStore:
+        return self.state().store
+
+    # -- enqueue -------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        payload: Any,
+        *,
+        delay: Duration | None = None,
+        run_at: datetime | None = None,
+        id: str | None = None,
+        override: bool = False,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: Duration | None = None,
+        times: int | None = None,
+        retry: RetryPolicy | None = None,
+        session: AnySession | None = None,
+    ) -> Job[Any]:
+        """Store a job for queue ``name``; dispatch it now if it is due now.
+
+        With ``session=db.session`` the job is written in that session's
+        transaction: it commits or rolls back with the caller's rows, and is
+        dispatched only after the commit.
+        """
+        state = self.state()
+        if id is not None and (not isinstance(id, str) or not id or len(id) > 255):
+            raise InvalidOptionError(f"Invalid id {id!r}: use a non-empty string of at most 255.")
+        if override and id is None:
+            raise InvalidOptionError("override=True needs id=: it replaces the job with that id.")
+        row = self._row(
+            state, name, payload, delay, run_at, cron, tz, every, times, retry, custom_id=id
+        )
+        conn = session.connection() if session is not None else None
+        if id is not None:
+            job, created = state.store.insert_unique(row, override=override, conn=conn)
+        else:
+            state.store.insert([row], conn=conn)
+            job, created = state.store.to_job(row), True
+        if created and job.status is JobStatus.RUNNING:
+            self._dispatch_after_commit(state, [job], session)
+        return job
+
+    def enqueue_many(
+        self,
+        name: str,
+        payloads: Iterable[Any],
+        *,
+        delay: Duration | None = None,
+        run_at: datetime | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        every: Duration | None = None,
+        times: int | None = None,
+        retry: RetryPolicy | None = None,
+        session: AnySession | None = None,
+        **unsupported: Any,
+    ) -> list[Job[Any]]:
+        """Store one job per payload in one INSERT (per 500 rows); same options for all."""
+        if unsupported:
+            raise InvalidOptionError(
+                f"enqueue_many does not take {sorted(unsupported)}: a custom id names one job."
+            )
+        state = self.state()
+        items = list(payloads)
+        rows = [
+            self._row(state, name, p, delay, run_at, cron, tz, every, times, retry, custom_id=None)
+            for p in items
+        ]
+        conn = session.connection() if session is not None else None
+        state.store.insert(rows, conn=conn)
+        jobs = [state.store.to_job(r) for r in rows]
+        self._dispatch_after_commit(
+            state, [j for j in jobs if j.status is JobStatus.RUNNING], session
+        )
+        return jobs
+
+    def _row(
+        self,
+        state: QueueState,
+        name: str,
+        payload: Any,
+        delay: Duration | None,
+        run_at: datetime | None,
+        cron: str | None,
+        tz: str | None,
+        every: Duration | None,
+        times: int | None,
+        retry: RetryPolicy | None,
+        *,
+        custom_id: str | None,
+    ) -> Row:
+        """Validate every option and build the row; nothing is written before this passes."""
+        if name not in self.handlers:
+            known = ", ".join(sorted(self.handlers)) or "none"
+            raise UnknownQueueError(
+                f"Unknown queue {name!r}: register it with @queue.handler({name!r})"
+                f" (registered: {known})."
+            )
+        encoded = encode_payload(payload)
+        now = self.clock()
+        if cron is not None and every is not None:
+            raise InvalidOptionError(
+                f"cron={cron!r} and every={every!r} both given: a job repeats one way."
+            )
+        if delay is not None and run_at is not None:
+            raise InvalidOptionError("delay= and run_at= both given: pass one of them.")
+        if tz is not None and cron is None:
+            raise InvalidOptionError(f"tz={tz!r} given without cron=: it is the cron's timezone.")
+        if times is not None:
+            if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+                raise InvalidScheduleError(f"Invalid times {times!r}: must be an int >= 1.")
+            if cron is None and every is None:
+                raise InvalidOptionError(f"times={times} given without cron= or every=.")
+        schedule_type: str | None = None
+        schedule: str | None = None
+        when: datetime | None = None
+        if run_at is not None:
+            if not isinstance(run_at, datetime):
+                raise InvalidOptionError(f"Invalid run_at {run_at!r}: expected a datetime.")
+            when = run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)
+        elif delay is not None:
+            when = now + to_timedelta(delay, name="delay")
+        if cron is not None:
+            validate_cron(cron)
+            tz = tz or "UTC"
+            zone(tz)
+            schedule_type, schedule = ScheduleType.CRON.value, cron
+            when = when or next_cron(cron, tz, now)
+        elif every is not None:
+            interval = to_timedelta(every, name="every", allow_zero=False)
+            schedule_type = ScheduleType.EVERY.value
+            # Stored as given when it is a string, so the dashboard shows "5 minutes".
+            schedule = every if isinstance(every, str) else f"{interval.total_seconds():g}s"
+            when = when or now + interval
+        retry_seconds = (
+            json.dumps([d.total_seconds() for d in retry_delays(retry)])
+            if retry is not None
+            else None
+        )
+        when = when or now
+        immediate = when <= now
+        return state.store.new_row(
+            custom_id=custom_id,
+            queue=name,
+            payload=encoded,
+            run_at=when,
+            status=RUNNING if immediate else SCHEDULED,
+            attempt=1 if immediate else 0,
+            lease_until=now + state.config.lease if immediate else None,
+            schedule_type=schedule_type,
+            schedule=schedule,
+            count_limit=times,
+            tz=tz if cron is not None else None,
+            retry=retry_seconds,
+        )
+
+    def _dispatch_after_commit(
+        self, state: QueueState, jobs: list[Job[Any]], session: AnySession | None
+    ) -> None:
+        if not jobs:
+            return
+        if session is None:
+            for job in jobs:
+                state.executor.submit(job)
+            return
+        real = session() if callable(session) else session  # scoped_session -> Session
+        pending = real.info.setdefault("flask_queue_pending", [])
+        pending.extend((state, job) for job in jobs)
+        if not real.info.get("flask_queue_hooked"):
+            from sqlalchemy import event
+
+            event.listen(real, "after_commit", _dispatch_pending)
+            event.listen(real, "after_rollback", _drop_pending)
+            real.info["flask_queue_hooked"] = True
+
+    # -- reads and admin ------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job[Any] | None:
+        return self.store.get(job_id)
+
+    def get_by_custom_id(self, custom_id: str) -> Job[Any] | None:
+        return self.store.get_by_custom_id(custom_id)
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a job; False when there was none."""
+        return self.store.delete(job_id)
+
+    def retry(self, job_id: str) -> Job[Any]:
+        """Put a FAILED job back to SCHEDULED, due now."""
+        return self.store.retry(job_id)
+
+    def run_now(self, job_id: str) -> Job[Any]:
+        """Make a SCHEDULED or FAILED job due now and dispatch it at the next produce."""
+        return self.store.run_now(job_id)
+
+    def jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Job[Any]]:
+        """Jobs ordered by run time; ``status`` as the enum or its name."""
+        return self.store.jobs(status=_status(status), queue=queue, limit=limit, after=after)
+
+    def require(self, job_id: str) -> Job[Any]:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"No job with id {job_id!r}.")
+        return job
+
+    # -- producing -----------------------------------------------------------------
+
+    def sync_crons(self) -> dict[str, int]:
+        """Make the table hold exactly the crons declared with ``@queue.cron``."""
+        state = self.state()
+        now = self.clock()
+        declared = {
+            c.name: (
+                c.expr,
+                c.tz,
+                state.store.new_row(
+                    custom_id=CRON_ID_PREFIX + c.name,
+                    queue=c.name,
+                    payload="null",
+                    run_at=next_cron(c.expr, c.tz, now),
+                    status=SCHEDULED,
+                    schedule_type=ScheduleType.CRON.value,
+                    schedule=c.expr,
+                    tz=c.tz,
+                ),
+            )
+            for c in self.crons.values()
+        }
+        return state.store.sync_crons(declared)
+
+    def produce(self, *, executor: Executor | None = None) -> ProduceResult:
+        """Claim due jobs in batches and hand them to the executor.
+
+        Returns within about ``QUEUE_PRODUCE_BUDGET``; what is left is claimed
+        by the next call.
+        """
+        state = self.state()
+        config = state.config
+        runner = executor or state.executor
+        started = time.monotonic()
+        budget = config.produce_budget.total_seconds()
+        crons = self.sync_crons()
+        purged = 0
+        if config.keep_completed:
+            purged = state.store.purge_completed(self.clock() - config.keep_completed)
+        claimed, more = 0, False
+        while True:
+            room = min(config.batch_size, runner.capacity())
+            if room <= 0:
+                more = True
+                break
+            jobs = state.store.claim(room, config.lease)
+            for job in jobs:
+                runner.submit(job)
+            claimed += len(jobs)
+            if len(jobs) < room:
+                break
+            if time.monotonic() - started >= budget:
+                more = True
+                break
+        runner.flush(budget - (time.monotonic() - started))
+        return ProduceResult(
+            claimed=claimed,
+            purged=purged,
+            crons=crons,
+            more=more,
+            seconds=time.monotonic() - started,
+        )
+
+    def produce_token(self) -> str:
+        """The bearer token ``/produce`` accepts (``QUEUE_PRODUCE_TOKEN`` or derived)."""
+        from .signing import produce_token
+
+        config = self.state().config
+        if config.produce_token:
+            return str(config.produce_token)
+        if not config.secret:
+            raise ConfigError(
+                "No produce token: set QUEUE_PRODUCE_TOKEN, or QUEUE_SECRET/SECRET_KEY to"
+                " derive one from."
+            )
+        return produce_token(config.secret)
+
+
+def _status(status: JobStatus | str | None) -> str | None:
+    if status is None:
+        return None
+    if isinstance(status, JobStatus):
+        return status.value
+    try:
+        return JobStatus[str(status).upper()].value
+    except KeyError:
+        raise InvalidOptionError(
+            f"Unknown status {status!r}: use one of {', '.join(s.value for s in JobStatus)}."
+        ) from None
+
+
+def encode_payload(payload: Any) -> str:
+    """JSON text of ``payload``, refusing anything that would not come back equal."""
+    try:
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayloadError(
+            f"Payload {_short(payload)} is not JSON-serialisable: {exc}."
+        ) from None
+    back = json.loads(text)
+    if back != payload or type(back) is not type(payload):
+        raise InvalidPayloadError(
+            f"Payload {_short(payload)} does not survive a JSON round trip (it would come"
+            f" back as {_short(back)}); use lists, dicts with str keys, str, numbers,"
+            " bools and None."
+        )
+    return text
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _engine_getter(app: Flask, db: SQLAlchemy) -> Callable[[], Any]:
+    def get() -> Any:
+        with app.app_context():
+            return db.engine
+
+    return get
+
+
+def _shutdown_at_exit(ref: weakref.ref[QueueState]) -> None:
+    state = ref()
+    if state is not None:
+        state.executor.shutdown(wait=False)
+
+
+def _dispatch_pending(session: Session) -> None:
+    for state, job in session.info.pop("flask_queue_pending", []):
+        state.executor.submit(job)
+
+
+def _drop_pending(session: Session) -> None:
+    session.info.pop("flask_queue_pending", None)
+
+
+__all__ = ["Handler", "ProduceResult", "Queue", "QueueError", "QueueState"]

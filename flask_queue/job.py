@@ -1,0 +1,91 @@
+"""The job as handlers, callers and the dashboard see it."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id() -> str:
+    """A 26-character, time-ordered, collision-resistant id (ULID layout, lower case).
+
+    48 bits of milliseconds then 80 random bits: ids sort by creation time, which
+    keeps inserts at the right edge of the primary-key index and gives keyset
+    pagination a stable order, and two ids collide only with ~2^-80 odds.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+class JobStatus(str, enum.Enum):
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+    COMPLETED = "COMPLETED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ScheduleType(str, enum.Enum):
+    CRON = "CRON"
+    EVERY = "EVERY"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Job(Generic[T]):
+    """One row of the job table, with the payload decoded.
+
+    ``Job[T]`` is what a handler receives; ``T`` is the payload type that
+    ``handle.enqueue(...)`` is checked against.
+    """
+
+    id: str
+    queue: str
+    payload: T
+    run_at: datetime
+    status: JobStatus
+    custom_id: str | None = None
+    reason: str | None = None
+    count: int = 0
+    schedule_type: ScheduleType | None = None
+    schedule: str | None = None
+    count_limit: int | None = None
+    tz: str | None = None
+    attempt: int = 0
+    errors: int = 0
+    retry: list[float] | None = None
+    lease_until: datetime | None = None
+    started_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def is_repeating(self) -> bool:
+        return self.schedule_type is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view, for the CLI and API responses."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[key] = value
+        return out

@@ -1,0 +1,67 @@
+"""The job table, declared on the app's own ``db.metadata``.
+
+Declaring it there (not on a private metadata) is what lets ``db.create_all()``
+create it and ``flask db migrate`` autogenerate it alongside the app's models. It
+is a Core ``Table`` rather than an ORM class: the store only issues Core
+statements (cheaper on the hot paths), and a Core table can be declared once per
+metadata without touching the app's declarative class registry.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+DEFAULT_TABLE_NAME = "queue_job"
+
+# MySQL/MariaDB DATETIME keeps whole seconds unless asked for more; run_at ordering
+# and leases need sub-second precision. TEXT there is 64 KiB; tracebacks and
+# payloads can be longer.
+_DateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """Return the job table called ``name`` on ``metadata``, declaring it once."""
+    existing = metadata.tables.get(name)
+    if existing is not None:
+        if not existing.info.get("flask_queue"):
+            raise ValueError(
+                f"Table {name!r} already exists on this metadata and is not a flask_queue"
+                " job table; set QUEUE_TABLE_NAME to another name."
+            )
+        return existing
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("custom_id", sa.String(255), nullable=True, unique=True),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("payload", _LongText, nullable=False),
+        sa.Column("run_at", _DateTime, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("reason", _LongText, nullable=True),
+        sa.Column("count", sa.Integer, nullable=False, default=0),
+        sa.Column("schedule_type", sa.String(8), nullable=True),
+        sa.Column("schedule", sa.String(255), nullable=True),
+        sa.Column("count_limit", sa.Integer, nullable=True),
+        sa.Column("tz", sa.String(64), nullable=True),
+        # attempt: runs started, never reset; the signed invoke request names it, so
+        # a stale or replayed request for an earlier run is refused.
+        sa.Column("attempt", sa.Integer, nullable=False, default=0),
+        # errors: consecutive failures of the current run, measured against retry.
+        sa.Column("errors", sa.Integer, nullable=False, default=0),
+        sa.Column("retry", sa.Text, nullable=True),
+        sa.Column("lease_until", _DateTime, nullable=True),
+        sa.Column("started_at", _DateTime, nullable=True),
+        sa.Column("created_at", _DateTime, nullable=False),
+        sa.Column("updated_at", _DateTime, nullable=False),
+        # The producer's claim: due SCHEDULED rows by run_at, expired RUNNING leases.
+        sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
+        sa.Index(f"ix_{name}_status_lease_until", "status", "lease_until"),
+        # Lookups and counts by queue (dashboard filters, per-queue bulk actions).
+        sa.Index(f"ix_{name}_queue_status", "queue", "status"),
+        # Declared crons are found by type on every produce; keep that off a scan.
+        sa.Index(f"ix_{name}_schedule_type", "schedule_type"),
+        info={"flask_queue": True},
+    )

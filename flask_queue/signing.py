@@ -1,0 +1,89 @@
+"""Signing the invoke request and deriving the produce token.
+
+Security reasoning:
+
+* The invoke body is an itsdangerous timed token over ``{"id", "attempt"}`` with a
+  salt of its own, so a signature made for anything else the app signs with
+  ``SECRET_KEY`` (sessions, CSRF) is never valid here.
+* The token is verified over the exact bytes received — nothing parses or
+  re-encodes the body first.
+* The age limit bounds how long a captured request is usable at all; the attempt
+  number makes it single-use: the store starts a run only for the job's current,
+  not-yet-started attempt, so a replay inside the age window runs nothing.
+* Key rotation: itsdangerous signs with the newest key and verifies against every
+  key in ``QUEUE_SECRET_FALLBACKS`` + ``QUEUE_SECRET``.
+* The produce token is derived from the secret with its own salt (never the
+  secret itself), and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import timedelta
+
+from itsdangerous import BadData, BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.signer import Signer
+
+INVOKE_SALT = "flask_queue.invoke"
+PRODUCE_SALT = "flask_queue.produce-token"
+
+
+class InvokeRefused(Exception):
+    """The invoke request is not one we signed (or no longer valid)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InvokeRequest:
+    job_id: str
+    attempt: int
+
+
+def _serializer(secret_keys: list[str]) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret_keys, salt=INVOKE_SALT)
+
+
+def sign_invoke(secret_keys: list[str], job_id: str, attempt: int) -> bytes:
+    return _serializer(secret_keys).dumps({"id": job_id, "attempt": attempt}).encode()
+
+
+def verify_invoke(secret_keys: list[str], body: bytes, max_age: timedelta) -> InvokeRequest:
+    """Check a raw invoke body; raise :class:`InvokeRefused` with the HTTP status."""
+    if not body.strip():
+        raise InvokeRefused(401, "Missing signed body.")
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvokeRefused(400, "Body is not a flask_queue token.") from None
+    try:
+        data = _serializer(secret_keys).loads(text.strip(), max_age=int(max_age.total_seconds()))
+    except SignatureExpired:
+        raise InvokeRefused(403, "Signature expired.") from None
+    except BadSignature as exc:
+        # BadPayload (a subclass) would mean our own signature over garbage:
+        # impossible without the key, so it is treated like any other forgery.
+        raise InvokeRefused(403, "Bad signature.") from exc
+    except BadData:
+        raise InvokeRefused(400, "Body is not a flask_queue token.") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("id"), str)
+        or not isinstance(data.get("attempt"), int)
+        or isinstance(data.get("attempt"), bool)
+    ):
+        raise InvokeRefused(400, "Signed body does not name a job id and attempt.")
+    return InvokeRequest(job_id=data["id"], attempt=data["attempt"])
+
+
+def produce_token(secret: str) -> str:
+    """The bearer token ``/produce`` accepts when ``QUEUE_PRODUCE_TOKEN`` is unset."""
+    return Signer(secret, salt=PRODUCE_SALT).derive_key().hex()
+
+
+def tokens_equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())

@@ -1,0 +1,509 @@
+"""The job store: the only module that writes SQL.
+
+The extension, runner, producer, CLI and dashboard call these methods; none of them
+builds a statement. Driver errors are wrapped here, once, into
+:class:`~flask_queue.errors.StorageError`.
+
+Times are stored as naive UTC (portable across SQLite, PostgreSQL and MySQL) and
+handed out as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .errors import JobNotFoundError, StorageError
+from .job import Job, JobStatus, ScheduleType, new_id
+
+UTC = timezone.utc
+Row = dict[str, Any]
+
+SCHEDULED = JobStatus.SCHEDULED.value
+RUNNING = JobStatus.RUNNING.value
+FAILED = JobStatus.FAILED.value
+COMPLETED = JobStatus.COMPLETED.value
+
+#: Rows per multi-VALUES INSERT: ~21 columns each stays under SQLite's 32,766
+#: bound-parameter limit and MySQL's default max_allowed_packet for small payloads.
+INSERT_CHUNK = 500
+#: InnoDB may report a deadlock between concurrent claimers even with SKIP LOCKED.
+DEADLOCK_RETRIES = 5
+CRON_ID_PREFIX = "flask_queue.cron:"
+
+
+def naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def aware_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _is_deadlock(exc: sa.exc.DBAPIError) -> bool:
+    args = getattr(exc.orig, "args", ())
+    # MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout. PostgreSQL: 40P01.
+    return bool(args and args[0] in (1213, 1205)) or getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
+@contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        raise StorageError(f"Could not {action}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What the runner decided after a run; the store applies it atomically."""
+
+    status: str  # COMPLETED, SCHEDULED (retry or next occurrence), FAILED, or "DELETE"
+    run_at: datetime | None = None
+    reason: str | None = None
+    count: int | None = None
+    errors: int = 0
+    failed_copy_reason: str | None = None  # a failed run of a repeating job, kept apart
+
+
+class JobStore:
+    def __init__(
+        self, engine: Callable[[], Engine], table: sa.Table, clock: Callable[[], datetime]
+    ) -> None:
+        self._engine_getter = engine
+        self._engine: Engine | None = None
+        self.table = table
+        self.clock = clock
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._engine_getter()
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def now(self) -> datetime:
+        return naive_utc(self.clock())
+
+    # -- conversion -------------------------------------------------------------
+
+    def to_job(self, row: Any) -> Job[Any]:
+        m = row._mapping if hasattr(row, "_mapping") else row
+        return Job(
+            id=m["id"],
+            queue=m["queue"],
+            payload=json.loads(m["payload"]),
+            run_at=aware_utc(m["run_at"]),  # type: ignore[arg-type]
+            status=JobStatus(m["status"]),
+            custom_id=m["custom_id"],
+            reason=m["reason"],
+            count=m["count"],
+            schedule_type=ScheduleType(m["schedule_type"]) if m["schedule_type"] else None,
+            schedule=m["schedule"],
+            count_limit=m["count_limit"],
+            tz=m["tz"],
+            attempt=m["attempt"],
+            errors=m["errors"],
+            retry=json.loads(m["retry"]) if m["retry"] else None,
+            lease_until=aware_utc(m["lease_until"]),
+            started_at=aware_utc(m["started_at"]),
+            created_at=aware_utc(m["created_at"]),
+            updated_at=aware_utc(m["updated_at"]),
+        )
+
+    def new_row(self, **values: Any) -> Row:
+        """A complete row with defaults; callers pass what differs."""
+        now = self.now()
+        row: Row = {
+            "id": new_id(),
+            "custom_id": None,
+            "reason": None,
+            "count": 0,
+            "schedule_type": None,
+            "schedule": None,
+            "count_limit": None,
+            "tz": None,
+            "attempt": 0,
+            "errors": 0,
+            "retry": None,
+            "lease_until": None,
+            "started_at": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        row.update(values)
+        for key in ("run_at", "lease_until", "started_at", "created_at", "updated_at"):
+            if row.get(key) is not None:
+                row[key] = naive_utc(row[key])
+        return row
+
+    # -- writes from enqueue ----------------------------------------------------
+
+    def insert(self, rows: Sequence[Row], *, conn: Connection | None = None) -> None:
+        """Insert rows in as few statements as possible (one per INSERT_CHUNK rows)."""
+        if not rows:
+            return
+        with _storage_errors("insert jobs"), self._begin(conn) as c:
+            for start in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[start : start + INSERT_CHUNK]
+                if len(chunk) == 1:
+                    c.execute(sa.insert(self.table).values(**chunk[0]))
+                else:
+                    c.execute(sa.insert(self.table).values(list(chunk)))
+
+    def insert_unique(
+        self, row: Row, *, override: bool, conn: Connection | None = None
+    ) -> tuple[Job[Any], bool]:
+        """Insert a row with a custom id; return (job, created).
+
+        An existing live job with that custom id is kept and returned unless
+        ``override``, which replaces it. A COMPLETED history row is not live: it
+        gives up its custom id and stays as history.
+        """
+        t = self.table
+        cid = row["custom_id"]
+        for _ in range(3):
+            try:
+                with _storage_errors("enqueue a job"), self._begin(conn, nested=True) as c:
+                    existing = c.execute(sa.select(t).where(t.c.custom_id == cid)).first()
+                    if existing is not None:
+                        status = existing._mapping["status"]
+                        if status == COMPLETED:
+                            c.execute(
+                                sa.update(t).where(t.c.id == existing.id).values(custom_id=None)
+                            )
+                        elif not override:
+                            return self.to_job(existing), False
+                        else:
+                            c.execute(sa.delete(t).where(t.c.id == existing.id))
+                    c.execute(sa.insert(t).values(**row))
+                    return self.to_job(row), True
+            except StorageError as exc:
+                # A concurrent enqueue inserted the same custom id first: go round
+                # again and see (or replace) what it wrote.
+                if not isinstance(exc.__cause__, sa.exc.IntegrityError):
+                    raise
+        raise StorageError(f"Could not enqueue job with id {cid!r}: it kept changing underneath.")
+
+    @contextmanager
+    def _begin(self, conn: Connection | None, *, nested: bool = False) -> Iterator[Connection]:
+        """A transaction: our own, or (for transactional enqueue) the caller's.
+
+        Inside the caller's transaction a SAVEPOINT isolates a statement that may
+        fail on a unique key, so the caller's transaction survives it.
+        """
+        if conn is None:
+            with self.engine.begin() as c:
+                yield c
+        elif nested:
+            with conn.begin_nested():
+                yield conn
+        else:
+            yield conn
+
+    # -- reads ------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job[Any] | None:
+        t = self.table
+        with _storage_errors("read a job"), self.engine.connect() as c:
+            row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
+        return self.to_job(row) if row else None
+
+    def get_by_custom_id(self, custom_id: str) -> Job[Any] | None:
+        t = self.table
+        with _storage_errors("read a job"), self.engine.connect() as c:
+            row = c.execute(sa.select(t).where(t.c.custom_id == custom_id)).first()
+        return self.to_job(row) if row else None
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Job[Any]]:
+        """Jobs ordered by (run_at, id), a page of ``limit`` after the key ``after``."""
+        t = self.table
+        stmt = sa.select(t)
+        if status is not None:
+            stmt = stmt.where(t.c.status == status)
+        if queue is not None:
+            stmt = stmt.where(t.c.queue == queue)
+        if after is not None:
+            run_at, last_id = after
+            run_at = naive_utc(run_at)
+            stmt = stmt.where(
+                sa.or_(t.c.run_at > run_at, sa.and_(t.c.run_at == run_at, t.c.id > last_id))
+            )
+        stmt = stmt.order_by(t.c.run_at, t.c.id).limit(limit)
+        with _storage_errors("list jobs"), self.engine.connect() as c:
+            return [self.to_job(r) for r in c.execute(stmt)]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (status, queue)."""
+        t = self.table
+        stmt = sa.select(t.c.status, t.c.queue, sa.func.count()).group_by(t.c.status, t.c.queue)
+        with _storage_errors("count jobs"), self.engine.connect() as c:
+            return {(s, q): n for s, q, n in c.execute(stmt)}
+
+    # -- admin actions ----------------------------------------------------------
+
+    def delete(self, job_id: str) -> bool:
+        t = self.table
+        with _storage_errors("delete a job"), self.engine.begin() as c:
+            return c.execute(sa.delete(t).where(t.c.id == job_id)).rowcount > 0
+
+    def retry(self, job_id: str) -> Job[Any]:
+        """A FAILED job goes back to SCHEDULED, due now, with a fresh retry budget."""
+        return self._reschedule_now(job_id, (FAILED,), "retry")
+
+    def run_now(self, job_id: str) -> Job[Any]:
+        """A SCHEDULED or FAILED job becomes due now."""
+        return self._reschedule_now(job_id, (SCHEDULED, FAILED), "run now")
+
+    def _reschedule_now(self, job_id: str, allowed: tuple[str, ...], action: str) -> Job[Any]:
+        from .errors import InvalidStatusError
+
+        t = self.table
+        now = self.now()
+        with _storage_errors(f"{action} a job"), self.engine.begin() as c:
+            result = c.execute(
+                sa.update(t)
+                .where(t.c.id == job_id, t.c.status.in_(allowed))
+                .values(status=SCHEDULED, run_at=now, errors=0, lease_until=None, updated_at=now)
+            )
+            row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFoundError(f"No job with id {job_id!r}.")
+        if result.rowcount == 0:
+            raise InvalidStatusError(
+                f"Cannot {action} job {job_id!r}: it is {row._mapping['status']},"
+                f" and only {'/'.join(allowed)} jobs can be."
+            )
+        return self.to_job(row)
+
+    # -- the run path ----------------------------------------------------------
+
+    def _due(self, now: datetime) -> sa.ColumnElement[bool]:
+        t = self.table
+        return sa.or_(
+            sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now),
+            sa.and_(t.c.status == RUNNING, t.c.lease_until <= now),
+        )
+
+    def claim(self, limit: int, lease: timedelta) -> list[Job[Any]]:
+        """Atomically take up to ``limit`` due jobs; each is claimed by one caller.
+
+        Due means SCHEDULED with ``run_at`` reached, or RUNNING with an expired
+        lease (its runner died). A claimed job is RUNNING with ``attempt`` + 1 and a
+        new lease; ``started_at`` is cleared until a runner actually starts it.
+        """
+        now = self.now()
+        t = self.table
+        values = {
+            "status": RUNNING,
+            "attempt": t.c.attempt + 1,
+            "lease_until": now + lease,
+            "started_at": None,
+            "updated_at": now,
+        }
+        candidates = sa.select(t.c.id).where(self._due(now)).order_by(t.c.run_at).limit(limit)
+        with _storage_errors("claim jobs"):
+            if self.dialect == "postgresql":
+                # The CTE fences the LIMIT: without it the planner may re-evaluate the
+                # subquery per row and update more than ``limit`` rows.
+                cte = candidates.with_for_update(skip_locked=True).cte("claimable")
+                stmt = sa.update(t).where(t.c.id == cte.c.id).values(values).returning(*t.c)
+                with self.engine.begin() as c:
+                    return [self.to_job(r) for r in c.execute(stmt)]
+            if self.dialect == "sqlite":
+                # One writer at a time: a single UPDATE ... RETURNING is atomic.
+                stmt = (
+                    sa.update(t)
+                    .where(t.c.id.in_(candidates.scalar_subquery()))
+                    .values(values)
+                    .returning(*t.c)
+                )
+                with self.engine.begin() as c:
+                    return [self.to_job(r) for r in c.execute(stmt)]
+            return self._claim_mysql(candidates.with_for_update(skip_locked=True), values)
+
+    def _claim_mysql(self, candidates: sa.Select[Any], values: dict[str, Any]) -> list[Job[Any]]:
+        # No UPDATE ... RETURNING: lock the ids, update them as one set, read them
+        # back, all in one transaction; retry the whole of it on an InnoDB deadlock.
+        t = self.table
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                with self.engine.begin() as c:
+                    ids = list(c.execute(candidates).scalars())
+                    if not ids:
+                        return []
+                    c.execute(sa.update(t).where(t.c.id.in_(ids)).values(values))
+                    rows = c.execute(sa.select(t).where(t.c.id.in_(ids)).order_by(t.c.run_at))
+                    return [self.to_job(r) for r in rows]
+            except sa.exc.DBAPIError as exc:
+                if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        return []  # pragma: no cover - the loop returns or raises
+
+    def start(self, job_id: str, attempt: int, lease: timedelta) -> tuple[Job[Any] | None, str]:
+        """Mark a claimed run as started; exactly one caller per attempt wins.
+
+        Returns (job, "ok"), or (None, "missing") for an unknown id, or
+        (None, "stale") when the attempt is not the current, unstarted one — a
+        replayed or late request — and the row is left as it was.
+        """
+        t = self.table
+        now = self.now()
+        with _storage_errors("start a job"), self.engine.begin() as c:
+            result = c.execute(
+                sa.update(t)
+                .where(
+                    t.c.id == job_id,
+                    t.c.attempt == attempt,
+                    t.c.status == RUNNING,
+                    t.c.started_at.is_(None),
+                )
+                .values(started_at=now, lease_until=now + lease, updated_at=now)
+            )
+            row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
+        if row is None:
+            return None, "missing"
+        if result.rowcount != 1:
+            return None, "stale"
+        return self.to_job(row), "ok"
+
+    def finish(self, job: Job[Any], outcome: Finish) -> bool:
+        """Apply a run's outcome if the run still owns the row; False if it does not."""
+        t = self.table
+        now = self.now()
+        owned = sa.and_(t.c.id == job.id, t.c.attempt == job.attempt, t.c.status == RUNNING)
+        with _storage_errors("finish a job"), self.engine.begin() as c:
+            if outcome.status == "DELETE":
+                return c.execute(sa.delete(t).where(owned)).rowcount == 1
+            values: dict[str, Any] = {
+                "status": outcome.status,
+                "errors": outcome.errors,
+                "lease_until": None,
+                "started_at": None if outcome.status == SCHEDULED else t.c.started_at,
+                "updated_at": now,
+                "reason": outcome.reason,
+            }
+            if outcome.run_at is not None:
+                values["run_at"] = naive_utc(outcome.run_at)
+            if outcome.count is not None:
+                values["count"] = outcome.count
+            if c.execute(sa.update(t).where(owned).values(values)).rowcount != 1:
+                return False
+            if outcome.failed_copy_reason is not None:
+                c.execute(
+                    sa.insert(t).values(
+                        **self.new_row(
+                            queue=job.queue,
+                            payload=json.dumps(job.payload),
+                            run_at=job.run_at,
+                            status=FAILED,
+                            reason=outcome.failed_copy_reason,
+                            count=job.count,
+                            schedule_type=job.schedule_type.value if job.schedule_type else None,
+                            schedule=job.schedule,
+                            tz=job.tz,
+                            attempt=job.attempt,
+                            errors=job.errors + 1,
+                        )
+                    )
+                )
+            return True
+
+    def release(self, job_id: str, attempt: int) -> bool:
+        """Give back a claimed job whose dispatch failed, so the next produce retries it."""
+        t = self.table
+        now = self.now()
+        with _storage_errors("release a job"), self.engine.begin() as c:
+            result = c.execute(
+                sa.update(t)
+                .where(
+                    t.c.id == job_id,
+                    t.c.attempt == attempt,
+                    t.c.status == RUNNING,
+                    t.c.started_at.is_(None),
+                )
+                .values(status=SCHEDULED, lease_until=None, updated_at=now)
+            )
+            return result.rowcount == 1
+
+    def purge_completed(self, older_than: datetime) -> int:
+        t = self.table
+        with _storage_errors("purge completed jobs"), self.engine.begin() as c:
+            result = c.execute(
+                sa.delete(t).where(t.c.status == COMPLETED, t.c.updated_at < naive_utc(older_than))
+            )
+            return result.rowcount
+
+    # -- declared crons -----------------------------------------------------------
+
+    def sync_crons(self, declared: dict[str, tuple[str, str, Row]]) -> dict[str, int]:
+        """Make the table hold exactly one row per declared cron.
+
+        ``declared`` maps a cron's name to (expression, timezone, row to insert if
+        missing). The unique custom id is the guard: two producers syncing at once
+        both try the INSERT and one of them loses on the key, harmlessly.
+        """
+        t = self.table
+        stats = {"created": 0, "updated": 0, "removed": 0}
+        with _storage_errors("sync declared crons"):
+            with self.engine.connect() as c:
+                existing = {
+                    r.custom_id[len(CRON_ID_PREFIX) :]: r
+                    for r in c.execute(
+                        sa.select(t.c.id, t.c.custom_id, t.c.schedule, t.c.tz, t.c.status).where(
+                            t.c.schedule_type == ScheduleType.CRON.value,
+                            t.c.custom_id.is_not(None),
+                        )
+                    )
+                    if r.custom_id.startswith(CRON_ID_PREFIX)
+                }
+            for name, (expr, tz, row) in declared.items():
+                current = existing.get(name)
+                if current is None:
+                    try:
+                        with self.engine.begin() as c:
+                            c.execute(sa.insert(t).values(**row))
+                        stats["created"] += 1
+                    except sa.exc.IntegrityError:
+                        pass
+                elif (current.schedule, current.tz) != (expr, tz):
+                    with self.engine.begin() as c:
+                        # A RUNNING occurrence finishes under the old schedule and
+                        # then follows the new one; others move to the new next time.
+                        values: dict[str, Any] = {"schedule": expr, "tz": tz}
+                        if current.status != RUNNING:
+                            values["run_at"] = row["run_at"]
+                        c.execute(
+                            sa.update(t)
+                            .where(t.c.id == current.id)
+                            .values(updated_at=self.now(), **values)
+                        )
+                    stats["updated"] += 1
+            gone = [r.id for name, r in existing.items() if name not in declared]
+            if gone:
+                with self.engine.begin() as c:
+                    stats["removed"] = c.execute(sa.delete(t).where(t.c.id.in_(gone))).rowcount
+        return stats

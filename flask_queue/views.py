@@ -1,0 +1,84 @@
+"""HTTP endpoints: the signed invoke endpoint, the producer ping, the dashboard.
+
+Views stay thin: they parse the request, call the ``Queue``/store, and render.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from .signing import InvokeRefused, tokens_equal, verify_invoke
+
+if TYPE_CHECKING:
+    from .extension import QueueState
+
+_HERE = Path(__file__).resolve().parent
+
+
+def asset_dir(name: str) -> str:
+    """``templates``/``static`` inside the installed package, or at the repo root
+    when running from a source checkout (the design card keeps them there)."""
+    for candidate in (_HERE / name, _HERE.parent / name):
+        if candidate.is_dir():
+            return str(candidate)
+    raise RuntimeError(f"flask_queue is installed without its {name} folder.")
+
+
+def _error(status: int, message: str) -> tuple[Response, int]:
+    return jsonify(error=message), status
+
+
+def make_blueprint(state: QueueState) -> Blueprint:
+    """A new blueprint per app, so no app's state leaks into another's."""
+    bp = Blueprint(
+        "queue",
+        __name__,
+        template_folder=asset_dir("templates"),
+        static_folder=asset_dir("static"),
+        static_url_path="/static",
+    )
+
+    @bp.post("/invoke")
+    def invoke() -> Any:
+        from .runner import run_job
+
+        config = state.config
+        if not config.secret_keys:
+            return _error(503, "QUEUE_SECRET (or SECRET_KEY) is not set; refusing to run jobs.")
+        try:
+            # The exact bytes received: nothing parses the body before the check.
+            signed = verify_invoke(
+                config.secret_keys, request.get_data(cache=False), config.invoke_max_age
+            )
+        except InvokeRefused as refused:
+            return _error(refused.status, refused.message)
+        result = run_job(state, signed.job_id, signed.attempt)
+        if result.outcome == "missing":
+            return _error(404, f"No job with id {signed.job_id!r}.")
+        if result.outcome == "stale":
+            return _error(
+                409, f"Attempt {signed.attempt} of job {signed.job_id!r} is not the current one."
+            )
+        return jsonify(id=result.job_id, attempt=result.attempt, outcome=result.outcome)
+
+    @bp.route("/produce", methods=["GET", "POST"])
+    def produce() -> Any:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        try:
+            expected = state.queue.produce_token()
+        except Exception:  # noqa: BLE001 - no secret configured: nobody may produce
+            return _error(503, "No produce token is configured (QUEUE_PRODUCE_TOKEN).")
+        if scheme.lower() != "bearer" or not tokens_equal(given.strip(), expected):
+            response = jsonify(error="Missing or wrong bearer token.")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response, 401
+        return jsonify(state.queue.produce().as_dict())
+
+    from .dashboard import register_dashboard
+
+    register_dashboard(bp, state)
+    return bp
