@@ -1,0 +1,258 @@
+"""Claiming, running and finishing jobs, with a frozen clock, on every database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_queue import InvalidStatusError, Job, JobNotFoundError, JobStatus, Queue
+from flask_queue.runner import run_job
+from tests.conftest import Clock, Recorder, all_databases, row_snapshot
+
+
+@all_databases
+def test_claim_takes_due_jobs_once(app: Flask, queue: Queue, clock: Clock) -> None:
+    store = app.extensions["queue"].store
+    due = [queue.enqueue("echo", i, delay=f"{i + 1}s").id for i in range(3)]
+    future = queue.enqueue("echo", "later", delay="1h").id
+    clock.advance(10)
+    claimed = store.claim(10, timedelta(minutes=5))
+    assert [j.id for j in claimed] == due  # oldest run_at first
+    assert all(j.status is JobStatus.RUNNING and j.attempt == 1 for j in claimed)
+    assert store.claim(10, timedelta(minutes=5)) == []
+    assert queue.get(future).status is JobStatus.SCHEDULED  # type: ignore[union-attr]
+
+
+@all_databases
+def test_claim_respects_limit(app: Flask, queue: Queue, clock: Clock) -> None:
+    store = app.extensions["queue"].store
+    queue.enqueue_many("echo", list(range(7)), delay="1s")
+    clock.advance(2)
+    assert len(store.claim(3, timedelta(minutes=1))) == 3
+    assert len(store.claim(3, timedelta(minutes=1))) == 3
+    assert len(store.claim(3, timedelta(minutes=1))) == 1
+
+
+@all_databases
+def test_expired_lease_is_claimed_again_and_old_attempt_is_stale(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    state = app.extensions["queue"]
+    job = queue.enqueue("echo", "x", delay="1s")
+    clock.advance(2)
+    (first,) = state.store.claim(5, timedelta(minutes=1))
+    assert state.store.claim(5, timedelta(minutes=1)) == []  # lease still held
+    clock.advance(61)
+    (second,) = state.store.claim(5, timedelta(minutes=1))
+    assert (second.id, second.attempt) == (job.id, first.attempt + 1)
+    assert run_job(state, job.id, first.attempt).outcome == "stale"
+    assert recorder.calls == []
+    assert run_job(state, job.id, second.attempt).outcome == "completed"
+    assert run_job(state, job.id, second.attempt).outcome == "missing"
+    assert recorder.calls == [("echo", "x")]
+
+
+@all_databases
+def test_started_run_cannot_be_started_twice(app: Flask, queue: Queue, clock: Clock) -> None:
+    state = app.extensions["queue"]
+    queue.enqueue("echo", "x", delay="1s")
+    clock.advance(2)
+    (job,) = state.store.claim(5, timedelta(minutes=1))
+    started, why = state.store.start(job.id, job.attempt, timedelta(minutes=1))
+    assert why == "ok" and started is not None
+    before = row_snapshot(app)
+    assert state.store.start(job.id, job.attempt, timedelta(minutes=1)) == (None, "stale")
+    assert row_snapshot(app) == before
+
+
+@all_databases
+def test_produce_runs_due_jobs_inline(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    queue.enqueue("echo", "now")  # immediate: ran at enqueue
+    assert recorder.calls == [("echo", "now")]
+    queue.enqueue("echo", "soon", delay="30s")
+    assert queue.produce().claimed == 0
+    clock.advance(31)
+    result = queue.produce()
+    assert result.claimed == 1
+    assert recorder.payloads("echo") == ["now", "soon"]
+    assert queue.jobs() == []  # finished one-off jobs are deleted
+
+
+@all_databases
+def test_keep_completed_then_purge(make_app: Any, queue: Queue, clock: Clock) -> None:
+    app = make_app(queue, QUEUE_KEEP_COMPLETED="1h")
+    with app.app_context():
+        job = queue.enqueue("echo", 1)
+        kept = queue.get(job.id)
+        assert kept is not None and kept.status is JobStatus.COMPLETED
+        clock.advance(minutes=59)
+        assert queue.produce().purged == 0
+        clock.advance(minutes=2)
+        assert queue.produce().purged == 1
+        assert queue.get(job.id) is None
+
+
+@all_databases
+def test_every_with_times(app: Flask, queue: Queue, clock: Clock, recorder: Recorder) -> None:
+    job = queue.enqueue("echo", "tick", every="10m", times=3)
+    start = clock()
+    for n in range(1, 4):
+        clock.advance(minutes=10)
+        assert queue.produce().claimed == 1
+        if n < 3:
+            stored = queue.get(job.id)
+            assert stored is not None
+            assert (stored.count, stored.status) == (n, JobStatus.SCHEDULED)
+            assert stored.run_at == start + timedelta(minutes=10 * (n + 1))
+    assert recorder.payloads("echo") == ["tick"] * 3
+    assert queue.get(job.id) is None
+    clock.advance(minutes=30)
+    assert queue.produce().claimed == 0
+
+
+@all_databases
+def test_cron_reschedules_in_its_timezone(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    # 2026-03-01 12:00 UTC; daily 09:00 New York = 14:00 UTC, then 13:00 UTC after
+    # the 2026-03-08 DST change.
+    job = queue.enqueue("echo", "daily", cron="0 9 * * *", tz="America/New_York")
+    runs = []
+    for _ in range(9):
+        stored = queue.get(job.id)
+        assert stored is not None
+        clock.now = stored.run_at
+        queue.produce()
+        runs.append(stored.run_at.strftime("%m-%d %H:%M"))
+    assert runs[0] == "03-01 14:00"
+    assert runs[6] == "03-07 14:00"
+    assert runs[7] == "03-08 13:00"
+    assert len(recorder.payloads("echo")) == 9
+
+
+@all_databases
+def test_retry_policy_then_failed_with_reason(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    job = queue.enqueue("boom", "x", delay="1s")  # handler retry=["10s", "1m"]
+    clock.advance(1)
+    queue.produce()
+    stored = queue.get(job.id)
+    assert stored is not None
+    assert (stored.status, stored.errors) == (JobStatus.SCHEDULED, 1)
+    assert stored.run_at == clock() + timedelta(seconds=10)
+    assert "RuntimeError: boom x" in (stored.reason or "")
+    clock.advance(9)
+    assert queue.produce().claimed == 0
+    clock.advance(1)
+    queue.produce()
+    stored = queue.get(job.id)
+    assert stored is not None and stored.run_at == clock() + timedelta(minutes=1)
+    clock.advance(60)
+    queue.produce()
+    failed = queue.get(job.id)
+    assert failed is not None
+    assert failed.status is JobStatus.FAILED
+    assert failed.errors == 3
+    assert "Traceback" in (failed.reason or "") and "RuntimeError: boom x" in (failed.reason or "")
+    assert len(recorder.payloads("boom")) == 3
+    clock.advance(3600)
+    assert queue.produce().claimed == 0
+
+
+@all_databases
+def test_per_job_retry_overrides_handler(app: Flask, queue: Queue, clock: Clock) -> None:
+    job = queue.enqueue("boom", "x", delay="1s", retry=0)
+    clock.advance(1)
+    queue.produce()
+    assert queue.get(job.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+
+
+@all_databases
+def test_flaky_job_recovers_on_retry(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    recorder.fail_next = 1
+    job = queue.enqueue("flaky", "x", delay="1s")
+    clock.advance(1)
+    queue.produce()
+    clock.advance(10)
+    queue.produce()
+    assert recorder.payloads("flaky") == ["x", "x"]
+    assert queue.get(job.id) is None
+
+
+@all_databases
+def test_failing_repeating_job_keeps_failed_record_and_goes_on(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
+    job = queue.enqueue("boom", "r", every="1h", retry=0)
+    clock.advance(hours=1)
+    queue.produce()
+    schedule = queue.get(job.id)
+    assert schedule is not None
+    assert (schedule.status, schedule.count, schedule.errors) == (JobStatus.SCHEDULED, 1, 0)
+    assert schedule.run_at == clock() + timedelta(hours=1)
+    (failed,) = queue.jobs(status="FAILED")
+    assert failed.id != job.id
+    assert failed.custom_id is None
+    assert failed.payload == "r" and "boom r" in (failed.reason or "")
+    clock.advance(hours=1)
+    queue.produce()
+    assert len(queue.jobs(status="FAILED")) == 2
+
+
+@all_databases
+def test_job_without_handler_fails_with_reason(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
+    job = queue.enqueue("echo", "orphan", delay="1s")
+    del queue.handlers["echo"]  # the code changed since the job was enqueued
+    clock.advance(1)
+    queue.produce()
+    failed = queue.get(job.id)
+    assert failed is not None
+    assert failed.status is JobStatus.FAILED
+    assert "No handler is registered for queue 'echo'" in (failed.reason or "")
+    clock.advance(3600)
+    assert queue.produce().claimed == 0
+
+
+@all_databases
+def test_retry_and_run_now_actions(app: Flask, queue: Queue, clock: Clock, recorder: Recorder) -> None:
+    failed = queue.enqueue("boom", "x", delay="1s", retry=0)
+    clock.advance(1)
+    queue.produce()
+    job = queue.retry(failed.id)
+    assert (job.status, job.errors, job.run_at) == (JobStatus.SCHEDULED, 0, clock())
+    later = queue.enqueue("echo", "later", delay="1 day")
+    with pytest.raises(InvalidStatusError, match="SCHEDULED"):
+        queue.retry(later.id)
+    queue.run_now(later.id)
+    queue.produce()
+    assert "later" in recorder.payloads("echo")
+    with pytest.raises(JobNotFoundError, match="'nope'"):
+        queue.retry("nope")
+
+
+def test_handler_runs_in_app_context_with_its_own_session(
+    make_app: Any, clock: Clock
+) -> None:
+    from flask import current_app
+
+    q = Queue(clock=clock)
+    seen: list[str] = []
+
+    @q.handler("ctx")
+    def ctx(job: Job[None]) -> None:
+        seen.append(current_app.name)
+
+    app = make_app(q)
+    with app.app_context():
+        q.enqueue("ctx", None)
+    assert seen == [app.name]
