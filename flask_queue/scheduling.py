@@ -88,7 +88,10 @@ def retry_delays(policy: object, *, name: str = "retry") -> list[timedelta]:
             raise InvalidRetryError(
                 f"Invalid {name} {policy!r}: must be between 0 and {MAX_RETRIES}."
             )
-        return [min(DEFAULT_BACKOFF_BASE * (2 ** min(i, 20)), DEFAULT_BACKOFF_CAP) for i in range(policy)]
+        return [
+            min(DEFAULT_BACKOFF_BASE * (2 ** min(i, 20)), DEFAULT_BACKOFF_CAP)
+            for i in range(policy)
+        ]
     if isinstance(policy, Sequence) and not isinstance(policy, (str, bytes)):
         if len(policy) > MAX_RETRIES:
             raise InvalidRetryError(

@@ -55,7 +55,9 @@ def test_ms_grammar(text: str, ms: float) -> None:
     assert parse_ms(text) == pytest.approx(ms)
 
 
-@pytest.mark.parametrize("text", ["", "s", "10 parsecs", "1.2.3s", "ten seconds", "10s ago", "1" * 101])
+@pytest.mark.parametrize(
+    "text", ["", "s", "10 parsecs", "1.2.3s", "ten seconds", "10s ago", "1" * 101]
+)
 def test_ms_rejects_and_names_the_text(text: str) -> None:
     with pytest.raises(InvalidDurationError) as info:
         parse_ms(text)

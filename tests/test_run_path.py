@@ -208,9 +208,7 @@ def test_failing_repeating_job_keeps_failed_record_and_goes_on(
 
 
 @all_databases
-def test_job_without_handler_fails_with_reason(
-    app: Flask, queue: Queue, clock: Clock
-) -> None:
+def test_job_without_handler_fails_with_reason(app: Flask, queue: Queue, clock: Clock) -> None:
     job = queue.enqueue("echo", "orphan", delay="1s")
     del queue.handlers["echo"]  # the code changed since the job was enqueued
     clock.advance(1)
@@ -224,7 +222,9 @@ def test_job_without_handler_fails_with_reason(
 
 
 @all_databases
-def test_retry_and_run_now_actions(app: Flask, queue: Queue, clock: Clock, recorder: Recorder) -> None:
+def test_retry_and_run_now_actions(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
     failed = queue.enqueue("boom", "x", delay="1s", retry=0)
     clock.advance(1)
     queue.produce()
@@ -240,9 +240,7 @@ def test_retry_and_run_now_actions(app: Flask, queue: Queue, clock: Clock, recor
         queue.retry("nope")
 
 
-def test_handler_runs_in_app_context_with_its_own_session(
-    make_app: Any, clock: Clock
-) -> None:
+def test_handler_runs_in_app_context_with_its_own_session(make_app: Any, clock: Clock) -> None:
     from flask import current_app
 
     q = Queue(clock=clock)

@@ -19,7 +19,9 @@ NY = ZoneInfo("America/New_York")
 
 def test_cron_in_timezone() -> None:
     after = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)  # 07:00 in New York
-    assert next_cron("0 9 * * *", "America/New_York", after) == datetime(2026, 1, 10, 14, 0, tzinfo=UTC)
+    assert next_cron("0 9 * * *", "America/New_York", after) == datetime(
+        2026, 1, 10, 14, 0, tzinfo=UTC
+    )
     assert next_cron("0 9 * * *", "UTC", after) == datetime(2026, 1, 11, 9, 0, tzinfo=UTC)
 
 
