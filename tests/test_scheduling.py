@@ -1,3 +1,4 @@
+import itertools
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -50,7 +51,7 @@ def test_hourly_cron_over_fall_back_hour_is_monotonic() -> None:
     start = datetime(2026, 11, 1, 4, 30, tzinfo=UTC)
     fires = next_cron_times("0 * * * *", "America/New_York", start, 4)
     assert fires == sorted(set(fires))
-    assert all(b > a for a, b in zip(fires, fires[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(fires))
 
 
 @pytest.mark.parametrize("expr", ["* * *", "61 * * * *", "not a cron", "* * * * * *", 5, None])

@@ -93,7 +93,7 @@ def test_rollback_keeps_neither_and_dispatches_nothing(booking_app: Any) -> None
 
 @all_databases
 def test_custom_id_conflict_inside_transaction_keeps_callers_work(booking_app: Any) -> None:
-    app, db, queue, Booking, ran = booking_app
+    app, db, queue, Booking, _ran = booking_app
     first = queue.enqueue("confirm", 1, id="once", delay="1h")
     db.session.add(Booking(name="Kept"))
     same = queue.enqueue("confirm", 2, id="once", delay="1h", session=db.session)
@@ -105,7 +105,7 @@ def test_custom_id_conflict_inside_transaction_keeps_callers_work(booking_app: A
 
 @all_databases
 def test_plain_enqueue_commits_on_its_own(booking_app: Any) -> None:
-    app, db, queue, Booking, ran = booking_app
+    _app, db, queue, Booking, _ran = booking_app
     db.session.add(Booking(name="Unrelated"))
     job = queue.enqueue("confirm", 7, delay="1m")
     db.session.rollback()
