@@ -1,0 +1,135 @@
+"""A small booking app that uses every flask_queue feature.
+
+Run it with ``make demo`` (SQLite, in-process scheduler, dashboard at /_queue).
+Settings come from ``EXAMPLE_*`` environment variables, e.g.
+``EXAMPLE_QUEUE_EXECUTOR=http EXAMPLE_QUEUE_BASE_URL=http://127.0.0.1:5000``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, redirect, render_template, request, url_for
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_queue import Job, Queue
+
+db = SQLAlchemy()
+queue = Queue()
+
+
+class Booking(db.Model):  # type: ignore[name-defined,misc]
+    id = sa.Column(sa.Integer, primary_key=True)
+    guest = sa.Column(sa.String(100), nullable=False)
+    created_at = sa.Column(sa.DateTime, nullable=False, default=lambda: datetime.now(timezone.utc))
+
+
+class JobRun(db.Model):  # type: ignore[name-defined,misc]
+    """What the handlers did: the demo page shows it, the end-to-end tests read it."""
+
+    id = sa.Column(sa.Integer, primary_key=True)
+    queue = sa.Column(sa.String(50), nullable=False)
+    payload = sa.Column(sa.Text, nullable=False)
+    event = sa.Column(sa.String(20), nullable=False, default="done")
+    at = sa.Column(sa.DateTime, nullable=False, default=lambda: datetime.now(timezone.utc))
+
+
+def _log(job: Job[Any], event: str = "done") -> None:
+    db.session.add(JobRun(queue=job.queue, payload=repr(job.payload), event=event))
+    db.session.commit()
+
+
+@queue.handler("bookingReminder")
+def booking_reminder(job: Job[int]) -> None:
+    """Reminds the guest of booking ``job.payload`` (delayed at booking time)."""
+    booking = db.session.get(Booking, job.payload)
+    print(f"BOOKING reminder for {booking.guest if booking else job.payload}")
+    _log(job)
+
+
+@queue.handler("chargeCard", retry=["2s", "5s", "10s"])
+def charge_card(job: Job[int]) -> None:
+    """A handler that fails sometimes: retried with growing delays, then FAILED."""
+    if random.random() < float(os.environ.get("EXAMPLE_FAILURE_RATE", "0.4")):
+        raise ConnectionError(f"payment gateway timed out for booking {job.payload}")
+    _log(job)
+
+
+@queue.cron("* * * * *", name="digest", tz="Europe/Paris")
+def digest(job: Job[None]) -> None:
+    """A declared cron: one row, runs every minute, counts today's bookings."""
+    total = db.session.scalar(sa.select(sa.func.count()).select_from(Booking))
+    print(f"DIGEST {total} booking(s)")
+    _log(job)
+
+
+@queue.handler("record")
+def record(job: Job[Any]) -> None:
+    """Logs its payload; the end-to-end tests enqueue it in every form."""
+    _log(job)
+
+
+@queue.handler("slow")
+def slow(job: Job[float]) -> None:
+    """Sleeps ``job.payload`` seconds on its first attempt: long enough for the
+    crash test to kill the server mid-run and watch the lease bring it back."""
+    _log(job, f"started#{job.attempt}")
+    if job.attempt == 1:
+        time.sleep(job.payload)
+    _log(job)
+
+
+def create_app(**overrides: Any) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.update(
+        SECRET_KEY="dev-only-change-me",
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{os.path.join(app.instance_path, 'example.db')}",
+        QUEUE_SCHEDULER=True,
+        QUEUE_PRODUCE_INTERVAL="2s",
+        QUEUE_EXECUTOR="thread",
+        QUEUE_KEEP_COMPLETED="1 day",
+    )
+    app.config.from_prefixed_env("EXAMPLE")
+    app.config.update(overrides)
+    db.init_app(app)
+    queue.init_app(app)
+    with app.app_context():
+        db.create_all()
+
+    @app.get("/")
+    def index() -> str:
+        bookings = db.session.scalars(sa.select(Booking).order_by(Booking.id.desc()).limit(20))
+        runs = db.session.scalars(sa.select(JobRun).order_by(JobRun.id.desc()).limit(20))
+        return render_template("example.html", bookings=list(bookings), runs=list(runs))
+
+    @app.post("/bookings")
+    def create_booking() -> Any:
+        guest = (request.form.get("guest") or "").strip() or "Guest"
+        booking = Booking(guest=guest[:100])
+        db.session.add(booking)
+        db.session.flush()
+        # Both jobs commit with the booking, or not at all.
+        booking_reminder.enqueue(booking.id, delay="10s", session=db.session)
+        charge_card.enqueue(booking.id, session=db.session)
+        db.session.commit()
+        return redirect(url_for("index"))
+
+    @app.post("/enqueue/<name>")
+    def enqueue(name: str) -> Any:
+        """JSON API the end-to-end tests use: {"payload": ..., "options": {...}}."""
+        body = request.get_json(force=True)
+        job = queue.enqueue(name, body.get("payload"), **body.get("options", {}))
+        return {"id": job.id, "status": job.status.value}
+
+    @app.get("/runs")
+    def runs() -> Any:
+        rows = db.session.scalars(sa.select(JobRun).order_by(JobRun.id))
+        return [{"queue": r.queue, "payload": r.payload, "event": r.event} for r in rows]
+
+    return app

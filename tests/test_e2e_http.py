@@ -1,0 +1,109 @@
+"""End to end over real HTTP: the example app under waitress, the ``http``
+executor posting signed requests to its own invoke endpoint, and the producer
+pinged the way a cron pinger does (GET with a bearer token)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from flask_queue import JobStatus
+from tests.conftest import all_databases
+from tests.servers import Server, free_port, isolated_database
+
+UTC = timezone.utc
+
+
+def _reader(url: str) -> Any:
+    """The example app in this process, on the same database, to look at rows."""
+    from example_app import create_app
+
+    return create_app(SQLALCHEMY_DATABASE_URI=url, QUEUE_SCHEDULER=False)
+
+
+def _done(runs: list[dict[str, str]]) -> Counter[str]:
+    return Counter(r["payload"] for r in runs if r["event"] == "done")
+
+
+@all_databases
+def test_every_kind_of_job_runs_the_right_number_of_times(db_url: str, tmp_path: Path) -> None:
+    from example_app import queue
+
+    with isolated_database(db_url, tmp_path) as url:
+        server = Server(url).start()
+        try:
+            server.enqueue("record", "immediate")
+            server.enqueue("record", "delayed", delay="1s")
+            server.enqueue("record", "every", every="1s", times=3)
+            cron = server.enqueue("record", "cron", cron="* * * * *", times=2, delay="1s")
+            # Immediate jobs are dispatched at enqueue: no ping needed.
+            runs = server.wait_for_runs(lambda r: _done(r)["'immediate'"] == 1)
+            assert _done(runs)["'immediate'"] == 1
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                server.ping()
+                done = _done(server.runs())
+                if done["'every'"] >= 3 and done["'delayed'"] and done["'cron'"]:
+                    break
+                time.sleep(0.3)
+            reader = _reader(url)
+            with reader.app_context():
+                row = queue.get(cron["id"])
+                assert row is not None
+                assert (row.count, row.status) == (1, JobStatus.SCHEDULED)
+                # The next fire of "* * * * *" is the next whole minute.
+                assert row.run_at.second == 0 and row.run_at.microsecond == 0
+                assert row.run_at > datetime.now(UTC)
+                queue.run_now(cron["id"])  # don't wait for the minute to turn
+                digest = queue.get_by_custom_id("flask_queue.cron:digest")
+                assert digest is not None and digest.schedule == "* * * * *"
+            server.ping()
+            server.wait_for_runs(lambda r: _done(r)["'cron'"] == 2)
+            for _ in range(5):  # more pings must not run anything twice
+                server.ping()
+                time.sleep(0.2)
+            done = _done(server.runs())
+            assert done["'immediate'"] == 1
+            assert done["'delayed'"] == 1
+            assert done["'every'"] == 3
+            assert done["'cron'"] == 2
+            with reader.app_context():
+                assert queue.get(cron["id"]).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+                assert queue.jobs(status="SCHEDULED", queue="record") == []
+        finally:
+            server.stop()
+
+
+@all_databases
+def test_killed_server_mid_run_recovers_after_lease(db_url: str, tmp_path: Path) -> None:
+    from example_app import queue
+
+    with isolated_database(db_url, tmp_path) as url:
+        port = free_port()
+        first = Server(url, port=port, QUEUE_LEASE="3s").start()
+        try:
+            job = first.enqueue("slow", 60)
+            runs = first.wait_for_runs(lambda r: any(x["event"] == "started#1" for x in r))
+            assert [r["event"] for r in runs] == ["started#1"]
+        finally:
+            first.kill()  # SIGKILL while the handler sleeps
+        reader = _reader(url)
+        with reader.app_context():
+            stuck = queue.get(job["id"])
+            assert stuck is not None and stuck.status is JobStatus.RUNNING
+        second = Server(url, port=port, QUEUE_LEASE="3s").start()
+        try:
+            assert second.ping()["claimed"] == 0  # lease still held by the dead run
+            time.sleep(3.2)
+            assert second.ping()["claimed"] == 1
+            runs = second.wait_for_runs(lambda r: any(x["event"] == "done" for x in r))
+            assert [r["event"] for r in runs] == ["started#1", "started#2", "done"]
+            with reader.app_context():
+                finished = queue.get(job["id"])
+                assert finished is not None and finished.status is JobStatus.COMPLETED
+                assert finished.attempt == 2
+        finally:
+            second.stop()
