@@ -78,13 +78,22 @@ class Server:
         for key, value in settings.items():
             self.env[f"EXAMPLE_{key}"] = value if isinstance(value, str) else json.dumps(value)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"waitress-{self.port}-{uuid.uuid4().hex[:6]}.log"
+        self.log = (
+            Path(os.environ.get("TMPDIR", "/tmp"))
+            / f"waitress-{self.port}-{uuid.uuid4().hex[:6]}.log"
+        )
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "waitress", "--host=127.0.0.1", f"--port={self.port}",
-                "--threads=8", "--call", "example_app:create_app",
+                sys.executable,
+                "-m",
+                "waitress",
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+                "--threads=8",
+                "--call",
+                "example_app:create_app",
             ],
             env=self.env,
             cwd=str(REPO),
@@ -122,7 +131,9 @@ class Server:
     ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
-            self.base + path, data=data, method=method,
+            self.base + path,
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json", **(headers or {})},
         )
         try:
@@ -132,7 +143,9 @@ class Server:
             return exc.code, json.loads(exc.read() or b"null")
 
     def enqueue(self, name: str, payload: Any, **options: Any) -> dict[str, Any]:
-        status, body = self.request("POST", f"/enqueue/{name}", {"payload": payload, "options": options})
+        status, body = self.request(
+            "POST", f"/enqueue/{name}", {"payload": payload, "options": options}
+        )
         assert status == 200, body
         return body  # type: ignore[no-any-return]
 
@@ -141,7 +154,9 @@ class Server:
         from flask_queue.signing import produce_token
 
         status, body = self.request(
-            "GET", "/_queue/produce", headers={"Authorization": f"Bearer {produce_token(self.secret)}"}
+            "GET",
+            "/_queue/produce",
+            headers={"Authorization": f"Bearer {produce_token(self.secret)}"},
         )
         assert status == 200, body
         return body  # type: ignore[no-any-return]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def test_killed_server_mid_run_recovers_after_lease(db_url: str, tmp_path: Path)
 
     with isolated_database(db_url, tmp_path) as url:
         port = free_port()
-        first = Server(url, port=port, QUEUE_LEASE="3s").start()
+        first = Server(url, port=port, QUEUE_LEASE="5s").start()
         try:
             job = first.enqueue("slow", 60)
             runs = first.wait_for_runs(lambda r: any(x["event"] == "started#1" for x in r))
@@ -94,10 +94,12 @@ def test_killed_server_mid_run_recovers_after_lease(db_url: str, tmp_path: Path)
         with reader.app_context():
             stuck = queue.get(job["id"])
             assert stuck is not None and stuck.status is JobStatus.RUNNING
-        second = Server(url, port=port, QUEUE_LEASE="3s").start()
+            assert stuck.lease_until is not None
+        second = Server(url, port=port, QUEUE_LEASE="5s").start()
         try:
-            assert second.ping()["claimed"] == 0  # lease still held by the dead run
-            time.sleep(3.2)
+            if datetime.now(UTC) < stuck.lease_until - timedelta(seconds=0.5):
+                assert second.ping()["claimed"] == 0  # the dead run's lease still holds
+            time.sleep(max(0.0, (stuck.lease_until - datetime.now(UTC)).total_seconds()) + 0.2)
             assert second.ping()["claimed"] == 1
             runs = second.wait_for_runs(lambda r: any(x["event"] == "done" for x in r))
             assert [r["event"] for r in runs] == ["started#1", "started#2", "done"]
