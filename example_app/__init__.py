@@ -99,8 +99,17 @@ def create_app(**overrides: Any) -> Flask:
     app.config.update(overrides)
     db.init_app(app)
     queue.init_app(app)
-    with app.app_context():
-        db.create_all()
+    try:
+        from flask_migrate import Migrate
+    except ImportError:  # optional: `flask db ...` then is not available
+        pass
+    else:
+        Migrate(app, db)
+    if app.config.get("CREATE_TABLES", True):
+        # The demo creates its tables; an app with migrations sets
+        # EXAMPLE_CREATE_TABLES=false and runs `flask db upgrade` instead.
+        with app.app_context():
+            db.create_all()
 
     @app.get("/")
     def index() -> str:

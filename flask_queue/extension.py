@@ -189,6 +189,12 @@ class Queue:
                 "flask_queue stores jobs with Flask-SQLAlchemy: call db.init_app(app)"
                 " before queue.init_app(app), or pass queue.init_app(app, db=db)."
             )
+        if config.scheduler:
+            # Checked before anything is registered: a failed init_app leaves
+            # the app untouched.
+            from .scheduler import install_scheduler, require_apscheduler
+
+            require_apscheduler()
         table = job_table(db.metadata, config.table_name)
         store = JobStore(_engine_getter(app, db), table, lambda: self.clock())
 
@@ -214,8 +220,6 @@ class Queue:
         app.cli.add_command(queue_cli)
 
         if config.scheduler:
-            from .scheduler import install_scheduler
-
             install_scheduler(state)
 
         # Let running handlers finish at interpreter exit without holding it open.

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_queue")
 
 
-def install_scheduler(state: QueueState) -> None:
+def require_apscheduler() -> None:
     try:
         import apscheduler  # noqa: F401
     except ImportError:
@@ -29,6 +29,9 @@ def install_scheduler(state: QueueState) -> None:
         raise ConfigError(
             "QUEUE_SCHEDULER=True needs APScheduler: pip install 'flask_queue[scheduler]'."
         ) from None
+
+
+def install_scheduler(state: QueueState) -> None:
     lock = threading.Lock()
 
     @state.app.before_request

@@ -160,7 +160,7 @@ def make_app(db_url: str) -> Iterator[AppFactory]:
     for app, db in made:
         state = app.extensions["queue"]
         state.executor.shutdown(wait=True)
-        if state.scheduler is not None:
+        if state.scheduler is not None and state.scheduler.running:
             state.scheduler.shutdown(wait=False)
         with app.app_context():
             db.drop_all()

@@ -1,0 +1,87 @@
+"""``flask db init/migrate/upgrade`` (Flask-Migrate) autogenerates the job table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tests.conftest import all_databases
+from tests.servers import REPO, isolated_database
+
+
+@all_databases
+def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: Path) -> None:
+    with isolated_database(db_url, tmp_path) as url:
+        env = dict(os.environ)
+        env.update(
+            {
+                "FLASK_APP": "example_app",
+                "EXAMPLE_SQLALCHEMY_DATABASE_URI": url,
+                "EXAMPLE_CREATE_TABLES": "false",
+                "EXAMPLE_QUEUE_SCHEDULER": "false",
+                "PYTHONPATH": str(REPO),
+            }
+        )
+        migrations = tmp_path / "migrations"
+        flask = [sys.executable, "-m", "flask"]
+        for args in (
+            ["db", "init", "-d", str(migrations)],
+            ["db", "migrate", "-d", str(migrations), "-m", "initial"],
+            ["db", "upgrade", "-d", str(migrations)],
+        ):
+            result = subprocess.run(
+                flask + args, env=env, cwd=str(tmp_path), capture_output=True, text=True
+            )
+            assert result.returncode == 0, result.stderr
+        (version,) = (migrations / "versions").glob("*.py")
+        script = version.read_text()
+        assert "op.create_table('queue_job'" in script
+        engine = sa.create_engine(url)
+        try:
+            inspector = sa.inspect(engine)
+            columns = {c["name"] for c in inspector.get_columns("queue_job")}
+            assert {
+                "id",
+                "custom_id",
+                "queue",
+                "payload",
+                "run_at",
+                "status",
+                "reason",
+                "count",
+                "schedule_type",
+                "schedule",
+                "count_limit",
+                "tz",
+                "attempt",
+                "errors",
+                "retry",
+                "lease_until",
+                "started_at",
+                "created_at",
+                "updated_at",
+            } <= columns
+            indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("queue_job")}
+            assert indexes["ix_queue_job_status_run_at"] == ["status", "run_at"]
+            assert indexes["ix_queue_job_status_lease_until"] == ["status", "lease_until"]
+            assert indexes["ix_queue_job_queue_status"] == ["queue", "status"]
+            uniques = inspector.get_unique_constraints("queue_job")
+            unique_cols = [u["column_names"] for u in uniques] + [
+                i["column_names"] for i in inspector.get_indexes("queue_job") if i.get("unique")
+            ]
+            assert ["custom_id"] in unique_cols
+            # A second migrate finds nothing to change: the model and table agree.
+            again = subprocess.run(
+                [*flask, "db", "migrate", "-d", str(migrations), "-m", "noop"],
+                env=env,
+                cwd=str(tmp_path),
+                capture_output=True,
+                text=True,
+            )
+            assert "No changes in schema detected" in again.stdout + again.stderr
+        finally:
+            engine.dispose()

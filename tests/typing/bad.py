@@ -1,0 +1,15 @@
+"""Must fail type-checking: the payload does not match the handler's Job[str]."""
+
+from __future__ import annotations
+
+from flask_queue import Job, Queue
+
+queue = Queue()
+
+
+@queue.handler("bookingReminder")
+def booking_reminder(job: Job[str]) -> None:
+    print(job.payload)
+
+
+booking_reminder.enqueue(42)  # error: int is not str
