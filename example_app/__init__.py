@@ -84,6 +84,11 @@ def slow(job: Job[float]) -> None:
     _log(job)
 
 
+@queue.handler("noop")
+def noop(job: Job[None]) -> None:
+    """Does nothing: the benchmark measures delivery itself with it."""
+
+
 def create_app(**overrides: Any) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
@@ -135,6 +140,11 @@ def create_app(**overrides: Any) -> Flask:
         body = request.get_json(force=True)
         job = queue.enqueue(name, body.get("payload"), **body.get("options", {}))
         return {"id": job.id, "status": job.status.value}
+
+    @app.post("/healthz")
+    def healthz() -> Any:
+        """A no-op route: the benchmark's bare Flask round trip."""
+        return ""
 
     @app.get("/runs")
     def runs() -> Any:

@@ -14,9 +14,8 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .job import Job
 from .runner import RunResult, run_job
 from .signing import sign_invoke
 
@@ -26,13 +25,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_queue")
 
 
+class Deliverable(Protocol):
+    """A run to deliver: a claimed job, or a job enqueued as due now."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+
 class Executor:
     name = "base"
 
     def __init__(self, state: QueueState) -> None:
         self.state = state
 
-    def submit(self, job: Job[Any]) -> None:
+    def submit(self, job: Deliverable) -> None:
         raise NotImplementedError
 
     def capacity(self) -> int:
@@ -49,7 +58,7 @@ class Executor:
 class InlineExecutor(Executor):
     name = "inline"
 
-    def submit(self, job: Job[Any]) -> None:
+    def submit(self, job: Deliverable) -> None:
         run_job(self.state, job.id, job.attempt)
 
 
@@ -98,7 +107,7 @@ class ThreadExecutor(_PoolExecutor):
     def __init__(self, state: QueueState, workers: int | None = None) -> None:
         super().__init__(state, workers or state.config.threads)
 
-    def submit(self, job: Job[Any]) -> None:
+    def submit(self, job: Deliverable) -> None:
         self._submit(run_job, self.state, job.id, job.attempt)
 
     def capacity(self) -> int:
@@ -125,7 +134,7 @@ class HttpExecutor(_PoolExecutor):
     def __init__(self, state: QueueState) -> None:
         super().__init__(state, workers=max(4, state.config.threads))
 
-    def submit(self, job: Job[Any]) -> None:
+    def submit(self, job: Deliverable) -> None:
         self._submit(self.send, job.id, job.attempt)
 
     def send(self, job_id: str, attempt: int) -> str:

@@ -27,7 +27,7 @@ from .errors import (
 from .job import Job, JobStatus, ScheduleType
 from .models import job_table
 from .scheduling import next_cron, retry_delays, validate_cron, zone
-from .store import CRON_ID_PREFIX, RUNNING, SCHEDULED, JobStore, Row
+from .store import CRON_ID_PREFIX, RUNNING, SCHEDULED, JobStore
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -320,15 +320,14 @@ class Queue:
             raise InvalidOptionError(f"Invalid id {id!r}: use a non-empty string of at most 255.")
         if override and id is None:
             raise InvalidOptionError("override=True needs id=: it replaces the job with that id.")
-        row = self._row(
-            state, name, payload, delay, run_at, cron, tz, every, times, retry, custom_id=id
-        )
+        plan = self._plan(state, name, delay, run_at, cron, tz, every, times, retry)
+        row = state.store.new_row(custom_id=id, payload=encode_payload(payload), **plan)
         conn = session.connection() if session is not None else None
         if id is not None:
             job, created = state.store.insert_unique(row, override=override, conn=conn)
         else:
             state.store.insert([row], conn=conn)
-            job, created = state.store.to_job(row), True
+            job, created = state.store.to_job(row, payload=payload), True
         if created and job.status is JobStatus.RUNNING:
             self._dispatch_after_commit(state, [job], session)
         return job
@@ -355,23 +354,21 @@ class Queue:
             )
         state = self.state()
         items = list(payloads)
-        rows = [
-            self._row(state, name, p, delay, run_at, cron, tz, every, times, retry, custom_id=None)
-            for p in items
-        ]
+        plan = self._plan(state, name, delay, run_at, cron, tz, every, times, retry)
+        encoded = [encode_payload(p) for p in items]  # every payload checked before any write
+        rows = [state.store.new_row(payload=text, **plan) for text in encoded]
         conn = session.connection() if session is not None else None
         state.store.insert(rows, conn=conn)
-        jobs = [state.store.to_job(r) for r in rows]
+        jobs = [state.store.to_job(r, payload=p) for r, p in zip(rows, items, strict=True)]
         self._dispatch_after_commit(
             state, [j for j in jobs if j.status is JobStatus.RUNNING], session
         )
         return jobs
 
-    def _row(
+    def _plan(
         self,
         state: QueueState,
         name: str,
-        payload: Any,
         delay: Duration | None,
         run_at: datetime | None,
         cron: str | None,
@@ -379,17 +376,17 @@ class Queue:
         every: Duration | None,
         times: int | None,
         retry: RetryPolicy | None,
-        *,
-        custom_id: str | None,
-    ) -> Row:
-        """Validate every option and build the row; nothing is written before this passes."""
+    ) -> dict[str, Any]:
+        """Validate the options and return the row fields they decide.
+
+        Nothing is written before this (and the payload check) passes.
+        """
         if name not in self.handlers:
             known = ", ".join(sorted(self.handlers)) or "none"
             raise UnknownQueueError(
                 f"Unknown queue {name!r}: register it with @queue.handler({name!r})"
                 f" (registered: {known})."
             )
-        encoded = encode_payload(payload)
         now = self.clock()
         if cron is not None and every is not None:
             raise InvalidOptionError(
@@ -432,20 +429,18 @@ class Queue:
         )
         when = when or now
         immediate = when <= now
-        return state.store.new_row(
-            custom_id=custom_id,
-            queue=name,
-            payload=encoded,
-            run_at=when,
-            status=RUNNING if immediate else SCHEDULED,
-            attempt=1 if immediate else 0,
-            lease_until=now + state.config.lease if immediate else None,
-            schedule_type=schedule_type,
-            schedule=schedule,
-            count_limit=times,
-            tz=tz if cron is not None else None,
-            retry=retry_seconds,
-        )
+        return {
+            "queue": name,
+            "run_at": when,
+            "status": RUNNING if immediate else SCHEDULED,
+            "attempt": 1 if immediate else 0,
+            "lease_until": now + state.config.lease if immediate else None,
+            "schedule_type": schedule_type,
+            "schedule": schedule,
+            "count_limit": times,
+            "tz": tz if cron is not None else None,
+            "retry": retry_seconds,
+        }
 
     def _dispatch_after_commit(
         self, state: QueueState, jobs: list[Job[Any]], session: AnySession | None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -32,12 +32,14 @@ RUNNING = JobStatus.RUNNING.value
 FAILED = JobStatus.FAILED.value
 COMPLETED = JobStatus.COMPLETED.value
 
-#: Rows per multi-VALUES INSERT: ~21 columns each stays under SQLite's 32,766
-#: bound-parameter limit and MySQL's default max_allowed_packet for small payloads.
-INSERT_CHUNK = 500
+#: Rows per executemany INSERT. The drivers send each as one round trip (SQLAlchemy's
+#: insertmanyvalues on PostgreSQL, PyMySQL's multi-row rewrite, SQLite in process);
+#: the bound keeps one statement under MySQL's default max_allowed_packet.
+INSERT_CHUNK = 1000
 #: InnoDB may report a deadlock between concurrent claimers even with SKIP LOCKED.
 DEADLOCK_RETRIES = 5
 CRON_ID_PREFIX = "flask_queue.cron:"
+_UNSET: Any = object()
 
 
 def naive_utc(value: datetime) -> datetime:
@@ -64,6 +66,14 @@ def _storage_errors(action: str) -> Iterator[None]:
         yield
     except sa.exc.SQLAlchemyError as exc:
         raise StorageError(f"Could not {action}: {exc}") from exc
+
+
+class Claimed(NamedTuple):
+    """A claimed run: all an executor needs to deliver it."""
+
+    id: str
+    attempt: int
+    queue: str
 
 
 @dataclass(frozen=True)
@@ -102,12 +112,14 @@ class JobStore:
 
     # -- conversion -------------------------------------------------------------
 
-    def to_job(self, row: Any) -> Job[Any]:
+    def to_job(self, row: Any, *, payload: Any = _UNSET) -> Job[Any]:
+        """A ``Job`` from a result row or a row dict; ``payload`` skips decoding
+        when the caller already has it (enqueue does)."""
         m = row._mapping if hasattr(row, "_mapping") else row
         return Job(
             id=m["id"],
             queue=m["queue"],
-            payload=json.loads(m["payload"]),
+            payload=json.loads(m["payload"]) if payload is _UNSET else payload,
             run_at=aware_utc(m["run_at"]),  # type: ignore[arg-type]
             status=JobStatus(m["status"]),
             custom_id=m["custom_id"],
@@ -155,16 +167,14 @@ class JobStore:
     # -- writes from enqueue ----------------------------------------------------
 
     def insert(self, rows: Sequence[Row], *, conn: Connection | None = None) -> None:
-        """Insert rows in as few statements as possible (one per INSERT_CHUNK rows)."""
+        """Insert rows in one transaction, one round trip per INSERT_CHUNK rows."""
         if not rows:
             return
+        stmt = sa.insert(self.table)
         with _storage_errors("insert jobs"), self._begin(conn) as c:
             for start in range(0, len(rows), INSERT_CHUNK):
                 chunk = rows[start : start + INSERT_CHUNK]
-                if len(chunk) == 1:
-                    c.execute(sa.insert(self.table).values(**chunk[0]))
-                else:
-                    c.execute(sa.insert(self.table).values(list(chunk)))
+                c.execute(stmt, chunk[0] if len(chunk) == 1 else list(chunk))
 
     def insert_unique(
         self, row: Row, *, override: bool, conn: Connection | None = None
@@ -307,12 +317,14 @@ class JobStore:
             sa.and_(t.c.status == RUNNING, t.c.lease_until <= now),
         )
 
-    def claim(self, limit: int, lease: timedelta) -> list[Job[Any]]:
+    def claim(self, limit: int, lease: timedelta) -> list[Claimed]:
         """Atomically take up to ``limit`` due jobs; each is claimed by one caller.
 
         Due means SCHEDULED with ``run_at`` reached, or RUNNING with an expired
         lease (its runner died). A claimed job is RUNNING with ``attempt`` + 1 and a
         new lease; ``started_at`` is cleared until a runner actually starts it.
+        Only (id, attempt, queue) come back: the runner reads the full row when
+        it starts the run, so the claim never ships payloads it does not need.
         """
         now = self.now()
         t = self.table
@@ -323,40 +335,60 @@ class JobStore:
             "started_at": None,
             "updated_at": now,
         }
+        claimed_cols = (t.c.id, t.c.attempt, t.c.queue)
         candidates = sa.select(t.c.id).where(self._due(now)).order_by(t.c.run_at).limit(limit)
         with _storage_errors("claim jobs"):
             if self.dialect == "postgresql":
                 # The CTE fences the LIMIT: without it the planner may re-evaluate the
                 # subquery per row and update more than ``limit`` rows.
                 cte = candidates.with_for_update(skip_locked=True).cte("claimable")
-                stmt = sa.update(t).where(t.c.id == cte.c.id).values(values).returning(*t.c)
-                with self.engine.begin() as c:
-                    return [self.to_job(r) for r in c.execute(stmt)]
-            if self.dialect == "sqlite":
+                stmt = sa.update(t).where(t.c.id == cte.c.id).values(values)
+            elif self.dialect == "sqlite":
                 # One writer at a time: a single UPDATE ... RETURNING is atomic.
-                stmt = (
-                    sa.update(t)
-                    .where(t.c.id.in_(candidates.scalar_subquery()))
-                    .values(values)
-                    .returning(*t.c)
-                )
-                with self.engine.begin() as c:
-                    return [self.to_job(r) for r in c.execute(stmt)]
-            return self._claim_mysql(candidates.with_for_update(skip_locked=True), values)
+                stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery())).values(values)
+            else:
+                return self._claim_mysql(now, limit, values)
+            with self.engine.begin() as c:
+                return [Claimed(*r) for r in c.execute(stmt.returning(*claimed_cols))]
 
-    def _claim_mysql(self, candidates: sa.Select[Any], values: dict[str, Any]) -> list[Job[Any]]:
+    def _claim_mysql(self, now: datetime, limit: int, values: dict[str, Any]) -> list[Claimed]:
         # No UPDATE ... RETURNING: lock the ids, update them as one set, read them
         # back, all in one transaction; retry the whole of it on an InnoDB deadlock.
+        #
+        # Two index-ordered reads instead of one OR: with the OR, InnoDB sorts after
+        # reading, so a locking read locks *every* due row it scans, not ``limit``
+        # of them, and concurrent producers find nothing left to skip to. Each
+        # query below walks its index in order and stops after ``limit`` rows.
         t = self.table
+        scheduled = (
+            sa.select(t.c.id)
+            .where(t.c.status == SCHEDULED, t.c.run_at <= now)
+            .order_by(t.c.run_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
         for attempt in range(DEADLOCK_RETRIES):
             try:
                 with self.engine.begin() as c:
-                    ids = list(c.execute(candidates).scalars())
+                    ids = list(c.execute(scheduled).scalars())
+                    if len(ids) < limit:
+                        expired = (
+                            sa.select(t.c.id)
+                            .where(t.c.status == RUNNING, t.c.lease_until <= now)
+                            .order_by(t.c.lease_until)
+                            .limit(limit - len(ids))
+                            .with_for_update(skip_locked=True)
+                        )
+                        ids += c.execute(expired).scalars()
                     if not ids:
                         return []
                     c.execute(sa.update(t).where(t.c.id.in_(ids)).values(values))
-                    rows = c.execute(sa.select(t).where(t.c.id.in_(ids)).order_by(t.c.run_at))
-                    return [self.to_job(r) for r in rows]
+                    rows = c.execute(
+                        sa.select(t.c.id, t.c.attempt, t.c.queue)
+                        .where(t.c.id.in_(ids))
+                        .order_by(t.c.run_at)
+                    )
+                    return [Claimed(*r) for r in rows]
             except sa.exc.DBAPIError as exc:
                 if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
                     raise
@@ -372,23 +404,25 @@ class JobStore:
         """
         t = self.table
         now = self.now()
-        with _storage_errors("start a job"), self.engine.begin() as c:
-            result = c.execute(
-                sa.update(t)
-                .where(
-                    t.c.id == job_id,
-                    t.c.attempt == attempt,
-                    t.c.status == RUNNING,
-                    t.c.started_at.is_(None),
-                )
-                .values(started_at=now, lease_until=now + lease, updated_at=now)
+        stmt = (
+            sa.update(t)
+            .where(
+                t.c.id == job_id,
+                t.c.attempt == attempt,
+                t.c.status == RUNNING,
+                t.c.started_at.is_(None),
             )
-            row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
-        if row is None:
-            return None, "missing"
-        if result.rowcount != 1:
-            return None, "stale"
-        return self.to_job(row), "ok"
+            .values(started_at=now, lease_until=now + lease, updated_at=now)
+        )
+        with _storage_errors("start a job"), self.engine.begin() as c:
+            if self.engine.dialect.update_returning:
+                row = c.execute(stmt.returning(*t.c)).first()
+                if row is not None:
+                    return self.to_job(row), "ok"
+            elif c.execute(stmt).rowcount == 1:
+                return self.to_job(c.execute(sa.select(t).where(t.c.id == job_id)).one()), "ok"
+            exists = c.execute(sa.select(t.c.id).where(t.c.id == job_id)).first()
+        return None, "stale" if exists else "missing"
 
     def finish(self, job: Job[Any], outcome: Finish) -> bool:
         """Apply a run's outcome if the run still owns the row; False if it does not."""

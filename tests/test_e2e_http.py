@@ -38,7 +38,10 @@ def test_every_kind_of_job_runs_the_right_number_of_times(db_url: str, tmp_path:
             server.enqueue("record", "immediate")
             server.enqueue("record", "delayed", delay="1s")
             server.enqueue("record", "every", every="1s", times=3)
-            cron = server.enqueue("record", "cron", cron="* * * * *", times=2, delay="1s")
+            # A minute of the hour half an hour away: the second run cannot come
+            # by itself while the test runs; the test makes it due with run_now.
+            minute = (datetime.now(UTC).minute + 30) % 60
+            cron = server.enqueue("record", "cron", cron=f"{minute} * * * *", times=2, delay="1s")
             # Immediate jobs are dispatched at enqueue: no ping needed.
             runs = server.wait_for_runs(lambda r: _done(r)["'immediate'"] == 1)
             assert _done(runs)["'immediate'"] == 1
@@ -54,10 +57,16 @@ def test_every_kind_of_job_runs_the_right_number_of_times(db_url: str, tmp_path:
                 row = queue.get(cron["id"])
                 assert row is not None
                 assert (row.count, row.status) == (1, JobStatus.SCHEDULED)
-                # The next fire of "* * * * *" is the next whole minute.
-                assert row.run_at.second == 0 and row.run_at.microsecond == 0
-                assert row.run_at > datetime.now(UTC)
-                queue.run_now(cron["id"])  # don't wait for the minute to turn
+                # The next fire is that minute, 25 to 35 minutes from now.
+                assert (row.run_at.minute, row.run_at.second, row.run_at.microsecond) == (
+                    minute,
+                    0,
+                    0,
+                )
+                assert (
+                    timedelta(minutes=25) < row.run_at - datetime.now(UTC) < timedelta(minutes=35)
+                )
+                queue.run_now(cron["id"])  # don't wait half an hour
                 digest = queue.get_by_custom_id("flask_queue.cron:digest")
                 assert digest is not None and digest.schedule == "* * * * *"
             server.ping()

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_queue import Job, Queue
+from flask_queue import Queue
 from flask_queue.signing import produce_token, sign_invoke
+from flask_queue.store import Claimed
 from tests.conftest import Clock, Recorder, all_databases, row_snapshot
 
 
-def _claimed(app: Flask, queue: Queue, clock: Clock, payload: Any = "p") -> Job[Any]:
+def _claimed(app: Flask, queue: Queue, clock: Clock, payload: Any = "p") -> Claimed:
     queue.enqueue("echo", payload, delay="1s")
     clock.advance(1)
     (job,) = app.extensions["queue"].store.claim(1, timedelta(minutes=5))

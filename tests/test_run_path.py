@@ -21,7 +21,13 @@ def test_claim_takes_due_jobs_once(app: Flask, queue: Queue, clock: Clock) -> No
     clock.advance(10)
     claimed = store.claim(10, timedelta(minutes=5))
     assert [j.id for j in claimed] == due  # oldest run_at first
-    assert all(j.status is JobStatus.RUNNING and j.attempt == 1 for j in claimed)
+    assert all(j.attempt == 1 and j.queue == "echo" for j in claimed)
+    for job_id in due:
+        stored = queue.get(job_id)
+        assert stored is not None
+        assert (stored.status, stored.attempt) == (JobStatus.RUNNING, 1)
+        assert stored.lease_until == clock() + timedelta(minutes=5)
+        assert stored.started_at is None
     assert store.claim(10, timedelta(minutes=5)) == []
     assert queue.get(future).status is JobStatus.SCHEDULED  # type: ignore[union-attr]
 
