@@ -1,13 +1,33 @@
-"""The dashboard at ``/_queue/``: closed by default, server-rendered, no JS needed."""
+"""The dashboard at ``/_queue/``: closed by default, server-rendered, no JS needed.
+
+Views are thin: they read the request, call the store, render a template. Every
+state change is a POST form carrying a CSRF token (Flask-WTF's helpers, keyed to
+the app's session); nothing changes on GET.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections import Counter
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, abort, current_app, render_template, request
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
+from wtforms import ValidationError
 
+from . import present
+from .errors import InvalidStatusError, JobNotFoundError
 from .job import JobStatus
 from .signing import tokens_equal
 
@@ -16,8 +36,18 @@ if TYPE_CHECKING:
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self';"
-    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+PAGE_SIZE = 50
+#: Counts stop here and show "100,000+": a count never reads more index entries.
+TOTAL_CAP = 100_000
+CELL_CAP = 10_000
+#: Failures are grouped over this many of the most recent ones.
+FAILURE_SAMPLE = 1_000
+STATUSES = [s.value for s in JobStatus]
+#: Lists of finished jobs read newest first; upcoming ones soonest first.
+NEWEST_FIRST = {JobStatus.FAILED.value, JobStatus.COMPLETED.value}
+PUBLIC_ENDPOINTS = {"queue.invoke", "queue.produce", "queue.static"}
 
 
 def allowed(state: QueueState) -> bool:
@@ -45,42 +75,181 @@ def _basic_auth_ok(expected: str) -> bool:
     return tokens_equal(given, expected)
 
 
+def _parse_after(value: str | None) -> tuple[datetime, str] | None:
+    if not value or "~" not in value:
+        return None
+    stamp, _, job_id = value.partition("~")
+    try:
+        return datetime.fromisoformat(stamp), job_id
+    except ValueError:
+        abort(400, f"Invalid page key {value!r}.")
+
+
+def _status_arg(status: str) -> str:
+    value = status.upper()
+    if value not in STATUSES:
+        abort(404, f"No status {status!r}.")
+    return value
+
+
 def register_dashboard(bp: Blueprint, state: QueueState) -> None:
-    guarded = {"queue.index"}
+    store = state.store
+
+    def queue_names() -> list[str]:
+        return sorted(state.queue.handlers)
 
     @bp.before_request
     def guard() -> Any:
-        if request.endpoint not in guarded:
+        if request.endpoint in PUBLIC_ENDPOINTS:
             return None
-        if allowed(state):
-            return None
-        if isinstance(state.config.dashboard_auth, str):
-            return (
-                "Authentication required.",
-                401,
-                {"WWW-Authenticate": 'Basic realm="flask_queue"'},
+        if not allowed(state):
+            if isinstance(state.config.dashboard_auth, str):
+                return (
+                    "Authentication required.",
+                    401,
+                    {"WWW-Authenticate": 'Basic realm="flask_queue"'},
+                )
+            if state.queue.dashboard_auth_callback or callable(state.config.dashboard_auth):
+                abort(403, "Not allowed to see the job dashboard.")
+            abort(
+                403,
+                "The job dashboard is closed: it opens in debug mode, or set"
+                " QUEUE_DASHBOARD_AUTH / @queue.dashboard_auth.",
             )
-        abort(403 if request.authorization or state.queue.dashboard_auth_callback else 401)
+        if request.method == "POST":
+            try:
+                validate_csrf(request.form.get("csrf_token"))
+            except (ValidationError, CSRFError) as exc:
+                abort(400, f"Missing or invalid CSRF token: {exc}. Reload the page and retry.")
+        return None
 
     @bp.after_request
     def headers(response: Any) -> Any:
-        if request.endpoint in guarded:
+        if request.endpoint not in PUBLIC_ENDPOINTS:
             response.headers["Content-Security-Policy"] = CSP
             response.headers["X-Content-Type-Options"] = "nosniff"
             response.headers["Referrer-Policy"] = "same-origin"
+            response.headers["Cache-Control"] = "no-store"
         return response
+
+    @bp.context_processor
+    def helpers() -> dict[str, Any]:
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return {}
+        now = state.queue.clock()
+        return {
+            "csrf_token": generate_csrf,
+            "now": now,
+            "relative": lambda when: present.relative(when, now),
+            "present": present,
+            "statuses": STATUSES,
+            "queues": queue_names(),
+            "totals": {s: store.count_capped(TOTAL_CAP, status=s) for s in STATUSES},
+            "total_cap": TOTAL_CAP,
+            "keep_completed": bool(state.config.keep_completed),
+        }
+
+    @bp.errorhandler(400)
+    @bp.errorhandler(404)
+    @bp.errorhandler(409)
+    def error(exc: Any) -> Any:
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return exc
+        return render_template("flask_queue/error.html", error=exc), exc.code
+
+    @bp.errorhandler(403)
+    def forbidden(exc: Any) -> Any:
+        # Plain text: a visitor who may not see the dashboard gets no page of it.
+        return exc.description, 403, {"Content-Type": "text/plain; charset=utf-8"}
 
     @bp.get("/")
     def index() -> Any:
-        counts = state.store.counts()
-        queues = sorted({q for _, q in counts} | set(state.queue.handlers))
-        totals = {
-            s.value: sum(n for (st, _), n in counts.items() if st == s.value) for s in JobStatus
+        grid = {
+            (s, q): store.count_capped(CELL_CAP, status=s, queue=q)
+            for q in queue_names()
+            for s in STATUSES
         }
+        failures = Counter(
+            (q, present.error_type(r)) for q, r in store.recent_failures(FAILURE_SAMPLE)
+        )
         return render_template(
             "flask_queue/index.html",
-            counts=counts,
-            queues=queues,
-            totals=totals,
-            statuses=[s.value for s in JobStatus],
+            grid=grid,
+            cell_cap=CELL_CAP,
+            failures=failures.most_common(10),
+            failure_sample=FAILURE_SAMPLE,
         )
+
+    @bp.get("/jobs/<status>")
+    def jobs(status: str) -> Any:
+        value = _status_arg(status)
+        queue = request.args.get("queue") or None
+        after = _parse_after(request.args.get("after"))
+        newest_first = value in NEWEST_FIRST
+        rows = store.jobs(
+            status=value, queue=queue, limit=PAGE_SIZE + 1, after=after, newest_first=newest_first
+        )
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
+        next_key = f"{rows[-1].run_at.isoformat()}~{rows[-1].id}" if more else None
+        return render_template(
+            "flask_queue/jobs.html",
+            status=value,
+            rows=rows,
+            queue=queue,
+            next_key=next_key,
+            first_page=after is None,
+            matching=store.count_capped(TOTAL_CAP, status=value, queue=queue),
+        )
+
+    @bp.get("/search")
+    def search() -> Any:
+        key = (request.args.get("q") or "").strip()
+        job = store.find(key) if key else None
+        if job is None:
+            return render_template("flask_queue/search.html", q=key), 404 if key else 200
+        return redirect(url_for("queue.job", job_id=job.id))
+
+    @bp.get("/job/<job_id>")
+    def job(job_id: str) -> Any:
+        found = store.get(job_id)
+        if found is None:
+            abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
+        return render_template("flask_queue/job.html", job=found)
+
+    @bp.post("/job/<job_id>/<action>")
+    def job_action(job_id: str, action: str) -> Any:
+        try:
+            if action == "run-now":
+                state.queue.run_now(job_id)
+                flash("The job is due now; the next produce runs it.", "ok")
+            elif action == "retry":
+                state.queue.retry(job_id)
+                flash("The job is scheduled again, due now.", "ok")
+            elif action == "delete":
+                if not state.queue.delete(job_id):
+                    raise JobNotFoundError(f"No job with id {job_id!r}.")
+                flash(f"Deleted job {job_id}.", "ok")
+                return redirect(request.form.get("next") or url_for("queue.index"), 303)
+            else:
+                abort(404, f"No action {action!r}.")
+        except JobNotFoundError as exc:
+            abort(404, str(exc))
+        except InvalidStatusError as exc:
+            abort(409, str(exc))
+        return redirect(url_for("queue.job", job_id=job_id), 303)
+
+    @bp.post("/bulk")
+    def bulk() -> Any:
+        action = request.form.get("action")
+        queue = request.form.get("queue") or None
+        where = f" in queue {queue!r}" if queue else ""
+        if action == "retry":
+            count = store.retry_failed(queue)
+            flash(f"Scheduled {count:,} failed job(s){where} again.", "ok")
+        elif action == "delete":
+            count = store.delete_failed(queue)
+            flash(f"Deleted {count:,} failed job(s){where}.", "ok")
+        else:
+            abort(400, f"No bulk action {action!r}.")
+        return redirect(url_for("queue.jobs", status="failed", queue=queue), 303)

@@ -214,6 +214,13 @@ class Queue:
         from .views import make_blueprint
 
         app.register_blueprint(make_blueprint(state), url_prefix=config.url_prefix)
+        csrf = app.extensions.get("csrf")
+        if csrf is not None:
+            # Flask-WTF's CSRFProtect would refuse the invoke and produce POSTs,
+            # which carry a signature or a bearer token instead of a form token.
+            # (Initialise CSRFProtect before the queue for this to apply.)
+            csrf.exempt("flask_queue.views.invoke")
+            csrf.exempt("flask_queue.views.produce")
 
         from .cli import queue_cli
 

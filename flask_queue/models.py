@@ -59,8 +59,9 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         # The producer's claim: due SCHEDULED rows by run_at, expired RUNNING leases.
         sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
         sa.Index(f"ix_{name}_status_lease_until", "status", "lease_until"),
-        # Lookups and counts by queue (dashboard filters, per-queue bulk actions).
-        sa.Index(f"ix_{name}_queue_status", "queue", "status"),
+        # Lookups and counts by queue, and the dashboard's per-queue lists in
+        # run_at order (keyset pages without a sort), per-queue bulk actions.
+        sa.Index(f"ix_{name}_queue_status_run_at", "queue", "status", "run_at"),
         # Declared crons are found by type on every produce; keep that off a scan.
         sa.Index(f"ix_{name}_schedule_type", "schedule_type"),
         info={"flask_queue": True},

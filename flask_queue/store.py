@@ -247,8 +247,13 @@ class JobStore:
         queue: str | None = None,
         limit: int = 100,
         after: tuple[datetime, str] | None = None,
+        newest_first: bool = False,
     ) -> list[Job[Any]]:
-        """Jobs ordered by (run_at, id), a page of ``limit`` after the key ``after``."""
+        """A keyset page of jobs ordered by (run_at, id), after the key ``after``.
+
+        No OFFSET: a page costs the same at row 10 and at row 1,000,000, on the
+        (status, run_at) and (queue, status, run_at) indexes.
+        """
         t = self.table
         stmt = sa.select(t)
         if status is not None:
@@ -256,21 +261,60 @@ class JobStore:
         if queue is not None:
             stmt = stmt.where(t.c.queue == queue)
         if after is not None:
-            run_at, last_id = after
-            run_at = naive_utc(run_at)
-            stmt = stmt.where(
-                sa.or_(t.c.run_at > run_at, sa.and_(t.c.run_at == run_at, t.c.id > last_id))
-            )
-        stmt = stmt.order_by(t.c.run_at, t.c.id).limit(limit)
+            run_at, last_id = naive_utc(after[0]), after[1]
+            if newest_first:
+                key = sa.or_(t.c.run_at < run_at, sa.and_(t.c.run_at == run_at, t.c.id < last_id))
+            else:
+                key = sa.or_(t.c.run_at > run_at, sa.and_(t.c.run_at == run_at, t.c.id > last_id))
+            stmt = stmt.where(key)
+        order = (t.c.run_at.desc(), t.c.id.desc()) if newest_first else (t.c.run_at, t.c.id)
+        stmt = stmt.order_by(*order).limit(limit)
         with _storage_errors("list jobs"), self.engine.connect() as c:
             return [self.to_job(r) for r in c.execute(stmt)]
 
+    def find(self, key: str) -> Job[Any] | None:
+        """The job whose id or custom id is exactly ``key``."""
+        t = self.table
+        with _storage_errors("find a job"), self.engine.connect() as c:
+            row = (
+                c.execute(sa.select(t).where(t.c.id == key)).first()
+                or c.execute(sa.select(t).where(t.c.custom_id == key)).first()
+            )
+        return self.to_job(row) if row else None
+
     def counts(self) -> dict[tuple[str, str], int]:
-        """Jobs per (status, queue)."""
+        """Jobs per (status, queue), exact: the CLI's ``stats``."""
         t = self.table
         stmt = sa.select(t.c.status, t.c.queue, sa.func.count()).group_by(t.c.status, t.c.queue)
         with _storage_errors("count jobs"), self.engine.connect() as c:
             return {(s, q): n for s, q, n in c.execute(stmt)}
+
+    def count_capped(self, cap: int, *, status: str | None = None, queue: str | None = None) -> int:
+        """Count matching jobs, stopping at ``cap`` + 1 (shown as "cap+").
+
+        A capped count reads at most cap + 1 index entries, so the dashboard's
+        counts cost the same with a thousand jobs or ten million (Oban Web and
+        mission_control cap theirs the same way).
+        """
+        t = self.table
+        inner = sa.select(sa.literal(1).label("one")).select_from(t)
+        if status is not None:
+            inner = inner.where(t.c.status == status)
+        if queue is not None:
+            inner = inner.where(t.c.queue == queue)
+        stmt = sa.select(sa.func.count()).select_from(inner.limit(cap + 1).subquery())
+        with _storage_errors("count jobs"), self.engine.connect() as c:
+            return int(c.execute(stmt).scalar_one())
+
+    def recent_failures(self, limit: int, queue: str | None = None) -> list[tuple[str, str | None]]:
+        """(queue, reason) of the latest ``limit`` FAILED jobs, newest first."""
+        t = self.table
+        stmt = sa.select(t.c.queue, t.c.reason).where(t.c.status == FAILED)
+        if queue is not None:
+            stmt = stmt.where(t.c.queue == queue)
+        stmt = stmt.order_by(t.c.run_at.desc()).limit(limit)
+        with _storage_errors("read failures"), self.engine.connect() as c:
+            return [(q, r) for q, r in c.execute(stmt)]
 
     # -- admin actions ----------------------------------------------------------
 
@@ -286,6 +330,26 @@ class JobStore:
     def run_now(self, job_id: str) -> Job[Any]:
         """A SCHEDULED or FAILED job becomes due now."""
         return self._reschedule_now(job_id, (SCHEDULED, FAILED), "run now")
+
+    def retry_failed(self, queue: str | None = None) -> int:
+        """Every FAILED job (of ``queue``) back to SCHEDULED, due now."""
+        t = self.table
+        now = self.now()
+        stmt = sa.update(t).where(t.c.status == FAILED)
+        if queue is not None:
+            stmt = stmt.where(t.c.queue == queue)
+        stmt = stmt.values(status=SCHEDULED, run_at=now, errors=0, lease_until=None, updated_at=now)
+        with _storage_errors("retry failed jobs"), self.engine.begin() as c:
+            return c.execute(stmt).rowcount
+
+    def delete_failed(self, queue: str | None = None) -> int:
+        """Delete every FAILED job (of ``queue``)."""
+        t = self.table
+        stmt = sa.delete(t).where(t.c.status == FAILED)
+        if queue is not None:
+            stmt = stmt.where(t.c.queue == queue)
+        with _storage_errors("delete failed jobs"), self.engine.begin() as c:
+            return c.execute(stmt).rowcount
 
     def _reschedule_now(self, job_id: str, allowed: tuple[str, ...], action: str) -> Job[Any]:
         from .errors import InvalidStatusError
@@ -310,12 +374,18 @@ class JobStore:
 
     # -- the run path ----------------------------------------------------------
 
-    def _due(self, now: datetime) -> sa.ColumnElement[bool]:
+    def _due_phases(self, now: datetime) -> list[tuple[sa.ColumnElement[bool], sa.Column[Any]]]:
+        """What is due, as two index-ordered ranges: SCHEDULED by ``run_at`` on
+        (status, run_at), then RUNNING with an expired lease by ``lease_until`` on
+        (status, lease_until). Each walks its index in order and stops at the
+        LIMIT — O(claimed), whatever the backlog. (One ``OR`` of both would make
+        every database read all due rows and sort them; InnoDB would also lock
+        every row it read.)"""
         t = self.table
-        return sa.or_(
-            sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now),
-            sa.and_(t.c.status == RUNNING, t.c.lease_until <= now),
-        )
+        return [
+            (sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now), t.c.run_at),
+            (sa.and_(t.c.status == RUNNING, t.c.lease_until <= now), t.c.lease_until),
+        ]
 
     def claim(self, limit: int, lease: timedelta) -> list[Claimed]:
         """Atomically take up to ``limit`` due jobs; each is claimed by one caller.
@@ -335,51 +405,48 @@ class JobStore:
             "started_at": None,
             "updated_at": now,
         }
-        claimed_cols = (t.c.id, t.c.attempt, t.c.queue)
-        candidates = sa.select(t.c.id).where(self._due(now)).order_by(t.c.run_at).limit(limit)
         with _storage_errors("claim jobs"):
-            if self.dialect == "postgresql":
-                # The CTE fences the LIMIT: without it the planner may re-evaluate the
-                # subquery per row and update more than ``limit`` rows.
-                cte = candidates.with_for_update(skip_locked=True).cte("claimable")
-                stmt = sa.update(t).where(t.c.id == cte.c.id).values(values)
-            elif self.dialect == "sqlite":
-                # One writer at a time: a single UPDATE ... RETURNING is atomic.
-                stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery())).values(values)
-            else:
+            if self.dialect not in ("postgresql", "sqlite"):
                 return self._claim_mysql(now, limit, values)
+            claimed: list[Claimed] = []
             with self.engine.begin() as c:
-                return [Claimed(*r) for r in c.execute(stmt.returning(*claimed_cols))]
+                for where, order in self._due_phases(now):
+                    room = limit - len(claimed)
+                    if room <= 0:
+                        break
+                    candidates = sa.select(t.c.id).where(where).order_by(order).limit(room)
+                    if self.dialect == "postgresql":
+                        # The CTE fences the LIMIT: without it the planner may
+                        # re-evaluate the subquery per row and update more rows.
+                        cte = candidates.with_for_update(skip_locked=True).cte("claimable")
+                        stmt = sa.update(t).where(t.c.id == cte.c.id)
+                    else:
+                        # SQLite has one writer at a time: the UPDATE is atomic.
+                        stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery()))
+                    rows = c.execute(stmt.values(values).returning(t.c.id, t.c.attempt, t.c.queue))
+                    claimed += [Claimed(*r) for r in rows]
+            return claimed
 
     def _claim_mysql(self, now: datetime, limit: int, values: dict[str, Any]) -> list[Claimed]:
         # No UPDATE ... RETURNING: lock the ids, update them as one set, read them
         # back, all in one transaction; retry the whole of it on an InnoDB deadlock.
-        #
-        # Two index-ordered reads instead of one OR: with the OR, InnoDB sorts after
-        # reading, so a locking read locks *every* due row it scans, not ``limit``
-        # of them, and concurrent producers find nothing left to skip to. Each
-        # query below walks its index in order and stops after ``limit`` rows.
         t = self.table
-        scheduled = (
-            sa.select(t.c.id)
-            .where(t.c.status == SCHEDULED, t.c.run_at <= now)
-            .order_by(t.c.run_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
         for attempt in range(DEADLOCK_RETRIES):
             try:
                 with self.engine.begin() as c:
-                    ids = list(c.execute(scheduled).scalars())
-                    if len(ids) < limit:
-                        expired = (
+                    ids: list[str] = []
+                    for where, order in self._due_phases(now):
+                        room = limit - len(ids)
+                        if room <= 0:
+                            break
+                        candidates = (
                             sa.select(t.c.id)
-                            .where(t.c.status == RUNNING, t.c.lease_until <= now)
-                            .order_by(t.c.lease_until)
-                            .limit(limit - len(ids))
+                            .where(where)
+                            .order_by(order)
+                            .limit(room)
                             .with_for_update(skip_locked=True)
                         )
-                        ids += c.execute(expired).scalars()
+                        ids += c.execute(candidates).scalars()
                     if not ids:
                         return []
                     c.execute(sa.update(t).where(t.c.id.in_(ids)).values(values))

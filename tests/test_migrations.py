@@ -68,7 +68,7 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
             indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("queue_job")}
             assert indexes["ix_queue_job_status_run_at"] == ["status", "run_at"]
             assert indexes["ix_queue_job_status_lease_until"] == ["status", "lease_until"]
-            assert indexes["ix_queue_job_queue_status"] == ["queue", "status"]
+            assert indexes["ix_queue_job_queue_status_run_at"] == ["queue", "status", "run_at"]
             uniques = inspector.get_unique_constraints("queue_job")
             unique_cols = [u["column_names"] for u in uniques] + [
                 i["column_names"] for i in inspector.get_indexes("queue_job") if i.get("unique")

@@ -1,0 +1,100 @@
+"""How the dashboard (and CLI) words things: schedules, times, errors, payloads."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from .durations import to_timedelta
+from .job import Job, ScheduleType
+from .scheduling import next_cron_times
+
+_SENSITIVE = re.compile(r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|card", re.I)
+MASK = "••••••"
+
+
+def schedule_words(job: Job[Any]) -> str:
+    """ "At 09:00 AM (Europe/Paris)", "every 5 minutes", or "" for a one-off job."""
+    if job.schedule_type is ScheduleType.CRON and job.schedule:
+        from cron_descriptor import get_description
+
+        try:
+            words = str(get_description(job.schedule))
+        except Exception:  # noqa: BLE001 - never let wording break a page
+            words = job.schedule
+        return f"{words} ({job.tz or 'UTC'})"
+    if job.schedule_type is ScheduleType.EVERY and job.schedule:
+        return f"every {job.schedule}"
+    return ""
+
+
+def next_runs(job: Job[Any], count: int = 5) -> list[datetime]:
+    """The next ``count`` run times of a repeating job (respecting ``times``)."""
+    if job.schedule_type is None or not job.schedule:
+        return []
+    if job.count_limit is not None:
+        count = max(0, min(count, job.count_limit - job.count))
+    if count == 0:
+        return []
+    if job.schedule_type is ScheduleType.CRON:
+        return [job.run_at, *next_cron_times(job.schedule, job.tz or "UTC", job.run_at, count - 1)]
+    interval = to_timedelta(job.schedule, name="every")
+    return [job.run_at + interval * i for i in range(count)]
+
+
+def relative(when: datetime | None, now: datetime) -> str:
+    """ "in 5 min", "3 h ago", "just now"."""
+    if when is None:
+        return "—"
+    delta = when - now
+    future = delta > timedelta(0)
+    seconds = abs(delta.total_seconds())
+    if seconds < 5:
+        return "just now"
+    for size, unit in ((86_400, "d"), (3_600, "h"), (60, "min"), (1, "s")):
+        if seconds >= size:
+            amount = int(seconds // size)
+            text = f"{amount} {unit}"
+            break
+    return f"in {text}" if future else f"{text} ago"
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+
+
+def error_type(reason: str | None) -> str:
+    """The exception's type name from a stored traceback's last line."""
+    if not reason:
+        return "unknown"
+    for line in reversed(reason.strip().splitlines()):
+        match = _ERROR_LINE.match(line.strip())
+        if match and not line.startswith(" "):
+            return match.group(1)
+    return "unknown"
+
+
+def error_summary(reason: str | None) -> str:
+    """The last line of a traceback: ``RuntimeError: boom``."""
+    if not reason:
+        return ""
+    lines = [line for line in reason.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def mask(value: Any) -> Any:
+    """Hide values under keys that look secret (password, token, api_key, ...)."""
+    if isinstance(value, dict):
+        return {k: MASK if _SENSITIVE.search(str(k)) else mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v) for v in value]
+    return value
+
+
+def pretty_payload(payload: Any) -> str:
+    return json.dumps(mask(payload), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def capped(count: int, cap: int) -> str:
+    return f"{cap:,}+" if count > cap else f"{count:,}"

@@ -1,0 +1,212 @@
+"""The dashboard through the test client: guard, CSRF, pages, actions, escaping."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_queue import Job, JobStatus, Queue
+from tests.conftest import Clock, all_databases, row_snapshot
+
+XSS = "<script>window.__pwned=1</script>"
+
+
+@pytest.fixture
+def debug_app(make_app: Any, queue: Queue) -> Any:
+    app = make_app(queue, QUEUE_KEEP_COMPLETED="1 day")
+    app.debug = True
+    with app.app_context():
+        yield app
+
+
+def _csrf(client: Any, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def _failed(queue: Queue, clock: Clock, payload: Any = "x", name: str = "boom") -> Job[Any]:
+    job = queue.enqueue(name, payload, delay="1s", retry=0)
+    clock.advance(1)
+    queue.produce()
+    stored = queue.get(job.id)
+    assert stored is not None and stored.status is JobStatus.FAILED
+    return stored
+
+
+def test_closed_without_debug_or_guard(app: Flask) -> None:
+    client = app.test_client()
+    for path in ["/_queue/", "/_queue/jobs/failed", "/_queue/job/x", "/_queue/search?q=x"]:
+        response = client.get(path)
+        assert response.status_code == 403, path
+        assert b"closed" in response.data
+        assert b"<html" not in response.data
+    # The machine endpoints keep their own checks and are not behind the guard.
+    assert client.get("/_queue/produce").status_code == 401
+    assert client.post("/_queue/invoke", data=b"").status_code == 401
+
+
+def test_callback_guard(make_app: Any, queue: Queue) -> None:
+    allowed = {"yes": False}
+    queue.dashboard_auth(lambda: allowed["yes"])
+    app = make_app(queue)
+    client = app.test_client()
+    assert client.get("/_queue/").status_code == 403
+    allowed["yes"] = True
+    assert client.get("/_queue/").status_code == 200
+
+
+def test_basic_auth_guard(make_app: Any, queue: Queue) -> None:
+    app = make_app(queue, QUEUE_DASHBOARD_AUTH="admin:s3cret")
+    client = app.test_client()
+    response = client.get("/_queue/")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = base64.b64encode(b"admin:nope").decode()
+    assert client.get("/_queue/", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(b"admin:s3cret").decode()
+    page = client.get("/_queue/", headers={"Authorization": f"Basic {right}"})
+    assert page.status_code == 200
+    assert b"s3cret" not in page.data
+
+
+def test_security_headers_and_no_inline_script(debug_app: Flask) -> None:
+    response = debug_app.test_client().get("/_queue/")
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    html = response.get_data(as_text=True)
+    assert "<script>" not in html and " style=" not in html and "onclick" not in html
+    assert debug_app.config["SECRET_KEY"] not in html
+
+
+@all_databases
+def test_overview_counts_and_failures(debug_app: Flask, queue: Queue, clock: Clock) -> None:
+    queue.enqueue_many("echo", [1, 2, 3], delay="1h")
+    _failed(queue, clock)
+    html = debug_app.test_client().get("/_queue/").get_data(as_text=True)
+    assert "RuntimeError" in html  # failures grouped by exception type
+    assert 'href="/_queue/jobs/scheduled?queue=echo">3</a>' in html
+    assert 'href="/_queue/jobs/failed?queue=boom">1</a>' in html
+
+
+@all_databases
+def test_lists_filter_search_and_keyset_pages(debug_app: Flask, queue: Queue) -> None:
+    jobs = queue.enqueue_many("echo", list(range(120)), delay="1h")
+    queue.enqueue("flaky", "other", delay="1h", id="custom-7")
+    client = debug_app.test_client()
+    seen: list[str] = []
+    path: str | None = "/_queue/jobs/scheduled?queue=echo"
+    pages = 0
+    while path:
+        html = client.get(path).get_data(as_text=True)
+        seen += re.findall(r'href="/_queue/job/([0-9a-z]{26})"', html)
+        nxt = re.search(r'rel="next" href="([^"]+)"', html)
+        path = nxt.group(1).replace("&amp;", "&") if nxt else None
+        pages += 1
+    assert pages == 3
+    # Every job once, in (run_at, id) order (one run_at here), none from "flaky".
+    assert seen == sorted(j.id for j in jobs)
+    found = client.get("/_queue/search?q=custom-7")
+    assert found.status_code == 302 and "/_queue/job/" in found.headers["Location"]
+    assert client.get("/_queue/search?q=nothing-here").status_code == 404
+    assert client.get("/_queue/jobs/bogus").status_code == 404
+
+
+@all_databases
+def test_job_page_shows_payload_reason_schedule(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    cron = queue.enqueue(
+        "echo", {"password": "hunter2", "n": 1}, cron="0 9 * * 1-5", tz="Europe/Paris"
+    )
+    html = debug_app.test_client().get(f"/_queue/job/{cron.id}").get_data(as_text=True)
+    assert "At 09:00 AM, Monday through Friday (Europe/Paris)" in html
+    assert "hunter2" not in html and "&#34;n&#34;: 1" in html
+    assert html.count("<li><time") == 5  # next runs
+    failed = _failed(queue, clock, payload="p")
+    html = debug_app.test_client().get(f"/_queue/job/{failed.id}").get_data(as_text=True)
+    assert "RuntimeError: boom p" in html and "Traceback" in html
+
+
+@all_databases
+def test_payload_and_reason_are_escaped(debug_app: Flask, queue: Queue, clock: Clock) -> None:
+    job = _failed(queue, clock, payload=XSS)
+    client = debug_app.test_client()
+    for path in [f"/_queue/job/{job.id}", "/_queue/jobs/failed", "/_queue/"]:
+        html = client.get(path).get_data(as_text=True)
+        assert XSS not in html, path
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in client.get(
+        f"/_queue/job/{job.id}"
+    ).get_data(as_text=True)
+
+
+@all_databases
+def test_actions_need_csrf_and_change_nothing_without(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    failed = _failed(queue, clock)
+    client = debug_app.test_client()
+    before = row_snapshot(debug_app)
+    for path, data in [
+        (f"/_queue/job/{failed.id}/retry", {}),
+        (f"/_queue/job/{failed.id}/delete", {"csrf_token": "forged"}),
+        ("/_queue/bulk", {"action": "delete"}),
+    ]:
+        response = client.post(path, data=data)
+        assert response.status_code == 400, path
+        assert b"CSRF" in response.data
+    assert row_snapshot(debug_app) == before
+    # No state change on GET either.
+    assert client.get(f"/_queue/job/{failed.id}/retry").status_code == 405
+    assert row_snapshot(debug_app) == before
+
+
+@all_databases
+def test_retry_run_now_delete_actions(debug_app: Flask, queue: Queue, clock: Clock) -> None:
+    failed = _failed(queue, clock)
+    later = queue.enqueue("echo", "later", delay="1 day")
+    client = debug_app.test_client()
+    token = _csrf(client, f"/_queue/job/{failed.id}")
+    response = client.post(f"/_queue/job/{failed.id}/retry", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert queue.get(failed.id).status is JobStatus.SCHEDULED  # type: ignore[union-attr]
+    # Retrying a job that is not FAILED is a conflict, and changes nothing.
+    before = row_snapshot(debug_app)
+    assert (
+        client.post(f"/_queue/job/{later.id}/retry", data={"csrf_token": token}).status_code == 409
+    )
+    assert row_snapshot(debug_app) == before
+    client.post(f"/_queue/job/{later.id}/run-now", data={"csrf_token": token})
+    assert queue.get(later.id).run_at == clock()  # type: ignore[union-attr]
+    client.post(f"/_queue/job/{later.id}/delete", data={"csrf_token": token})
+    assert queue.get(later.id) is None
+    assert client.post("/_queue/job/gone/delete", data={"csrf_token": token}).status_code == 404
+
+
+@all_databases
+def test_bulk_actions_follow_the_queue_filter(debug_app: Flask, queue: Queue, clock: Clock) -> None:
+    boom = [_failed(queue, clock, payload=i) for i in range(3)]
+    flaky = queue.enqueue("flaky", "f", delay="1s", retry=0)
+    debug_app.extensions["queue"].queue.handlers["flaky"].func = lambda job: 1 / 0  # type: ignore[attr-defined]
+    clock.advance(1)
+    queue.produce()
+    assert queue.get(flaky.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+    client = debug_app.test_client()
+    token = _csrf(client, "/_queue/jobs/failed?queue=boom")
+    client.post("/_queue/bulk", data={"csrf_token": token, "action": "retry", "queue": "boom"})
+    assert {queue.get(j.id).status for j in boom} == {JobStatus.SCHEDULED}  # type: ignore[union-attr]
+    assert queue.get(flaky.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+    client.post("/_queue/bulk", data={"csrf_token": token, "action": "delete"})
+    assert queue.get(flaky.id) is None
+    assert len(queue.jobs(status="SCHEDULED")) == 3
+
+
+def test_empty_states_say_what_to_do(debug_app: Flask) -> None:
+    client = debug_app.test_client()
+    assert "Enqueue a job" in client.get("/_queue/jobs/scheduled").get_data(as_text=True)
+    assert "No failed jobs" in client.get("/_queue/jobs/failed").get_data(as_text=True)
