@@ -262,10 +262,12 @@ class JobStore:
             stmt = stmt.where(t.c.queue == queue)
         if after is not None:
             run_at, last_id = naive_utc(after[0]), after[1]
+            # Spelled with a plain range on run_at first so every database can
+            # start the index scan at the key instead of filtering from the top.
             if newest_first:
-                key = sa.or_(t.c.run_at < run_at, sa.and_(t.c.run_at == run_at, t.c.id < last_id))
+                key = sa.and_(t.c.run_at <= run_at, sa.or_(t.c.run_at < run_at, t.c.id < last_id))
             else:
-                key = sa.or_(t.c.run_at > run_at, sa.and_(t.c.run_at == run_at, t.c.id > last_id))
+                key = sa.and_(t.c.run_at >= run_at, sa.or_(t.c.run_at > run_at, t.c.id > last_id))
             stmt = stmt.where(key)
         order = (t.c.run_at.desc(), t.c.id.desc()) if newest_first else (t.c.run_at, t.c.id)
         stmt = stmt.order_by(*order).limit(limit)
