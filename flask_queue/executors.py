@@ -156,11 +156,16 @@ class HttpExecutor(_PoolExecutor):
                 self._release(job_id, attempt, f"invoke answered {exc.code}")
             return f"http {exc.code}"
         except TimeoutError:
-            return "sent"  # still running server-side; the lease guards it
-        except (urllib.error.URLError, ConnectionError, OSError) as exc:
+            # urllib raises a bare timeout only while waiting for the response:
+            # the request went out and the handler may be running for minutes.
+            # Its lease guards it.
+            return "sent"
+        except OSError as exc:
+            # Refused, unreachable, or timed out connecting or sending (urllib
+            # wraps those in URLError): the run never started. Releasing it is
+            # safe even if the request did arrive: only one start can win, and a
+            # released job's attempt is no longer startable.
             reason = getattr(exc, "reason", exc)
-            if isinstance(reason, TimeoutError):
-                return "sent"
             self._release(job_id, attempt, f"could not reach {config.invoke_url}: {reason}")
             return "refused"
 

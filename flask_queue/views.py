@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from .errors import ConfigError
 from .signing import InvokeRefused, tokens_equal, verify_invoke
 
 if TYPE_CHECKING:
@@ -70,8 +71,8 @@ def make_blueprint(state: QueueState) -> Blueprint:
         scheme, _, given = header.partition(" ")
         try:
             expected = state.queue.produce_token()
-        except Exception:  # noqa: BLE001 - no secret configured: nobody may produce
-            return _error(503, "No produce token is configured (QUEUE_PRODUCE_TOKEN).")
+        except ConfigError as exc:  # no token and no secret: nobody may produce
+            return _error(503, str(exc))
         if scheme.lower() != "bearer" or not tokens_equal(given.strip(), expected):
             response = jsonify(error="Missing or wrong bearer token.")
             response.headers["WWW-Authenticate"] = "Bearer"

@@ -210,3 +210,54 @@ def test_empty_states_say_what_to_do(debug_app: Flask) -> None:
     client = debug_app.test_client()
     assert "Enqueue a job" in client.get("/_queue/jobs/scheduled").get_data(as_text=True)
     assert "No failed jobs" in client.get("/_queue/jobs/failed").get_data(as_text=True)
+
+
+def test_app_can_override_templates(tmp_path: Any, make_app: Any, queue: Queue) -> None:
+    override = tmp_path / "templates" / "flask_queue"
+    override.mkdir(parents=True)
+    (override / "index.html").write_text(
+        '{% extends "flask_queue/base.html" %}{% block content %}OUR OWN OVERVIEW{% endblock %}'
+    )
+    app = make_app(queue)
+    app.template_folder = str(tmp_path / "templates")
+    app.debug = True
+    html = app.test_client().get("/_queue/").get_data(as_text=True)
+    assert "OUR OWN OVERVIEW" in html
+    assert "flask_queue" in html  # the shipped base template still frames it
+
+
+def test_csrfprotect_app_still_accepts_invoke_and_produce(
+    db_url: str, queue: Queue, clock: Clock
+) -> None:
+    from flask_sqlalchemy import SQLAlchemy
+    from flask_wtf.csrf import CSRFProtect
+
+    from flask_queue.signing import sign_invoke
+
+    app = Flask("csrf_app")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=db_url,
+        SECRET_KEY="k",
+        QUEUE_EXECUTOR="inline",
+        QUEUE_TABLE_NAME="qj_csrf",
+    )
+    db = SQLAlchemy(app)
+    CSRFProtect(app)
+    queue.init_app(app)
+    app.debug = True
+    with app.app_context():
+        db.create_all()
+        try:
+            queue.enqueue("echo", 1, delay="1s")
+            clock.advance(1)
+            (job,) = app.extensions["queue"].store.claim(1, app.extensions["queue"].config.lease)
+            client = app.test_client()
+            body = sign_invoke(app.extensions["queue"].config.secret_keys, job.id, job.attempt)
+            assert client.post("/_queue/invoke", data=body).status_code == 200
+            token = f"Bearer {queue.produce_token()}"
+            assert (
+                client.post("/_queue/produce", headers={"Authorization": token}).status_code == 200
+            )
+            assert client.post("/_queue/bulk", data={"action": "delete"}).status_code == 400
+        finally:
+            db.drop_all()
