@@ -9,6 +9,7 @@ of the ``ms`` npm package that the seed (and Quirrel, Vercel) used: ``"10s"``,
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import timedelta
@@ -43,6 +44,7 @@ _UNIT_ALIASES = {
 _PATTERN = re.compile(r"^(?P<num>-?(?:\d+)?\.?\d+) *(?P<unit>[a-z]+)?$", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_ms(text: str) -> float:
     """Return the milliseconds an ``ms``-style string stands for.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
 import time
@@ -11,22 +12,23 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+# RFC 4648 base32 -> Crockford's alphabet, lower case: no i, l, o, u to misread.
+_TO_CROCKFORD = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz"
+)
 
 
 def new_id() -> str:
-    """A 26-character, time-ordered, collision-resistant id (ULID layout, lower case).
+    """A 26-character, time-ordered, collision-resistant id.
 
-    48 bits of milliseconds then 80 random bits: ids sort by creation time, which
-    keeps inserts at the right edge of the primary-key index and gives keyset
-    pagination a stable order, and two ids collide only with ~2^-80 odds.
+    48 bits of milliseconds then 80 random bits (the ULID layout), in base32:
+    ids sort by creation time, which keeps inserts at the right edge of the
+    primary-key index and gives keyset pagination a stable order, and two ids
+    collide only with ~2^-80 odds.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        value, digit = divmod(value, 32)
-        chars.append(_CROCKFORD[digit])
-    return "".join(reversed(chars))
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    # 128 bits -> 26 base32 digits (the last 2 bits are zero padding).
+    return base64.b32encode(raw).decode()[:26].translate(_TO_CROCKFORD)
 
 
 class JobStatus(str, enum.Enum):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -94,6 +94,7 @@ class JobStore:
     ) -> None:
         self._engine_getter = engine
         self._engine: Engine | None = None
+        self._autocommit: Engine | None = None
         self.table = table
         self.clock = clock
 
@@ -106,6 +107,20 @@ class JobStore:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    def _one_statement(self) -> AbstractContextManager[Connection]:
+        """A connection for a write that is one statement, atomic by itself.
+
+        On PostgreSQL it runs in autocommit: no BEGIN/COMMIT round trips, about
+        0.1 ms off every enqueue, start and finish. Elsewhere switching the mode
+        costs more than it saves (PyMySQL sends it as a query), so a plain
+        transaction it is.
+        """
+        if self.dialect == "postgresql":
+            if self._autocommit is None:
+                self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            return self._autocommit.connect()
+        return self.engine.begin()
 
     def now(self) -> datetime:
         return naive_utc(self.clock())
@@ -171,7 +186,8 @@ class JobStore:
         if not rows:
             return
         stmt = sa.insert(self.table)
-        with _storage_errors("insert jobs"), self._begin(conn) as c:
+        single = len(rows) <= INSERT_CHUNK
+        with _storage_errors("insert jobs"), self._begin(conn, single=single) as c:
             for start in range(0, len(rows), INSERT_CHUNK):
                 chunk = rows[start : start + INSERT_CHUNK]
                 c.execute(stmt, chunk[0] if len(chunk) == 1 else list(chunk))
@@ -211,14 +227,18 @@ class JobStore:
         raise StorageError(f"Could not enqueue job with id {cid!r}: it kept changing underneath.")
 
     @contextmanager
-    def _begin(self, conn: Connection | None, *, nested: bool = False) -> Iterator[Connection]:
+    def _begin(
+        self, conn: Connection | None, *, nested: bool = False, single: bool = False
+    ) -> Iterator[Connection]:
         """A transaction: our own, or (for transactional enqueue) the caller's.
 
-        Inside the caller's transaction a SAVEPOINT isolates a statement that may
-        fail on a unique key, so the caller's transaction survives it.
+        ``single`` says the block runs one statement, which may then skip the
+        transaction wrapper (see ``_one_statement``). Inside the caller's
+        transaction a SAVEPOINT isolates a statement that may fail on a unique
+        key, so the caller's transaction survives it.
         """
         if conn is None:
-            with self.engine.begin() as c:
+            with self._one_statement() if single else self.engine.begin() as c:
                 yield c
         elif nested:
             with conn.begin_nested():
@@ -322,7 +342,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> bool:
         t = self.table
-        with _storage_errors("delete a job"), self.engine.begin() as c:
+        with _storage_errors("delete a job"), self._one_statement() as c:
             return c.execute(sa.delete(t).where(t.c.id == job_id)).rowcount > 0
 
     def retry(self, job_id: str) -> Job[Any]:
@@ -464,6 +484,16 @@ class JobStore:
                 time.sleep(0.01 * (attempt + 1))
         return []  # pragma: no cover - the loop returns or raises
 
+    def _unstarted(self, job_id: str, attempt: int) -> sa.ColumnElement[bool]:
+        """The claimed run ``attempt`` of ``job_id``, not yet started by anyone."""
+        t = self.table
+        return sa.and_(
+            t.c.id == job_id,
+            t.c.attempt == attempt,
+            t.c.status == RUNNING,
+            t.c.started_at.is_(None),
+        )
+
     def start(self, job_id: str, attempt: int, lease: timedelta) -> tuple[Job[Any] | None, str]:
         """Mark a claimed run as started; exactly one caller per attempt wins.
 
@@ -475,16 +505,15 @@ class JobStore:
         now = self.now()
         stmt = (
             sa.update(t)
-            .where(
-                t.c.id == job_id,
-                t.c.attempt == attempt,
-                t.c.status == RUNNING,
-                t.c.started_at.is_(None),
-            )
+            .where(self._unstarted(job_id, attempt))
             .values(started_at=now, lease_until=now + lease, updated_at=now)
         )
-        with _storage_errors("start a job"), self.engine.begin() as c:
-            if self.engine.dialect.update_returning:
+        returning = self.engine.dialect.update_returning
+        with (
+            _storage_errors("start a job"),
+            self._one_statement() if returning else self.engine.begin() as c,
+        ):
+            if returning:
                 row = c.execute(stmt.returning(*t.c)).first()
                 if row is not None:
                     return self.to_job(row), "ok"
@@ -498,7 +527,11 @@ class JobStore:
         t = self.table
         now = self.now()
         owned = sa.and_(t.c.id == job.id, t.c.attempt == job.attempt, t.c.status == RUNNING)
-        with _storage_errors("finish a job"), self.engine.begin() as c:
+        single = outcome.failed_copy_reason is None
+        with (
+            _storage_errors("finish a job"),
+            self._one_statement() if single else self.engine.begin() as c,
+        ):
             if outcome.status == "DELETE":
                 return c.execute(sa.delete(t).where(owned)).rowcount == 1
             values: dict[str, Any] = {
@@ -539,15 +572,10 @@ class JobStore:
         """Give back a claimed job whose dispatch failed, so the next produce retries it."""
         t = self.table
         now = self.now()
-        with _storage_errors("release a job"), self.engine.begin() as c:
+        with _storage_errors("release a job"), self._one_statement() as c:
             result = c.execute(
                 sa.update(t)
-                .where(
-                    t.c.id == job_id,
-                    t.c.attempt == attempt,
-                    t.c.status == RUNNING,
-                    t.c.started_at.is_(None),
-                )
+                .where(self._unstarted(job_id, attempt))
                 .values(status=SCHEDULED, lease_until=None, updated_at=now)
             )
             return result.rowcount == 1
