@@ -36,13 +36,31 @@ class Deliverable(Protocol):
 
 
 class Executor:
+    """Delivers runs. ``submit`` takes a claimed run; ``dispatch`` takes a job that
+    was just enqueued as due now, claims it (unless a producer got there first)
+    and delivers it. Until that claim the job is a plain due SCHEDULED row, so a
+    dispatch that never happens (the process froze or died) is picked up by the
+    next produce, not after a lease."""
+
     name = "base"
 
     def __init__(self, state: QueueState) -> None:
         self.state = state
 
-    def submit(self, job: Deliverable) -> None:
+    def deliver(self, job: Deliverable) -> None:
+        """Deliver one claimed run, in the calling thread."""
         raise NotImplementedError
+
+    def submit(self, job: Deliverable) -> None:
+        self.deliver(job)
+
+    def dispatch(self, job_id: str) -> None:
+        self._claim_and_deliver(job_id)
+
+    def _claim_and_deliver(self, job_id: str) -> None:
+        claimed = self.state.store.claim_one(job_id, self.state.config.lease)
+        if claimed is not None:
+            self.deliver(claimed)
 
     def capacity(self) -> int:
         """How many more jobs it can take now without piling them up."""
@@ -58,7 +76,7 @@ class Executor:
 class InlineExecutor(Executor):
     name = "inline"
 
-    def submit(self, job: Deliverable) -> None:
+    def deliver(self, job: Deliverable) -> None:
         run_job(self.state, job.id, job.attempt)
 
 
@@ -69,6 +87,13 @@ class _PoolExecutor(Executor):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._pending: set[Future[Any]] = set()
+
+    def submit(self, job: Deliverable) -> None:
+        self._submit(self.deliver, job)
+
+    def dispatch(self, job_id: str) -> None:
+        # The claim happens on the pool too: enqueue returns at once.
+        self._submit(self._claim_and_deliver, job_id)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         with self._lock:
@@ -107,8 +132,8 @@ class ThreadExecutor(_PoolExecutor):
     def __init__(self, state: QueueState, workers: int | None = None) -> None:
         super().__init__(state, workers or state.config.threads)
 
-    def submit(self, job: Deliverable) -> None:
-        self._submit(run_job, self.state, job.id, job.attempt)
+    def deliver(self, job: Deliverable) -> None:
+        run_job(self.state, job.id, job.attempt)
 
     def capacity(self) -> int:
         # Claim only what the pool can start soon: a claimed job waiting in the
@@ -134,8 +159,8 @@ class HttpExecutor(_PoolExecutor):
     def __init__(self, state: QueueState) -> None:
         super().__init__(state, workers=max(4, state.config.threads))
 
-    def submit(self, job: Deliverable) -> None:
-        self._submit(self.send, job.id, job.attempt)
+    def deliver(self, job: Deliverable) -> None:
+        self.send(job.id, job.attempt)
 
     def send(self, job_id: str, attempt: int) -> str:
         config = self.state.config

@@ -27,7 +27,7 @@ from .errors import (
 from .job import Job, JobStatus, ScheduleType
 from .models import job_table
 from .scheduling import next_cron, retry_delays, validate_cron, zone
-from .store import CRON_ID_PREFIX, RUNNING, SCHEDULED, JobStore
+from .store import CRON_ID_PREFIX, SCHEDULED, JobStore
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -335,8 +335,8 @@ class Queue:
         else:
             state.store.insert([row], conn=conn)
             job, created = state.store.to_job(row, payload=payload), True
-        if created and job.status is JobStatus.RUNNING:
-            self._dispatch_after_commit(state, [job], session)
+        if created and job.run_at <= self.clock():
+            self._dispatch_after_commit(state, [job.id], session)
         return job
 
     def enqueue_many(
@@ -367,9 +367,8 @@ class Queue:
         conn = session.connection() if session is not None else None
         state.store.insert(rows, conn=conn)
         jobs = [state.store.to_job(r, payload=p) for r, p in zip(rows, items, strict=True)]
-        self._dispatch_after_commit(
-            state, [j for j in jobs if j.status is JobStatus.RUNNING], session
-        )
+        if jobs and jobs[0].run_at <= self.clock():
+            self._dispatch_after_commit(state, [j.id for j in jobs], session)
         return jobs
 
     def _plan(
@@ -435,13 +434,13 @@ class Queue:
             else None
         )
         when = when or now
-        immediate = when <= now
+        # A job due now is stored SCHEDULED like any other and then dispatched by
+        # id (claimed on the executor's side): if that dispatch never happens,
+        # the job is simply due, and the next produce takes it.
         return {
             "queue": name,
             "run_at": when,
-            "status": RUNNING if immediate else SCHEDULED,
-            "attempt": 1 if immediate else 0,
-            "lease_until": now + state.config.lease if immediate else None,
+            "status": SCHEDULED,
             "schedule_type": schedule_type,
             "schedule": schedule,
             "count_limit": times,
@@ -450,17 +449,17 @@ class Queue:
         }
 
     def _dispatch_after_commit(
-        self, state: QueueState, jobs: list[Job[Any]], session: AnySession | None
+        self, state: QueueState, job_ids: list[str], session: AnySession | None
     ) -> None:
-        if not jobs:
+        if not job_ids:
             return
         if session is None:
-            for job in jobs:
-                state.executor.submit(job)
+            for job_id in job_ids:
+                state.executor.dispatch(job_id)
             return
         real = session() if callable(session) else session  # scoped_session -> Session
         pending = real.info.setdefault("flask_queue_pending", [])
-        pending.extend((state, job) for job in jobs)
+        pending.extend((state, job_id) for job_id in job_ids)
         if not real.info.get("flask_queue_hooked"):
             from sqlalchemy import event
 
@@ -635,8 +634,8 @@ def _shutdown_at_exit(ref: weakref.ref[QueueState]) -> None:
 
 
 def _dispatch_pending(session: Session) -> None:
-    for state, job in session.info.pop("flask_queue_pending", []):
-        state.executor.submit(job)
+    for state, job_id in session.info.pop("flask_queue_pending", []):
+        state.executor.dispatch(job_id)
 
 
 def _drop_pending(session: Session) -> None:

@@ -31,7 +31,7 @@ def app(make_app: Any, queue: Queue) -> Any:
     # Enqueue tests look at stored rows, so nothing runs at enqueue: the thread
     # executor would race the assertions, "inline" would delete immediate jobs.
     app = make_app(queue, QUEUE_EXECUTOR="thread")
-    app.extensions["queue"].executor.submit = lambda job: None
+    app.extensions["queue"].executor.dispatch = lambda job_id: None
     with app.app_context():
         yield app
 
@@ -68,18 +68,54 @@ def test_run_at_naive_is_utc_and_aware_is_converted(app: Flask, queue: Queue) ->
 
 
 @all_databases
-def test_immediate_job_is_running_and_dispatched(make_app: Any, queue: Queue, clock: Clock) -> None:
+def test_immediate_job_is_due_and_dispatched(make_app: Any, queue: Queue, clock: Clock) -> None:
     app = make_app(queue, QUEUE_EXECUTOR="thread")
-    sent: list[Any] = []
-    app.extensions["queue"].executor.submit = sent.append
+    sent: list[str] = []
+    app.extensions["queue"].executor.dispatch = sent.append
     with app.app_context():
         job = queue.enqueue("echo", {"now": True})
-        assert [j.id for j in sent] == [job.id]
+        later = queue.enqueue("echo", {"now": False}, delay="1s")
+        assert sent == [job.id]  # only the job due now, handed over by id
         stored = queue.get(job.id)
         assert stored is not None
-        assert stored.status is JobStatus.RUNNING
-        assert stored.attempt == 1
-        assert stored.lease_until == clock() + timedelta(minutes=16)
+        # Stored as a plain due job: the dispatch claims it.
+        assert (stored.status, stored.attempt, stored.run_at) == (JobStatus.SCHEDULED, 0, clock())
+        assert queue.get(later.id).status is JobStatus.SCHEDULED  # type: ignore[union-attr]
+
+
+@all_databases
+def test_lost_dispatch_is_taken_by_the_next_produce(
+    make_app: Any, queue: Queue, recorder: Recorder
+) -> None:
+    app = make_app(queue, QUEUE_EXECUTOR="inline")
+    executor = app.extensions["queue"].executor
+    executor.dispatch = lambda job_id: None  # the process froze before dispatching
+    with app.app_context():
+        job = queue.enqueue("echo", "lost")
+        assert recorder.calls == []
+        # No lease to wait for: the job is due, the next produce runs it.
+        assert queue.produce().claimed == 1
+        assert recorder.calls == [("echo", "lost")]
+        assert queue.get(job.id) is None
+
+
+@all_databases
+def test_dispatch_after_a_producer_claimed_runs_nothing(
+    make_app: Any, queue: Queue, recorder: Recorder
+) -> None:
+    app = make_app(queue, QUEUE_EXECUTOR="inline")
+    state = app.extensions["queue"]
+    pending: list[str] = []
+    state.executor.dispatch = pending.append
+    with app.app_context():
+        job = queue.enqueue("echo", "raced")
+        (claimed,) = state.store.claim(10, state.config.lease)  # a producer won
+        assert claimed.id == job.id
+        before = row_snapshot(app)
+        del state.executor.dispatch  # back to the real one
+        state.executor.dispatch(pending[0])
+        assert recorder.calls == []
+        assert row_snapshot(app) == before
 
 
 @all_databases
