@@ -173,13 +173,19 @@ def bench_claim(url: str, backlogs: list[int], due: int) -> list[list[str]]:
     return rows
 
 
+def _seed_due(queue: Any, n: int) -> None:
+    """n no-op jobs that become due half a second later: not due at enqueue, so
+    nothing dispatches them, and the code under test claims every one."""
+    queue.enqueue_many("noop", [None] * n, delay="0.5s")
+    time.sleep(0.55)
+
+
 def bench_work(url: str, n: int) -> list[list[str]]:
     from flask_queue.worker import work
 
     queue = make_queue()
     with bench_app(url, queue, QUEUE_BATCH_SIZE=200) as app:
-        queue.enqueue_many("noop", [None] * n, delay="0.001s")
-        time.sleep(0.01)
+        _seed_due(queue, n)
         start = time.perf_counter()
         total = work(queue, concurrency=4, interval=0.01, max_jobs=n, report=lambda s: None)
         seconds = time.perf_counter() - start
@@ -264,8 +270,7 @@ def bench_latency(url: str, n: int) -> list[list[str]]:
             # Per-job cost of the http path, synchronously: sign, POST, verify,
             # start, run, finish — against a bare POST round trip to the same server.
             store = reader.extensions["queue"].store
-            q.enqueue_many("noop", [None] * n, delay="0.001s")
-            time.sleep(0.01)
+            _seed_due(q, n)
             jobs = store.claim(n, timedelta(minutes=5))
             per_job = []
             for job in jobs:
@@ -277,8 +282,7 @@ def bench_latency(url: str, n: int) -> list[list[str]]:
             from flask_queue.runner import run_job
 
             state = reader.extensions["queue"]
-            q.enqueue_many("noop", [None] * n, delay="0.001s")
-            time.sleep(0.01)
+            _seed_due(q, n)
             in_process = []
             for job in store.claim(n, timedelta(minutes=5)):
                 t0 = time.perf_counter()
