@@ -6,6 +6,7 @@ invoke endpoint — so a job behaves the same whichever way it was delivered.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
 from dataclasses import dataclass
@@ -56,15 +57,24 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
             log.error("flask_queue: job %s: %s", job.id, reason)
             owned = state.store.finish(job, Finish(status=FAILED, reason=reason, errors=job.errors))
             return RunResult("failed" if owned else "lost", job.id, attempt)
-        try:
-            handler.func(job)
-        except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure
-            reason = "".join(traceback.format_exception(exc))
-            log.warning("flask_queue: job %s (%s) failed: %r", job.id, job.queue, exc)
-            retry = handler.retry if handler.retry is not None else state.config.retry
-            outcome = after_failure(job, reason, retry, state.store.clock())
+        retry = handler.retry if handler.retry is not None else state.config.retry
+        budget = len(job.retry) if job.retry is not None else len(retry)
+        if job.errors > budget:
+            # Only runs whose runner died get here (the claim counted them): the
+            # retries are used up, so fail the job instead of running it again.
+            reason = job.reason or "The run's process died."
+            log.error("flask_queue: job %s (%s): %s Giving up.", job.id, job.queue, reason)
+            earlier = dataclasses.replace(job, errors=job.errors - 1)
+            outcome = after_failure(earlier, reason, retry, state.store.clock())
         else:
-            outcome = after_success(job, state.config.keep_completed, state.store.clock())
+            try:
+                handler.func(job)
+            except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure
+                reason = "".join(traceback.format_exception(exc))
+                log.warning("flask_queue: job %s (%s) failed: %r", job.id, job.queue, exc)
+                outcome = after_failure(job, reason, retry, state.store.clock())
+            else:
+                outcome = after_success(job, state.config.keep_completed, state.store.clock())
         owned = state.store.finish(job, outcome)
         return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
 

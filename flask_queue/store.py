@@ -40,6 +40,10 @@ INSERT_CHUNK = 1000
 #: InnoDB may report a deadlock between concurrent claimers even with SKIP LOCKED.
 DEADLOCK_RETRIES = 5
 CRON_ID_PREFIX = "flask_queue.cron:"
+LEASE_EXPIRED = (
+    "The run did not finish within its lease (QUEUE_LEASE): its process died or"
+    " was stopped, or the handler ran longer than the lease."
+)
 _UNSET: Any = object()
 
 
@@ -421,13 +425,7 @@ class JobStore:
         """
         now = self.now()
         t = self.table
-        values = {
-            "status": RUNNING,
-            "attempt": t.c.attempt + 1,
-            "lease_until": now + lease,
-            "started_at": None,
-            "updated_at": now,
-        }
+        values = self._claim_values(now, lease)
         with _storage_errors("claim jobs"):
             if self.dialect not in ("postgresql", "sqlite"):
                 return self._claim_mysql(now, limit, values)
@@ -446,7 +444,9 @@ class JobStore:
                     else:
                         # SQLite has one writer at a time: the UPDATE is atomic.
                         stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery()))
-                    rows = c.execute(stmt.values(values).returning(t.c.id, t.c.attempt, t.c.queue))
+                    rows = c.execute(
+                        stmt.ordered_values(*values).returning(t.c.id, t.c.attempt, t.c.queue)
+                    )
                     claimed += [Claimed(*r) for r in rows]
             return claimed
 
@@ -477,7 +477,31 @@ class JobStore:
                     return None
                 return Claimed(*c.execute(sa.select(*claimed_cols).where(t.c.id == job_id)).one())
 
-    def _claim_mysql(self, now: datetime, limit: int, values: dict[str, Any]) -> list[Claimed]:
+    def _claim_values(self, now: datetime, lease: timedelta) -> list[tuple[Any, Any]]:
+        """The SET clause of a claim, in order.
+
+        A RUNNING row whose run had *started* and whose lease expired lost its
+        runner mid-run: that counts as a failed attempt (``errors`` + 1, with a
+        reason saying so), so a handler that kills its process every time is
+        retried by its policy and then FAILED, not re-run forever. A run that
+        never started (a lost dispatch) costs nothing. These two come first:
+        MySQL evaluates SET assignments left to right, on the updated values.
+        """
+        t = self.table
+        died = sa.and_(t.c.status == RUNNING, t.c.started_at.is_not(None))
+        return [
+            (t.c.errors, sa.case((died, t.c.errors + 1), else_=t.c.errors)),
+            (t.c.reason, sa.case((died, sa.literal(LEASE_EXPIRED)), else_=t.c.reason)),
+            (t.c.status, RUNNING),
+            (t.c.attempt, t.c.attempt + 1),
+            (t.c.lease_until, now + lease),
+            (t.c.started_at, None),
+            (t.c.updated_at, now),
+        ]
+
+    def _claim_mysql(
+        self, now: datetime, limit: int, values: list[tuple[Any, Any]]
+    ) -> list[Claimed]:
         # No UPDATE ... RETURNING: lock the ids, update them as one set, read them
         # back, all in one transaction; retry the whole of it on an InnoDB deadlock.
         t = self.table
@@ -504,7 +528,7 @@ class JobStore:
                         ids += c.execute(candidates).scalars()
                     if not ids:
                         return []
-                    c.execute(sa.update(t).where(t.c.id.in_(ids)).values(values))
+                    c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
                     rows = c.execute(
                         sa.select(t.c.id, t.c.attempt, t.c.queue)
                         .where(t.c.id.in_(ids))

@@ -260,3 +260,46 @@ def test_handler_runs_in_app_context_with_its_own_session(make_app: Any, clock: 
     with app.app_context():
         q.enqueue("ctx", None)
     assert seen == [app.name]
+
+
+@all_databases
+def test_runs_that_keep_dying_use_retries_then_fail(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    state = app.extensions["queue"]
+    lease = timedelta(minutes=1)
+    job = queue.enqueue("echo", "poison", delay="1s", retry=["10s"])
+
+    def start_and_die() -> None:
+        (claimed,) = state.store.claim(5, lease)
+        _, why = state.store.start(claimed.id, claimed.attempt, lease)
+        assert why == "ok"
+        clock.advance(61)  # the process died: nothing finishes the run
+
+    clock.advance(1)
+    start_and_die()  # first run dies
+    start_and_die()  # recovered (1 failure, 1 retry allowed), dies again
+    stuck = queue.get(job.id)
+    assert stuck is not None and stuck.status is JobStatus.RUNNING
+    (claimed,) = state.store.claim(5, lease)  # recovered again: 2 failures
+    assert run_job(state, claimed.id, claimed.attempt).outcome == "failed"
+    assert recorder.calls == []  # not run a third time
+    failed = queue.get(job.id)
+    assert failed is not None
+    assert failed.status is JobStatus.FAILED
+    assert "did not finish within its lease" in (failed.reason or "")
+
+
+@all_databases
+def test_a_lost_dispatch_does_not_count_as_a_failure(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    state = app.extensions["queue"]
+    job = queue.enqueue("echo", "lost", delay="1s", retry=0)
+    clock.advance(1)
+    state.store.claim(5, timedelta(minutes=1))  # claimed, never started
+    clock.advance(61)
+    (claimed,) = state.store.claim(5, timedelta(minutes=1))
+    assert run_job(state, claimed.id, claimed.attempt).outcome == "completed"
+    assert recorder.calls == [("echo", "lost")]
+    assert queue.get(job.id) is None
