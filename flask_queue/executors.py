@@ -16,7 +16,7 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .runner import RunResult, run_job
+from .runner import run_job
 from .signing import sign_invoke
 
 if TYPE_CHECKING:
@@ -212,4 +212,4 @@ def make_executor(state: QueueState, name: str | None = None) -> Executor:
     return HttpExecutor(state)
 
 
-__all__ = ["Executor", "HttpExecutor", "InlineExecutor", "RunResult", "ThreadExecutor"]
+__all__ = ["Executor", "HttpExecutor", "InlineExecutor", "ThreadExecutor"]

@@ -31,8 +31,9 @@ def produce_loop(
     report: Callable[[str], None] = print,
 ) -> None:
     """Call ``produce`` every ``interval`` seconds (sooner while work is left)."""
-    stop = stop or threading.Event()
-    _stop_on_signals(stop)
+    if stop is None:  # the CLI: SIGTERM/SIGINT stop the loop
+        stop = threading.Event()
+        _stop_on_signals(stop)
     while not stop.is_set():
         result = queue.produce()
         if result.claimed:
@@ -55,8 +56,9 @@ def work(
     process that exists to run them. On SIGTERM/SIGINT it stops claiming and
     lets running handlers finish.
     """
-    stop = stop or threading.Event()
-    _stop_on_signals(stop)
+    if stop is None:  # the CLI: SIGTERM/SIGINT stop the worker
+        stop = threading.Event()
+        _stop_on_signals(stop)
     state = queue.state()
     executor = ThreadExecutor(state, workers=concurrency)
     total = 0

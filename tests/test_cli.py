@@ -92,3 +92,24 @@ def test_work_runs_jobs_then_stops(
     assert sorted(recorder.payloads("echo")) == ["w1", "w2", "w3"]
     assert "worker stopped after 3 job(s)" in result.output
     assert queue.jobs() == []
+
+
+def test_produce_loop_runs_until_stopped(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    import threading
+
+    from flask_queue.worker import produce_loop
+
+    queue.enqueue_many("echo", ["a", "b"], delay="1s")
+    clock.advance(1)
+    stop = threading.Event()
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        stop.set()  # one productive round is enough
+
+    produce_loop(queue, 0.01, stop=stop, report=report)
+    assert lines == ["claimed 2 job(s)"]
+    assert sorted(recorder.payloads("echo")) == ["a", "b"]
