@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import JobNotFoundError, StorageError
+from .errors import InvalidStatusError, JobNotFoundError, StorageError
 from .job import Job, JobStatus, ScheduleType, new_id
 
 UTC = timezone.utc
@@ -379,8 +379,6 @@ class JobStore:
             return c.execute(stmt).rowcount
 
     def _reschedule_now(self, job_id: str, allowed: tuple[str, ...], action: str) -> Job[Any]:
-        from .errors import InvalidStatusError
-
         t = self.table
         now = self.now()
         with _storage_errors(f"{action} a job"), self.engine.begin() as c:
@@ -458,13 +456,7 @@ class JobStore:
         stmt = (
             sa.update(t)
             .where(t.c.id == job_id, t.c.status == SCHEDULED)
-            .values(
-                status=RUNNING,
-                attempt=t.c.attempt + 1,
-                lease_until=now + lease,
-                started_at=None,
-                updated_at=now,
-            )
+            .ordered_values(*self._claim_values(now, lease))
         )
         claimed_cols = (t.c.id, t.c.attempt, t.c.queue)
         with _storage_errors("claim a job"):
