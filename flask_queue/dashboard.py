@@ -199,7 +199,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             queue=queue,
             next_key=next_key,
             first_page=after is None,
-            matching=store.count_capped(TOTAL_CAP, status=value, queue=queue),
+            # Unfiltered, the count is the nav's total for this status: not counted twice.
+            matching=store.count_capped(TOTAL_CAP, status=value, queue=queue) if queue else None,
         )
 
     @bp.get("/search")

@@ -27,7 +27,7 @@ from .errors import (
 from .job import Job, JobStatus, ScheduleType
 from .models import job_table
 from .scheduling import next_cron, retry_delays, validate_cron, zone
-from .store import CRON_ID_PREFIX, SCHEDULED, JobStore
+from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -509,25 +509,24 @@ class Queue:
     def sync_crons(self) -> dict[str, int]:
         """Make the table hold exactly the crons declared with ``@queue.cron``."""
         state = self.state()
-        now = self.clock()
-        declared = {
-            c.name: (
-                c.expr,
-                c.tz,
-                state.store.new_row(
-                    custom_id=CRON_ID_PREFIX + c.name,
-                    queue=c.name,
-                    payload="null",
-                    run_at=next_cron(c.expr, c.tz, now),
-                    status=SCHEDULED,
-                    schedule_type=ScheduleType.CRON.value,
-                    schedule=c.expr,
-                    tz=c.tz,
-                ),
+        crons = self.crons
+
+        def row_for(name: str) -> Row:
+            # Built only for a cron that is missing or changed, not on every produce.
+            c = crons[name]
+            return state.store.new_row(
+                custom_id=CRON_ID_PREFIX + c.name,
+                queue=c.name,
+                payload="null",
+                run_at=next_cron(c.expr, c.tz, self.clock()),
+                status=SCHEDULED,
+                schedule_type=ScheduleType.CRON.value,
+                schedule=c.expr,
+                tz=c.tz,
             )
-            for c in self.crons.values()
-        }
-        return state.store.sync_crons(declared)
+
+        declared = {c.name: (c.expr, c.tz) for c in crons.values()}
+        return state.store.sync_crons(declared, row_for)
 
     def produce(self, *, executor: Executor | None = None) -> ProduceResult:
         """Claim due jobs in batches and hand them to the executor.

@@ -587,10 +587,11 @@ class JobStore:
                 "status": outcome.status,
                 "errors": outcome.errors,
                 "lease_until": None,
-                "started_at": None if outcome.status == SCHEDULED else t.c.started_at,
                 "updated_at": now,
                 "reason": outcome.reason,
             }
+            if outcome.status == SCHEDULED:
+                values["started_at"] = None  # the next run has not started
             if outcome.run_at is not None:
                 values["run_at"] = naive_utc(outcome.run_at)
             if outcome.count is not None:
@@ -639,11 +640,14 @@ class JobStore:
 
     # -- declared crons -----------------------------------------------------------
 
-    def sync_crons(self, declared: dict[str, tuple[str, str, Row]]) -> dict[str, int]:
+    def sync_crons(
+        self, declared: dict[str, tuple[str, str]], row_for: Callable[[str], Row]
+    ) -> dict[str, int]:
         """Make the table hold exactly one row per declared cron.
 
-        ``declared`` maps a cron's name to (expression, timezone, row to insert if
-        missing). The unique custom id is the guard: two producers syncing at once
+        ``declared`` maps a cron's name to (expression, timezone); ``row_for(name)``
+        builds the row to insert if it is missing (or whose run_at to take if it
+        changed). The unique custom id is the guard: two producers syncing at once
         both try the INSERT and one of them loses on the key, harmlessly.
         """
         t = self.table
@@ -660,12 +664,12 @@ class JobStore:
                     )
                     if r.custom_id.startswith(CRON_ID_PREFIX)
                 }
-            for name, (expr, tz, row) in declared.items():
+            for name, (expr, tz) in declared.items():
                 current = existing.get(name)
                 if current is None:
                     try:
                         with self.engine.begin() as c:
-                            c.execute(sa.insert(t).values(**row))
+                            c.execute(sa.insert(t).values(**row_for(name)))
                         stats["created"] += 1
                     except sa.exc.IntegrityError:
                         pass
@@ -675,7 +679,7 @@ class JobStore:
                         # then follows the new one; others move to the new next time.
                         values: dict[str, Any] = {"schedule": expr, "tz": tz}
                         if current.status != RUNNING:
-                            values["run_at"] = row["run_at"]
+                            values["run_at"] = row_for(name)["run_at"]
                         c.execute(
                             sa.update(t)
                             .where(t.c.id == current.id)
