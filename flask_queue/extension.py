@@ -528,11 +528,13 @@ class Queue:
         declared = {c.name: (c.expr, c.tz) for c in crons.values()}
         return state.store.sync_crons(declared, row_for)
 
-    def produce(self, *, executor: Executor | None = None) -> ProduceResult:
+    def produce(
+        self, *, executor: Executor | None = None, limit: int | None = None
+    ) -> ProduceResult:
         """Claim due jobs in batches and hand them to the executor.
 
         Returns within about ``QUEUE_PRODUCE_BUDGET``; what is left is claimed
-        by the next call.
+        by the next call. ``limit`` caps how many jobs this call claims.
         """
         state = self.state()
         config = state.config
@@ -546,6 +548,8 @@ class Queue:
         claimed, more = 0, False
         while True:
             room = min(config.batch_size, runner.capacity())
+            if limit is not None:
+                room = min(room, limit - claimed)
             if room <= 0:
                 more = True
                 break
