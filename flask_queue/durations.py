@@ -19,6 +19,13 @@ from .errors import InvalidDurationError
 
 Duration = Union[timedelta, int, float, str]
 
+#: The longest duration any option takes. A bound exists so that ``now + delay``
+#: (and a retry's or an interval's next time) can never overflow a ``datetime``
+#: inside the runner, where an exception would leave the job RUNNING; a century
+#: is far beyond any real schedule and far inside year 9999.
+MAX_DURATION = timedelta(days=36_525)
+_MAX_MS = MAX_DURATION / timedelta(milliseconds=1)
+
 _MS_PER_UNIT = {
     "ms": 1.0,
     "s": 1000.0,
@@ -79,19 +86,33 @@ def to_timedelta(value: object, *, name: str = "duration", allow_zero: bool = Tr
     elif isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise InvalidDurationError(f"Invalid {name} {value!r}: must be finite.")
+        if abs(value) * 1000 > _MAX_MS:
+            raise _too_large(name, value)
         result = timedelta(seconds=value)
     elif isinstance(value, str):
         try:
-            result = timedelta(milliseconds=parse_ms(value))
+            ms = parse_ms(value)
         except InvalidDurationError as exc:
             raise InvalidDurationError(f"Invalid {name}: {exc}") from None
-        except OverflowError:
-            raise InvalidDurationError(f"Invalid {name} {value!r}: too large.") from None
+        if not math.isfinite(ms) or abs(ms) > _MAX_MS:
+            raise _too_large(name, value)
+        result = timedelta(milliseconds=ms)
     else:
         raise InvalidDurationError(
             f"Invalid {name} {value!r}: expected a timedelta, seconds, or a string like '10s'."
         )
+    if result > MAX_DURATION:
+        raise _too_large(name, value)
     if result < timedelta(0) or (not allow_zero and result == timedelta(0)):
         bound = "positive" if not allow_zero else "zero or positive"
         raise InvalidDurationError(f"Invalid {name} {value!r}: must be {bound}.")
     return result
+
+
+def _too_large(name: str, value: object) -> InvalidDurationError:
+    return InvalidDurationError(f"Invalid {name} {value!r}: too large (at most 100 years).")
+
+
+def to_milliseconds(interval: timedelta) -> int:
+    """An interval as the whole number of milliseconds it is stored as (rounded)."""
+    return round(interval / timedelta(milliseconds=1))

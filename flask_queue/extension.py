@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import atexit
-import json
+import itertools
+import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
@@ -14,18 +15,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 from flask import Flask, current_app
 
 from .config import DEFAULTS, QueueConfig, read_config
-from .durations import Duration, to_timedelta
+from .durations import Duration
 from .errors import (
     ConfigError,
     InvalidOptionError,
-    InvalidPayloadError,
-    InvalidScheduleError,
     JobNotFoundError,
     QueueError,
-    UnknownQueueError,
 )
 from .job import Job, JobStatus, ScheduleType
 from .models import job_table
+from .planning import MAX_NAME, RetryPolicy, check_custom_id, encode_payload, plan
 from .scheduling import next_cron, retry_delays, validate_cron, zone
 from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row
 
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 UTC = timezone.utc
-RetryPolicy = Union[int, Sequence[Duration]]
+log = logging.getLogger("flask_queue")
 AnySession = Union["Session", "scoped_session[Any]"]
 
 
@@ -163,7 +162,9 @@ class Queue:
         db: SQLAlchemy | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self.db = db
+        #: The Flask-SQLAlchemy for apps that do not register their own; a ``db``
+        #: passed together with ``app`` is for that app only.
+        self.db = db if app is None else None
         #: Returns the current time (aware UTC). Tests swap it for a frozen clock.
         self.clock: Callable[[], datetime] = clock or _utcnow
         self.handlers: dict[str, Handler[Any, Any]] = {}
@@ -183,7 +184,15 @@ class Queue:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         config = read_config(app.config)
-        db = db or self.db or app.extensions.get("sqlalchemy")
+        if not app.config.get("SECRET_KEY"):
+            raise ConfigError(
+                "flask_queue's dashboard signs its CSRF tokens and flash messages with the"
+                " app's session: set SECRET_KEY (QUEUE_SECRET only signs invoke requests)."
+            )
+        # The db passed for this app, else this app's own Flask-SQLAlchemy, else
+        # the one given to the constructor: Queue(app1, db=db1).init_app(app2)
+        # must not put app2's jobs in app1's database.
+        db = db or app.extensions.get("sqlalchemy") or self.db
         if db is None:
             raise ConfigError(
                 "flask_queue stores jobs with Flask-SQLAlchemy: call db.init_app(app)"
@@ -264,9 +273,12 @@ class Queue:
         """
         validate_cron(expr)
         zone(tz)
+        if name is not None:
+            _check_cron_name(name)
 
         def decorator(func: Callable[[Job[None]], R]) -> Handler[None, R]:
             cron_name = name or func.__name__
+            _check_cron_name(cron_name)
             handle: Handler[None, R] = self.handler(cron_name, retry=retry)(func)
             self.crons[cron_name] = _Cron(cron_name, expr, tz, handle.retry)
             return handle
@@ -323,12 +335,23 @@ class Queue:
         dispatched only after the commit.
         """
         state = self.state()
-        if id is not None and (not isinstance(id, str) or not id or len(id) > 255):
-            raise InvalidOptionError(f"Invalid id {id!r}: use a non-empty string of at most 255.")
+        if id is not None:
+            check_custom_id(id)
         if override and id is None:
             raise InvalidOptionError("override=True needs id=: it replaces the job with that id.")
-        plan = self._plan(state, name, delay, run_at, cron, tz, every, times, retry)
-        row = state.store.new_row(custom_id=id, payload=encode_payload(payload), **plan)
+        fields = plan(
+            self.handlers,
+            self.clock(),
+            name,
+            delay=delay,
+            run_at=run_at,
+            cron=cron,
+            tz=tz,
+            every=every,
+            times=times,
+            retry=retry,
+        )
+        row = state.store.new_row(custom_id=id, payload=encode_payload(payload), **fields)
         conn = session.connection() if session is not None else None
         if id is not None:
             job, created = state.store.insert_unique(row, override=override, conn=conn)
@@ -361,92 +384,26 @@ class Queue:
             )
         state = self.state()
         items = list(payloads)
-        plan = self._plan(state, name, delay, run_at, cron, tz, every, times, retry)
+        fields = plan(
+            self.handlers,
+            self.clock(),
+            name,
+            delay=delay,
+            run_at=run_at,
+            cron=cron,
+            tz=tz,
+            every=every,
+            times=times,
+            retry=retry,
+        )
         encoded = [encode_payload(p) for p in items]  # every payload checked before any write
-        rows = [state.store.new_row(payload=text, **plan) for text in encoded]
+        rows = [state.store.new_row(payload=text, **fields) for text in encoded]
         conn = session.connection() if session is not None else None
         state.store.insert(rows, conn=conn)
         jobs = [state.store.to_job(r, payload=p) for r, p in zip(rows, items, strict=True)]
         if jobs and jobs[0].run_at <= self.clock():
             self._dispatch_after_commit(state, [j.id for j in jobs], session)
         return jobs
-
-    def _plan(
-        self,
-        state: QueueState,
-        name: str,
-        delay: Duration | None,
-        run_at: datetime | None,
-        cron: str | None,
-        tz: str | None,
-        every: Duration | None,
-        times: int | None,
-        retry: RetryPolicy | None,
-    ) -> dict[str, Any]:
-        """Validate the options and return the row fields they decide.
-
-        Nothing is written before this (and the payload check) passes.
-        """
-        if name not in self.handlers:
-            known = ", ".join(sorted(self.handlers)) or "none"
-            raise UnknownQueueError(
-                f"Unknown queue {name!r}: register it with @queue.handler({name!r})"
-                f" (registered: {known})."
-            )
-        now = self.clock()
-        if cron is not None and every is not None:
-            raise InvalidOptionError(
-                f"cron={cron!r} and every={every!r} both given: a job repeats one way."
-            )
-        if delay is not None and run_at is not None:
-            raise InvalidOptionError("delay= and run_at= both given: pass one of them.")
-        if tz is not None and cron is None:
-            raise InvalidOptionError(f"tz={tz!r} given without cron=: it is the cron's timezone.")
-        if times is not None:
-            if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-                raise InvalidScheduleError(f"Invalid times {times!r}: must be an int >= 1.")
-            if cron is None and every is None:
-                raise InvalidOptionError(f"times={times} given without cron= or every=.")
-        schedule_type: str | None = None
-        schedule: str | None = None
-        when: datetime | None = None
-        if run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise InvalidOptionError(f"Invalid run_at {run_at!r}: expected a datetime.")
-            when = run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)
-        elif delay is not None:
-            when = now + to_timedelta(delay, name="delay")
-        if cron is not None:
-            validate_cron(cron)
-            tz = tz or "UTC"
-            zone(tz)
-            schedule_type, schedule = ScheduleType.CRON.value, cron
-            when = when or next_cron(cron, tz, now)
-        elif every is not None:
-            interval = to_timedelta(every, name="every", allow_zero=False)
-            schedule_type = ScheduleType.EVERY.value
-            # Stored as given when it is a string, so the dashboard shows "5 minutes".
-            schedule = every if isinstance(every, str) else f"{interval.total_seconds():g}s"
-            when = when or now + interval
-        retry_seconds = (
-            json.dumps([d.total_seconds() for d in retry_delays(retry)])
-            if retry is not None
-            else None
-        )
-        when = when or now
-        # A job due now is stored SCHEDULED like any other and then dispatched by
-        # id (claimed on the executor's side): if that dispatch never happens,
-        # the job is simply due, and the next produce takes it.
-        return {
-            "queue": name,
-            "run_at": when,
-            "status": SCHEDULED,
-            "schedule_type": schedule_type,
-            "schedule": schedule,
-            "count_limit": times,
-            "tz": tz if cron is not None else None,
-            "retry": retry_seconds,
-        }
 
     def _dispatch_after_commit(
         self, state: QueueState, job_ids: list[str], session: AnySession | None
@@ -492,11 +449,16 @@ class Queue:
         *,
         status: JobStatus | str | None = None,
         queue: str | None = None,
-        limit: int = 100,
-        after: tuple[datetime, str] | None = None,
-    ) -> list[Job[Any]]:
-        """Jobs ordered by run time; ``status`` as the enum or its name."""
-        return self.store.jobs(status=_status(status), queue=queue, limit=limit, after=after)
+        limit: int | None = None,
+    ) -> Iterator[Job[Any]]:
+        """Every matching job (at most ``limit``), ordered by run time.
+
+        ``status`` is the enum or its name. The iterator reads keyset pages
+        as it goes, so it costs the same per job at any depth and never loads
+        the whole table at once.
+        """
+        jobs = self.store.iter_jobs(status=_status(status), queue=queue)
+        return jobs if limit is None else itertools.islice(jobs, limit)
 
     def require(self, job_id: str) -> Job[Any]:
         job = self.get(job_id)
@@ -506,8 +468,13 @@ class Queue:
 
     # -- producing -----------------------------------------------------------------
 
-    def sync_crons(self) -> dict[str, int]:
-        """Make the table hold exactly the crons declared with ``@queue.cron``."""
+    def sync_crons(self, *, prune: bool = True) -> dict[str, int]:
+        """Make the table hold exactly the crons declared with ``@queue.cron``.
+
+        ``prune=False`` (what ``produce`` does) only creates and updates: during
+        a rolling deploy two releases share the table, and neither may delete
+        the other's crons. Run ``flask queue sync-crons`` at deploy to prune.
+        """
         state = self.state()
         crons = self.crons
 
@@ -518,7 +485,8 @@ class Queue:
                 custom_id=CRON_ID_PREFIX + c.name,
                 queue=c.name,
                 payload="null",
-                run_at=next_cron(c.expr, c.tz, self.clock()),
+                run_at=(first := next_cron(c.expr, c.tz, self.clock(), inclusive=True)),
+                occurrence_at=first,
                 status=SCHEDULED,
                 schedule_type=ScheduleType.CRON.value,
                 schedule=c.expr,
@@ -526,7 +494,7 @@ class Queue:
             )
 
         declared = {c.name: (c.expr, c.tz) for c in crons.values()}
-        return state.store.sync_crons(declared, row_for)
+        return state.store.sync_crons(declared, row_for, prune=prune)
 
     def produce(
         self, *, executor: Executor | None = None, limit: int | None = None
@@ -541,10 +509,16 @@ class Queue:
         runner = executor or state.executor
         started = time.monotonic()
         budget = config.produce_budget.total_seconds()
-        crons = self.sync_crons()
+        # Housekeeping never stops the claim: a produce that cannot sync crons
+        # or purge history still runs every due job.
+        crons: dict[str, int] = {}
         purged = 0
-        if config.keep_completed:
-            purged = state.store.purge_completed(self.clock() - config.keep_completed)
+        try:
+            crons = self.sync_crons(prune=False)
+            if config.keep_completed:
+                purged = state.store.purge_completed(self.clock() - config.keep_completed)
+        except QueueError:
+            log.exception("flask_queue: produce housekeeping failed; claiming anyway")
         claimed, more = 0, False
         while True:
             room = min(config.batch_size, runner.capacity())
@@ -586,6 +560,16 @@ class Queue:
         return produce_token(config.secret)
 
 
+def _check_cron_name(name: str) -> None:
+    # The cron's row is found by the custom id prefix + name, stored in a
+    # 255-character column: refuse here what the database would refuse later.
+    room = MAX_NAME - len(CRON_ID_PREFIX)
+    if not isinstance(name, str) or not name or len(name) > room:
+        raise InvalidOptionError(
+            f"Invalid cron name {name!r}: use a non-empty string of at most {room} characters."
+        )
+
+
 def _status(status: JobStatus | str | None) -> str | None:
     if status is None:
         return None
@@ -597,29 +581,6 @@ def _status(status: JobStatus | str | None) -> str | None:
         raise InvalidOptionError(
             f"Unknown status {status!r}: use one of {', '.join(s.value for s in JobStatus)}."
         ) from None
-
-
-def encode_payload(payload: Any) -> str:
-    """JSON text of ``payload``, refusing anything that would not come back equal."""
-    try:
-        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayloadError(
-            f"Payload {_short(payload)} is not JSON-serialisable: {exc}."
-        ) from None
-    back = json.loads(text)
-    if back != payload or type(back) is not type(payload):
-        raise InvalidPayloadError(
-            f"Payload {_short(payload)} does not survive a JSON round trip (it would come"
-            f" back as {_short(back)}); use lists, dicts with str keys, str, numbers,"
-            " bools and None."
-        )
-    return text
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _engine_getter(app: Flask, db: SQLAlchemy) -> Callable[[], Any]:

@@ -7,7 +7,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -69,6 +69,7 @@ class Job(Generic[T]):
     schedule: str | None = None
     count_limit: int | None = None
     tz: str | None = None
+    occurrence_at: datetime | None = None
     attempt: int = 0
     errors: int = 0
     retry: list[float] | None = None
@@ -80,6 +81,15 @@ class Job(Generic[T]):
     @property
     def is_repeating(self) -> bool:
         return self.schedule_type is not None
+
+    @property
+    def interval(self) -> timedelta | None:
+        """An ``every`` job's interval (stored as whole milliseconds); else None."""
+        if self.schedule_type is not ScheduleType.EVERY or self.schedule is None:
+            return None
+        from .scheduling import Schedule
+
+        return Schedule.parse(self.schedule_type, self.schedule, self.tz).interval
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view, for the CLI and API responses."""

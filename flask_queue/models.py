@@ -21,6 +21,15 @@ _DateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"
 _LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 
+#: Custom ids compare byte for byte on every database. MySQL/MariaDB's default
+#: collations fold case, accents and trailing spaces ("invoice-7" = "Invoice-7" =
+#: "invoice-7 "), and even ``utf8mb4_bin`` pads spaces: there they are VARBINARY
+#: (UTF-8 bytes, every byte significant; the store decodes what it reads).
+#: SQLite and PostgreSQL already compare text exactly. A variant, not a
+#: TypeDecorator, so that Flask-Migrate renders it without importing flask_queue.
+_ExactString = sa.String(255).with_variant(mysql.VARBINARY(4 * 255), "mysql", "mariadb")
+
+
 def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table:
     """Return the job table called ``name`` on ``metadata``, declaring it once."""
     existing = metadata.tables.get(name)
@@ -35,7 +44,12 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         name,
         metadata,
         sa.Column("id", sa.String(32), primary_key=True),
-        sa.Column("custom_id", sa.String(255), nullable=True, unique=True),
+        # custom_id stays on the row for search and history; live_custom_id is
+        # the same value while the job is live (SCHEDULED/RUNNING) and NULL once
+        # it is COMPLETED or FAILED, so "unique among live jobs" is a plain
+        # unique key on every database (NULLs never collide).
+        sa.Column("custom_id", _ExactString, nullable=True),
+        sa.Column("live_custom_id", _ExactString, nullable=True, unique=True),
         sa.Column("queue", sa.String(255), nullable=False),
         sa.Column("payload", _LongText, nullable=False),
         sa.Column("run_at", _DateTime, nullable=False),
@@ -46,6 +60,9 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Column("schedule", sa.String(255), nullable=True),
         sa.Column("count_limit", sa.Integer, nullable=True),
         sa.Column("tz", sa.String(64), nullable=True),
+        # The slot a repeating job's current run belongs to: run_at moves to a
+        # retry's time, this does not, so the next slot keeps the cadence.
+        sa.Column("occurrence_at", _DateTime, nullable=True),
         # attempt: runs started, never reset; the signed invoke request names it, so
         # a stale or replayed request for an earlier run is refused.
         sa.Column("attempt", sa.Integer, nullable=False, default=0),
@@ -62,6 +79,8 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         # Lookups and counts by queue, and the dashboard's per-queue lists in
         # run_at order (keyset pages without a sort), per-queue bulk actions.
         sa.Index(f"ix_{name}_queue_status_run_at", "queue", "status", "run_at"),
+        # Search and get_by_custom_id, which also find finished records.
+        sa.Index(f"ix_{name}_custom_id", "custom_id"),
         # Declared crons are found by type on every produce; keep that off a scan.
         sa.Index(f"ix_{name}_schedule_type", "schedule_type"),
         info={"flask_queue": True},

@@ -7,9 +7,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from .durations import to_timedelta
+from .durations import to_milliseconds
+from .errors import QueueError
 from .job import Job, ScheduleType
-from .scheduling import next_cron_times
+from .scheduling import Schedule
 
 _SENSITIVE = re.compile(r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|card", re.I)
 MASK = "••••••"
@@ -26,8 +27,36 @@ def schedule_words(job: Job[Any]) -> str:
             words = job.schedule
         return f"{words} ({job.tz or 'UTC'})"
     if job.schedule_type is ScheduleType.EVERY and job.schedule:
-        return f"every {job.schedule}"
+        try:
+            return f"every {duration_words(_schedule(job).interval)}"
+        except QueueError:
+            return f"every {job.schedule} (unreadable)"
     return ""
+
+
+_UNITS = (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000), ("second", 1000))
+
+
+def duration_words(interval: timedelta | None) -> str:
+    """ "12 days", "1 hour 30 minutes", "1.5 seconds", "250 ms": exact, not rounded."""
+    if interval is None:
+        return ""
+    ms = to_milliseconds(interval)
+    parts = []
+    for name, size in _UNITS:
+        if ms >= size and (ms % size == 0 or name != "second"):
+            amount, ms = divmod(ms, size)
+            parts.append(f"{amount} {name}{'' if amount == 1 else 's'}")
+    if ms >= 1000:
+        parts.append(f"{ms / 1000:g} seconds")
+    elif ms:
+        parts.append(f"{ms} ms")
+    return " ".join(parts)
+
+
+def _schedule(job: Job[Any]) -> Schedule:
+    assert job.schedule_type is not None and job.schedule is not None
+    return Schedule.parse(job.schedule_type, job.schedule, job.tz)
 
 
 def next_runs(job: Job[Any], count: int = 5) -> list[datetime]:
@@ -36,12 +65,10 @@ def next_runs(job: Job[Any], count: int = 5) -> list[datetime]:
         return []
     if job.count_limit is not None:
         count = max(0, min(count, job.count_limit - job.count))
-    if count == 0:
-        return []
-    if job.schedule_type is ScheduleType.CRON:
-        return [job.run_at, *next_cron_times(job.schedule, job.tz or "UTC", job.run_at, count - 1)]
-    interval = to_timedelta(job.schedule, name="every")
-    return [job.run_at + interval * i for i in range(count)]
+    try:
+        return _schedule(job).upcoming(job.run_at, count)
+    except QueueError:
+        return []  # an unreadable stored schedule: the page still renders
 
 
 def relative(when: datetime | None, now: datetime) -> str:

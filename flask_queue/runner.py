@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .durations import to_timedelta
-from .job import Job, ScheduleType
-from .scheduling import next_cron, next_every
+from .job import Job
+from .scheduling import Schedule
 from .store import COMPLETED, FAILED, SCHEDULED, Finish
 
 if TYPE_CHECKING:
@@ -43,11 +43,16 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
     A fresh context gives the handler its own ``db.session`` (Flask-SQLAlchemy
     scopes sessions by app context), so a handler never shares the session of
     the code that enqueued or dispatched it.
+
+    Whatever happens after the start — the handler raising, or this release
+    failing to work out the job's next time from its row — ends in a
+    ``finish``: a started run is never left RUNNING by an exception here.
     """
     with state.app.app_context():
         job, why = state.store.start(job_id, attempt, state.config.lease)
         if job is None:
             return RunResult(why, job_id, attempt)
+        now = state.store.clock
         handler = state.queue.handlers.get(job.queue)
         if handler is None:
             reason = (
@@ -55,28 +60,71 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
                 " since this job was enqueued). Register one and retry this job."
             )
             log.error("flask_queue: job %s: %s", job.id, reason)
-            owned = state.store.finish(job, Finish(status=FAILED, reason=reason, errors=job.errors))
-            return RunResult("failed" if owned else "lost", job.id, attempt)
-        retry = handler.retry if handler.retry is not None else state.config.retry
-        budget = len(job.retry) if job.retry is not None else len(retry)
-        if job.errors > budget:
-            # Only runs whose runner died get here (the claim counted them): the
-            # retries are used up, so fail the job instead of running it again.
-            reason = job.reason or "The run's process died."
-            log.error("flask_queue: job %s (%s): %s Giving up.", job.id, job.queue, reason)
-            earlier = dataclasses.replace(job, errors=job.errors - 1)
-            outcome = after_failure(earlier, reason, retry, state.store.clock())
+            outcome = Finish(status=FAILED, reason=reason, errors=job.errors)
         else:
+            # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
+            default = handler.retry if handler.retry is not None else state.config.retry
             try:
-                handler.func(job)
-            except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure
-                reason = "".join(traceback.format_exception(exc))
-                log.warning("flask_queue: job %s (%s) failed: %r", job.id, job.queue, exc)
-                outcome = after_failure(job, reason, retry, state.store.clock())
-            else:
-                outcome = after_success(job, state.config.keep_completed, state.store.clock())
+                outcome = _run(job, handler.func, default, state.config.keep_completed, now)
+            except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
+                reason = (
+                    "flask_queue could not work out what comes after this run from the"
+                    f" job's stored schedule or retry policy: {exc!r}\n"
+                    + "".join(traceback.format_exception(exc))
+                )
+                log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
+                outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
         owned = state.store.finish(job, outcome)
         return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
+
+
+def _run(
+    job: Job[Any],
+    func: Callable[[Job[Any]], Any],
+    default_retry: list[timedelta],
+    keep_completed: timedelta,
+    now: Callable[[], datetime],
+) -> Finish:
+    delays = _delays(job, default_retry)
+    if job.errors > len(delays):
+        # Only runs whose runner died get here (the claim counted them): the
+        # retries are used up, so fail the job instead of running it again.
+        reason = job.reason or "The run's process died."
+        earlier = dataclasses.replace(job, errors=job.errors - 1)
+        outcome = after_failure(earlier, reason, default_retry, now())
+        _log_failure(earlier, reason.strip().splitlines()[-1], outcome, len(delays))
+        return outcome
+    try:
+        func(job)
+    except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure
+        outcome = after_failure(job, "".join(traceback.format_exception(exc)), default_retry, now())
+        _log_failure(job, repr(exc), outcome, len(delays))
+        return outcome
+    return after_success(job, keep_completed, now())
+
+
+def _delays(job: Job[Any], default_retry: list[timedelta]) -> list[timedelta]:
+    if job.retry is None:
+        return default_retry
+    return [timedelta(seconds=s) for s in job.retry]
+
+
+def _log_failure(job: Job[Any], error: str, outcome: Finish, retries: int) -> None:
+    if outcome.status == SCHEDULED and outcome.failed_copy_reason is None:
+        then = f"retrying at {outcome.run_at:%Y-%m-%d %H:%M:%S} UTC"
+    elif outcome.status == SCHEDULED:
+        then = f"giving up on this run; next occurrence at {outcome.run_at:%Y-%m-%d %H:%M:%S} UTC"
+    else:
+        then = "giving up"
+    log.warning(
+        "flask_queue: job %s (%s) attempt %d of %d failed: %s; %s",
+        job.id,
+        job.queue,
+        job.errors + 1,
+        retries + 1,
+        error,
+        then,
+    )
 
 
 def _describe(outcome: Finish) -> str:
@@ -88,15 +136,18 @@ def _describe(outcome: Finish) -> str:
 
 
 def next_occurrence(job: Job[Any], now: datetime) -> datetime | None:
-    """When a repeating job runs next, or None when it has made its ``times`` runs."""
+    """When a repeating job runs next, or None when it has made its ``times`` runs.
+
+    Counted from the slot this run belongs to (``occurrence_at``), not from
+    ``run_at``, which a retry moved: an hourly job retried at 13:10 still runs
+    next at 14:00.
+    """
     runs = job.count + 1
     if job.count_limit is not None and runs >= job.count_limit:
         return None
-    assert job.schedule is not None
-    if job.schedule_type is ScheduleType.CRON:
-        return next_cron(job.schedule, job.tz or "UTC", max(now, job.run_at))
-    interval = to_timedelta(job.schedule, name="every")
-    return next_every(job.run_at, interval, now)
+    assert job.schedule_type is not None and job.schedule is not None
+    schedule = Schedule.parse(job.schedule_type, job.schedule, job.tz)
+    return schedule.after(job.occurrence_at or job.run_at, now)
 
 
 def _done(keep_completed: timedelta, count: int, now: datetime) -> Finish:
@@ -114,14 +165,14 @@ def after_success(job: Job[Any], keep_completed: timedelta, now: datetime) -> Fi
     nxt = next_occurrence(job, now)
     if nxt is None:
         return _done(keep_completed, job.count + 1, now)
-    return Finish(status=SCHEDULED, run_at=nxt, count=job.count + 1, errors=0)
+    return Finish(status=SCHEDULED, run_at=nxt, occurrence_at=nxt, count=job.count + 1, errors=0)
 
 
 def after_failure(
     job: Job[Any], reason: str, default_retry: list[timedelta], now: datetime
 ) -> Finish:
     errors = job.errors + 1
-    delays = [timedelta(seconds=s) for s in job.retry] if job.retry is not None else default_retry
+    delays = _delays(job, default_retry)
     if errors <= len(delays):
         return Finish(
             status=SCHEDULED, run_at=now + delays[errors - 1], reason=reason, errors=errors
@@ -134,5 +185,10 @@ def after_failure(
     if nxt is None:
         return Finish(status=FAILED, reason=reason, count=job.count + 1, errors=errors)
     return Finish(
-        status=SCHEDULED, run_at=nxt, count=job.count + 1, errors=0, failed_copy_reason=reason
+        status=SCHEDULED,
+        run_at=nxt,
+        occurrence_at=nxt,
+        count=job.count + 1,
+        errors=0,
+        failed_copy_reason=reason,
     )

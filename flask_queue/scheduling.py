@@ -6,14 +6,18 @@ into the naive UTC values the columns hold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
-from .durations import to_timedelta
-from .errors import InvalidDurationError, InvalidRetryError, InvalidScheduleError
+from .durations import to_milliseconds, to_timedelta
+from .errors import InvalidDurationError, InvalidRetryError, InvalidScheduleError, QueueError
+from .job import ScheduleType
 
 UTC = timezone.utc
 
@@ -39,25 +43,77 @@ def zone(name: str) -> ZoneInfo:
 
 
 def validate_cron(expr: object) -> str:
-    """Return ``expr`` if it is a valid 5-field cron expression."""
+    """Return ``expr`` if it is a valid 5-field cron expression that fires.
+
+    A cron that parses but can never fire (``"0 0 31 2 *"``) is refused here:
+    accepted, it would make croniter raise later, on the run path.
+    """
     if not isinstance(expr, str) or len(expr.split()) != 5 or not croniter.is_valid(expr):
         raise InvalidScheduleError(
             f"Invalid cron expression {expr!r}: use five fields, e.g. '0 9 * * *'."
         )
+    try:
+        croniter(expr, _CRON_PROBE).get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidScheduleError(
+            f"Invalid cron expression {expr!r}: it never fires (no such date)."
+        ) from None
     return expr
 
 
-def next_cron(expr: str, tz: str, after: datetime) -> datetime:
-    """The first fire time of ``expr`` in zone ``tz`` strictly after ``after`` (UTC)."""
+#: Where validate_cron looks for a first fire time: before any leap day croniter
+#: searches past, so "0 0 29 2 *" is found.
+_CRON_PROBE = datetime(2001, 1, 1)
+
+
+def _fixed_time(expr: str) -> bool:
+    """Whether ``expr`` names fixed times of day (no ``*`` in minute or hour).
+
+    Vixie cron's rule for a clock set back (DST fall-back): entries at fixed
+    times run once in the repeated hour; entries with a wildcard in the minute
+    or hour field run on the new time again (an hourly job runs 25 times that day).
+    """
+    minute, hour = expr.split()[:2]
+    return not (minute.startswith("*") or hour.startswith("*"))
+
+
+def cron_times(
+    expr: str, tz: str, after: datetime, *, inclusive: bool = False
+) -> Iterator[datetime]:
+    """Fire times of ``expr`` in zone ``tz`` after ``after`` (UTC in and out).
+
+    ``inclusive`` also yields ``after`` itself when it is a fire time. In a
+    repeated (fall-back) hour a fixed-time entry fires at the first of the two
+    wall-clock times only; in a skipped (spring-forward) hour croniter fires
+    right after the jump. Both as cron does.
+    """
     local = after.astimezone(zone(tz))
-    fire = croniter(expr, local).get_next(datetime)
-    return fire.astimezone(UTC)
+    fixed = _fixed_time(expr)
+    on_time = local.second == 0 and local.microsecond == 0 and croniter.match(expr, local)
+    if inclusive and on_time and not (fixed and _second_of_repeated(local)):
+        yield local.astimezone(UTC)
+    it = croniter(expr, local)
+    while True:
+        fire = it.get_next(datetime).astimezone(UTC)
+        if fixed and _second_of_repeated(fire.astimezone(local.tzinfo)):
+            continue
+        yield fire
+
+
+def _second_of_repeated(local: datetime) -> bool:
+    """True for the second occurrence of a wall-clock time a fall-back repeats."""
+    return local.fold == 1 and local.utcoffset() != local.replace(fold=0).utcoffset()
+
+
+def next_cron(expr: str, tz: str, after: datetime, *, inclusive: bool = False) -> datetime:
+    """The first fire time of ``expr`` in zone ``tz`` after ``after`` (UTC);
+    ``inclusive``: at or after."""
+    return next(cron_times(expr, tz, after, inclusive=inclusive))
 
 
 def next_cron_times(expr: str, tz: str, after: datetime, count: int) -> list[datetime]:
     """The next ``count`` fire times, for the dashboard and the CLI."""
-    it = croniter(expr, after.astimezone(zone(tz)))
-    return [it.get_next(datetime).astimezone(UTC) for _ in range(count)]
+    return list(itertools.islice(cron_times(expr, tz, after), count))
 
 
 def next_every(previous: datetime, interval: timedelta, now: datetime) -> datetime:
@@ -72,6 +128,101 @@ def next_every(previous: datetime, interval: timedelta, now: datetime) -> dateti
         missed = (now - previous) // interval
         nxt = previous + interval * (missed + 1)
     return nxt
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A repeating job's schedule, parsed from its row in exactly one place.
+
+    The row stores it canonically: ``CRON`` keeps the expression and ``tz``;
+    ``EVERY`` keeps the interval as a whole number of milliseconds (``"3600000"``).
+    Display text ("every 1 hour") is made from this, never stored. The same
+    decimal string is what ``ms`` reads as milliseconds, so a release that
+    parsed ``every`` with the duration grammar reads the canonical form right.
+    """
+
+    type: ScheduleType
+    cron: str | None = None
+    tz: str = "UTC"
+    interval: timedelta | None = None
+
+    @classmethod
+    def every(cls, value: object) -> Schedule:
+        interval = to_timedelta(value, name="every", allow_zero=False)
+        if to_milliseconds(interval) < 1:
+            raise InvalidDurationError(f"Invalid every {value!r}: at least 1 ms.")
+        return cls(ScheduleType.EVERY, interval=timedelta(milliseconds=to_milliseconds(interval)))
+
+    @classmethod
+    def parse(cls, schedule_type: str | ScheduleType, schedule: str, tz: str | None) -> Schedule:
+        """The schedule a row holds; :class:`InvalidScheduleError` naming it if unreadable."""
+        kind = ScheduleType(schedule_type)
+        if kind is ScheduleType.CRON:
+            validate_cron(schedule)
+            zone(tz or "UTC")
+            return cls(kind, cron=schedule, tz=tz or "UTC")
+        if schedule.isdigit():
+            return cls(kind, interval=timedelta(milliseconds=int(schedule)))
+        # Rows written before the canonical form kept the text as given.
+        try:
+            return cls.every(_LEGACY_SECONDS.sub(_legacy_seconds, schedule))
+        except QueueError:
+            raise InvalidScheduleError(
+                f"Invalid stored interval {schedule!r}: expected milliseconds."
+            ) from None
+
+    @property
+    def stored(self) -> str:
+        """The canonical ``schedule`` column value."""
+        if self.type is ScheduleType.CRON:
+            assert self.cron is not None
+            return self.cron
+        assert self.interval is not None
+        return str(to_milliseconds(self.interval))
+
+    def first(self, now: datetime, start: datetime | None) -> datetime:
+        """The first run: ``start`` (delay/run_at) or now, then on the schedule.
+
+        A cron runs at its next fire time at or after that; an interval runs
+        at ``start``, or one interval from now (like ``setInterval``).
+        """
+        if self.type is ScheduleType.CRON:
+            assert self.cron is not None
+            return next_cron(self.cron, self.tz, start or now, inclusive=True)
+        assert self.interval is not None
+        return start or now + self.interval
+
+    def after(self, occurrence: datetime, now: datetime) -> datetime:
+        """The occurrence after ``occurrence`` (the slot that just ran, not the
+        retry time it ran at), never in the past: missed slots are skipped.
+
+        A run before its slot (``run_now``) was an extra one: the slot stays.
+        """
+        if occurrence > now:
+            return occurrence
+        if self.type is ScheduleType.CRON:
+            assert self.cron is not None
+            return next_cron(self.cron, self.tz, max(now, occurrence))
+        assert self.interval is not None
+        return next_every(occurrence, self.interval, now)
+
+    def upcoming(self, start: datetime, count: int) -> list[datetime]:
+        """``start`` and the occurrences after it: ``count`` in all."""
+        if count <= 0:
+            return []
+        if self.type is ScheduleType.CRON:
+            assert self.cron is not None
+            return [start, *next_cron_times(self.cron, self.tz, start, count - 1)]
+        assert self.interval is not None
+        return [start + self.interval * i for i in range(count)]
+
+
+# "1.0368e+06s": what an earlier release stored for a 12-day interval.
+_LEGACY_SECONDS = re.compile(r"^(\d+(?:\.\d+)?e[+-]?\d+)s$", re.IGNORECASE)
+
+
+def _legacy_seconds(match: re.Match[str]) -> str:
+    return f"{float(match.group(1)) * 1000:.0f}"
 
 
 def retry_delays(policy: object, *, name: str = "retry") -> list[timedelta]:

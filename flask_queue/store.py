@@ -11,6 +11,7 @@ handed out as aware UTC datetimes.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +28,14 @@ from .job import Job, JobStatus, ScheduleType, new_id
 
 UTC = timezone.utc
 Row = dict[str, Any]
+log = logging.getLogger("flask_queue")
 
 SCHEDULED = JobStatus.SCHEDULED.value
 RUNNING = JobStatus.RUNNING.value
 FAILED = JobStatus.FAILED.value
 COMPLETED = JobStatus.COMPLETED.value
+#: Statuses that hold a custom id.
+LIVE = (SCHEDULED, RUNNING)
 
 #: Rows per executemany INSERT. The drivers send each as one round trip (SQLAlchemy's
 #: insertmanyvalues on PostgreSQL, PyMySQL's multi-row rewrite, SQLite in process);
@@ -39,6 +43,9 @@ COMPLETED = JobStatus.COMPLETED.value
 INSERT_CHUNK = 1000
 #: InnoDB may report a deadlock between concurrent claimers even with SKIP LOCKED.
 DEADLOCK_RETRIES = 5
+#: Rounds of insert/read (or update/insert) while concurrent enqueues of one custom
+#: id keep finishing or replacing the live job between our statements.
+UNIQUE_ROUNDS = 20
 CRON_ID_PREFIX = "flask_queue.cron:"
 LEASE_EXPIRED = (
     "The run did not finish within its lease (QUEUE_LEASE): its process died or"
@@ -59,6 +66,13 @@ def aware_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _text(value: Any) -> Any:
+    """A custom id as text: MySQL hands the VARBINARY column back as bytes."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8")
+    return value
+
+
 def _is_deadlock(exc: sa.exc.DBAPIError) -> bool:
     args = getattr(exc.orig, "args", ())
     # MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout. PostgreSQL: 40P01.
@@ -67,10 +81,21 @@ def _is_deadlock(exc: sa.exc.DBAPIError) -> bool:
 
 @contextmanager
 def _storage_errors(action: str) -> Iterator[None]:
+    """Wrap driver errors once, at the storage boundary, into StorageError.
+
+    The message carries the driver's own words but never the statement's bound
+    parameters (payloads hold secrets, and these messages end up in logs): the
+    chained SQLAlchemy error is told to hide them too, so a logged traceback
+    does not print them either.
+    """
     try:
         yield
     except sa.exc.SQLAlchemyError as exc:
-        raise StorageError(f"Could not {action}: {exc}") from exc
+        if isinstance(exc, sa.exc.StatementError):
+            exc.hide_parameters = True
+        orig = getattr(exc, "orig", None) or exc
+        first_line = (str(orig).strip().splitlines() or [""])[0][:300]
+        raise StorageError(f"Could not {action}: {type(orig).__name__}: {first_line}") from exc
 
 
 class Claimed(NamedTuple):
@@ -87,6 +112,7 @@ class Finish:
 
     status: str  # COMPLETED, SCHEDULED (retry or next occurrence), FAILED, or "DELETE"
     run_at: datetime | None = None
+    occurrence_at: datetime | None = None  # a repeating job's next slot
     reason: str | None = None
     count: int | None = None
     errors: int = 0
@@ -130,6 +156,13 @@ class JobStore:
     def now(self) -> datetime:
         return naive_utc(self.clock())
 
+    def _key(self, custom_id: str | None) -> Any:
+        """A custom id as the custom id columns take it: UTF-8 bytes for MySQL's
+        VARBINARY (so it compares byte for byte, see models), text elsewhere."""
+        if custom_id is not None and self.dialect == "mysql":
+            return custom_id.encode("utf-8")
+        return custom_id
+
     # -- conversion -------------------------------------------------------------
 
     def to_job(self, row: Any, *, payload: Any = _UNSET) -> Job[Any]:
@@ -142,13 +175,14 @@ class JobStore:
             payload=json.loads(m["payload"]) if payload is _UNSET else payload,
             run_at=aware_utc(m["run_at"]),  # type: ignore[arg-type]
             status=JobStatus(m["status"]),
-            custom_id=m["custom_id"],
+            custom_id=_text(m["custom_id"]),
             reason=m["reason"],
             count=m["count"],
             schedule_type=ScheduleType(m["schedule_type"]) if m["schedule_type"] else None,
             schedule=m["schedule"],
             count_limit=m["count_limit"],
             tz=m["tz"],
+            occurrence_at=aware_utc(m["occurrence_at"]),
             attempt=m["attempt"],
             errors=m["errors"],
             retry=json.loads(m["retry"]) if m["retry"] else None,
@@ -164,12 +198,14 @@ class JobStore:
         row: Row = {
             "id": new_id(),
             "custom_id": None,
+            "live_custom_id": None,
             "reason": None,
             "count": 0,
             "schedule_type": None,
             "schedule": None,
             "count_limit": None,
             "tz": None,
+            "occurrence_at": None,
             "attempt": 0,
             "errors": 0,
             "retry": None,
@@ -179,7 +215,17 @@ class JobStore:
             "updated_at": now,
         }
         row.update(values)
-        for key in ("run_at", "lease_until", "started_at", "created_at", "updated_at"):
+        row["custom_id"] = self._key(row["custom_id"])
+        if row["status"] in LIVE:
+            row["live_custom_id"] = row["custom_id"]
+        for key in (
+            "run_at",
+            "occurrence_at",
+            "lease_until",
+            "started_at",
+            "created_at",
+            "updated_at",
+        ):
             if row.get(key) is not None:
                 row[key] = naive_utc(row[key])
         return row
@@ -202,34 +248,81 @@ class JobStore:
     ) -> tuple[Job[Any], bool]:
         """Insert a row with a custom id; return (job, created).
 
-        An existing live job with that custom id is kept and returned unless
-        ``override``, which replaces it. A COMPLETED history row is not live: it
-        gives up its custom id and stays as history.
+        A live job (SCHEDULED or RUNNING) holding that custom id is kept and
+        returned, unless ``override``, which rewrites it in place (same job id;
+        a run in progress can no longer finish it: see ``_replace_live``).
+        COMPLETED and FAILED jobs released the id when they finished.
+
+        The unique key on ``live_custom_id`` is the arbiter: any number of
+        concurrent callers end with exactly one live row, and each either wrote
+        it or gets it back.
+        """
+        cid = row["custom_id"]
+        for _ in range(UNIQUE_ROUNDS):
+            with _storage_errors("enqueue a job"):
+                if override:
+                    replaced = self._replace_live(row, conn)
+                    if replaced is not None:
+                        return replaced, True
+                try:
+                    with self._begin(conn, nested=self.dialect == "postgresql") as c:
+                        c.execute(sa.insert(self.table).values(**row))
+                    return self.to_job(row), True
+                except sa.exc.IntegrityError:
+                    pass  # a live job holds the id: read (or replace) it next round
+                except sa.exc.DBAPIError as exc:
+                    # Duplicate-key inserts racing on one InnoDB index entry can
+                    # deadlock; our own transaction is safe to run again.
+                    if conn is not None or not _is_deadlock(exc):
+                        raise
+                    time.sleep(random.uniform(0.001, 0.01))
+                    continue
+                if not override:
+                    existing = self._read_live(cid, conn)
+                    if existing is not None:
+                        return self.to_job(existing), False
+        raise StorageError(
+            f"Could not enqueue job with id {_text(cid)!r}: it kept changing underneath."
+        )
+
+    def _replace_live(self, row: Row, conn: Connection | None) -> Job[Any] | None:
+        """Rewrite the live job holding ``row``'s custom id in place; None if none.
+
+        The attempt number is kept and the status set to SCHEDULED, so a run of
+        the old content that is still going owns the row no longer: its finish
+        matches nothing, and the next claim starts a new attempt.
         """
         t = self.table
-        cid = row["custom_id"]
-        for _ in range(3):
-            try:
-                with _storage_errors("enqueue a job"), self._begin(conn, nested=True) as c:
-                    existing = c.execute(sa.select(t).where(t.c.custom_id == cid)).first()
-                    if existing is not None:
-                        status = existing._mapping["status"]
-                        if status == COMPLETED:
-                            c.execute(
-                                sa.update(t).where(t.c.id == existing.id).values(custom_id=None)
-                            )
-                        elif not override:
-                            return self.to_job(existing), False
-                        else:
-                            c.execute(sa.delete(t).where(t.c.id == existing.id))
-                    c.execute(sa.insert(t).values(**row))
-                    return self.to_job(row), True
-            except StorageError as exc:
-                # A concurrent enqueue inserted the same custom id first: go round
-                # again and see (or replace) what it wrote.
-                if not isinstance(exc.__cause__, sa.exc.IntegrityError):
-                    raise
-        raise StorageError(f"Could not enqueue job with id {cid!r}: it kept changing underneath.")
+        values = {
+            k: v
+            for k, v in row.items()
+            if k not in ("id", "custom_id", "live_custom_id", "attempt", "created_at")
+        }
+        values.update(errors=0, lease_until=None, started_at=None)
+        stmt = sa.update(t).where(t.c.live_custom_id == row["custom_id"]).values(values)
+        returning = self.engine.dialect.update_returning
+        with self._begin(conn, single=returning) as c:
+            if returning:
+                found = c.execute(stmt.returning(*t.c)).first()
+                return self.to_job(found) if found is not None else None
+            if c.execute(stmt).rowcount == 0:
+                return None
+            found = c.execute(sa.select(t).where(t.c.live_custom_id == row["custom_id"])).first()
+        return self.to_job(found) if found is not None else None
+
+    def _read_live(self, key: Any, conn: Connection | None) -> Any:
+        """The live row holding ``key`` (a custom id as ``_key`` made it)."""
+        t = self.table
+        stmt = sa.select(t).where(t.c.live_custom_id == key)
+        if conn is None:
+            with self.engine.connect() as c:
+                return c.execute(stmt).first()
+        if self.dialect != "sqlite":
+            # Inside the caller's transaction a plain read sees its snapshot
+            # (InnoDB's REPEATABLE READ), which predates the row whose key just
+            # refused our insert; a locking read sees the latest committed row.
+            stmt = stmt.with_for_update(read=True)
+        return conn.execute(stmt).first()
 
     @contextmanager
     def _begin(
@@ -238,9 +331,13 @@ class JobStore:
         """A transaction: our own, or (for transactional enqueue) the caller's.
 
         ``single`` says the block runs one statement, which may then skip the
-        transaction wrapper (see ``_one_statement``). Inside the caller's
-        transaction a SAVEPOINT isolates a statement that may fail on a unique
-        key, so the caller's transaction survives it.
+        transaction wrapper (see ``_one_statement``). ``nested`` puts the block in
+        a SAVEPOINT inside the caller's transaction: only PostgreSQL needs that,
+        because a failed statement aborts its whole transaction there, while
+        SQLite and InnoDB undo just the statement. (On SQLite a SAVEPOINT would
+        also be wrong: as the first statement it opens the transaction itself
+        behind the driver's back, and its RELEASE commits the row, so a later
+        rollback would keep it.)
         """
         if conn is None:
             with self._one_statement() if single else self.engine.begin() as c:
@@ -260,10 +357,23 @@ class JobStore:
         return self.to_job(row) if row else None
 
     def get_by_custom_id(self, custom_id: str) -> Job[Any] | None:
-        t = self.table
+        """The live job holding ``custom_id``, else the latest finished record of it."""
         with _storage_errors("read a job"), self.engine.connect() as c:
-            row = c.execute(sa.select(t).where(t.c.custom_id == custom_id)).first()
+            row = self._by_custom_id(c, custom_id)
         return self.to_job(row) if row else None
+
+    def _by_custom_id(self, c: Connection, custom_id: str) -> Any:
+        t = self.table
+        key = self._key(custom_id)
+        return (
+            c.execute(sa.select(t).where(t.c.live_custom_id == key)).first()
+            or c.execute(
+                sa.select(t)
+                .where(t.c.custom_id == key)
+                .order_by(t.c.created_at.desc(), t.c.id.desc())
+                .limit(1)
+            ).first()
+        )
 
     def jobs(
         self,
@@ -299,14 +409,23 @@ class JobStore:
         with _storage_errors("list jobs"), self.engine.connect() as c:
             return [self.to_job(r) for r in c.execute(stmt)]
 
+    def iter_jobs(
+        self, *, status: str | None = None, queue: str | None = None, page: int = 500
+    ) -> Iterator[Job[Any]]:
+        """Every matching job in (run_at, id) order, read a keyset page at a time."""
+        after: tuple[datetime, str] | None = None
+        while True:
+            rows = self.jobs(status=status, queue=queue, limit=page, after=after)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = (rows[-1].run_at, rows[-1].id)
+
     def find(self, key: str) -> Job[Any] | None:
         """The job whose id or custom id is exactly ``key``."""
         t = self.table
         with _storage_errors("find a job"), self.engine.connect() as c:
-            row = (
-                c.execute(sa.select(t).where(t.c.id == key)).first()
-                or c.execute(sa.select(t).where(t.c.custom_id == key)).first()
-            )
+            row = c.execute(sa.select(t).where(t.c.id == key)).first() or self._by_custom_id(c, key)
         return self.to_job(row) if row else None
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -351,7 +470,12 @@ class JobStore:
             return c.execute(sa.delete(t).where(t.c.id == job_id)).rowcount > 0
 
     def retry(self, job_id: str) -> Job[Any]:
-        """A FAILED job goes back to SCHEDULED, due now, with a fresh retry budget."""
+        """A FAILED job goes back to SCHEDULED, due now, with a fresh retry budget.
+
+        It does not take its custom id back: the id was released when the job
+        failed and may be held by a newer job already; the retried run is a
+        re-run of that record, not a new enqueue.
+        """
         return self._reschedule_now(job_id, (FAILED,), "retry")
 
     def run_now(self, job_id: str) -> Job[Any]:
@@ -407,10 +531,22 @@ class JobStore:
         every database read all due rows and sort them; InnoDB would also lock
         every row it read.)"""
         t = self.table
-        return [
-            (sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now), t.c.run_at),
-            (sa.and_(t.c.status == RUNNING, t.c.lease_until <= now), t.c.lease_until),
-        ]
+        return [(self._due(now), t.c.run_at), (self._expired(now), t.c.lease_until)]
+
+    def _due(self, now: datetime) -> sa.ColumnElement[bool]:
+        """A SCHEDULED job whose time has come: the one definition of "due".
+
+        Every claim path uses it (the producer's batch and the dispatch by id),
+        so a late dispatch can never take a retry before its backoff or a
+        repeating job's next occurrence before its time.
+        """
+        t = self.table
+        return sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now)
+
+    def _expired(self, now: datetime) -> sa.ColumnElement[bool]:
+        """A RUNNING job whose lease ran out: its runner is presumed dead."""
+        t = self.table
+        return sa.and_(t.c.status == RUNNING, t.c.lease_until <= now)
 
     def claim(self, limit: int, lease: timedelta) -> list[Claimed]:
         """Atomically take up to ``limit`` due jobs; each is claimed by one caller.
@@ -449,13 +585,14 @@ class JobStore:
             return claimed
 
     def claim_one(self, job_id: str, lease: timedelta) -> Claimed | None:
-        """Claim one just-enqueued job by id, if it is still SCHEDULED (a producer
-        may have claimed it first: then this returns None and changes nothing)."""
+        """Claim one just-enqueued job by id, if it is still due (a producer may
+        have claimed or even run it first: then this returns None and changes
+        nothing)."""
         t = self.table
         now = self.now()
         stmt = (
             sa.update(t)
-            .where(t.c.id == job_id, t.c.status == SCHEDULED)
+            .where(t.c.id == job_id, self._due(now))
             .ordered_values(*self._claim_values(now, lease))
         )
         claimed_cols = (t.c.id, t.c.attempt, t.c.queue)
@@ -562,14 +699,34 @@ class JobStore:
             _storage_errors("start a job"),
             self._one_statement() if returning else self.engine.begin() as c,
         ):
+            row = None
             if returning:
                 row = c.execute(stmt.returning(*t.c)).first()
-                if row is not None:
-                    return self.to_job(row), "ok"
             elif c.execute(stmt).rowcount == 1:
-                return self.to_job(c.execute(sa.select(t).where(t.c.id == job_id)).one()), "ok"
-            exists = c.execute(sa.select(t.c.id).where(t.c.id == job_id)).first()
-        return None, "stale" if exists else "missing"
+                row = c.execute(sa.select(t).where(t.c.id == job_id)).one()
+            if row is None:
+                exists = c.execute(sa.select(t.c.id).where(t.c.id == job_id)).first()
+                return None, "stale" if exists else "missing"
+        try:
+            return self.to_job(row), "ok"
+        except (ValueError, TypeError, KeyError) as exc:
+            # A row this release cannot read (payload or retry edited by hand, an
+            # unknown status): fail it visibly rather than let it loop on leases.
+            reason = f"flask_queue could not read this job's row: {exc!r}"
+            log.error("flask_queue: job %s: %s", job_id, reason)
+            with _storage_errors("fail an unreadable job"), self._one_statement() as c:
+                c.execute(
+                    sa.update(t)
+                    .where(t.c.id == job_id, t.c.attempt == attempt, t.c.status == RUNNING)
+                    .values(
+                        status=FAILED,
+                        reason=reason,
+                        lease_until=None,
+                        live_custom_id=None,
+                        updated_at=now,
+                    )
+                )
+            return None, "failed"
 
     def finish(self, job: Job[Any], outcome: Finish) -> bool:
         """Apply a run's outcome if the run still owns the row; False if it does not."""
@@ -592,13 +749,20 @@ class JobStore:
             }
             if outcome.status == SCHEDULED:
                 values["started_at"] = None  # the next run has not started
+            else:
+                values["live_custom_id"] = None  # a finished job releases its id
             if outcome.run_at is not None:
                 values["run_at"] = naive_utc(outcome.run_at)
+            if outcome.occurrence_at is not None:
+                values["occurrence_at"] = naive_utc(outcome.occurrence_at)
             if outcome.count is not None:
                 values["count"] = outcome.count
             if c.execute(sa.update(t).where(owned).values(values)).rowcount != 1:
                 return False
             if outcome.failed_copy_reason is not None:
+                # The failed run's record is a plain one-off row: retrying it
+                # runs that payload once; it starts no second schedule, and it
+                # holds no custom id.
                 c.execute(
                     sa.insert(t).values(
                         **self.new_row(
@@ -607,10 +771,7 @@ class JobStore:
                             run_at=job.run_at,
                             status=FAILED,
                             reason=outcome.failed_copy_reason,
-                            count=job.count,
-                            schedule_type=job.schedule_type.value if job.schedule_type else None,
-                            schedule=job.schedule,
-                            tz=job.tz,
+                            retry=json.dumps(job.retry) if job.retry is not None else None,
                             attempt=job.attempt,
                             errors=job.errors + 1,
                         )
@@ -634,60 +795,77 @@ class JobStore:
         t = self.table
         with _storage_errors("purge completed jobs"), self.engine.begin() as c:
             result = c.execute(
-                sa.delete(t).where(t.c.status == COMPLETED, t.c.updated_at < naive_utc(older_than))
+                # A COMPLETED row's run_at is its finish time: an index range.
+                sa.delete(t).where(t.c.status == COMPLETED, t.c.run_at < naive_utc(older_than))
             )
             return result.rowcount
 
     # -- declared crons -----------------------------------------------------------
 
     def sync_crons(
-        self, declared: dict[str, tuple[str, str]], row_for: Callable[[str], Row]
+        self,
+        declared: dict[str, tuple[str, str]],
+        row_for: Callable[[str], Row],
+        *,
+        prune: bool,
     ) -> dict[str, int]:
-        """Make the table hold exactly one row per declared cron.
+        """Make the table hold one live row per declared cron.
 
         ``declared`` maps a cron's name to (expression, timezone); ``row_for(name)``
         builds the row to insert if it is missing (or whose run_at to take if it
-        changed). The unique custom id is the guard: two producers syncing at once
-        both try the INSERT and one of them loses on the key, harmlessly.
+        changed). The unique live custom id is the guard: two producers syncing
+        at once both try the INSERT and one of them loses on the key, harmlessly.
+        ``prune`` also deletes the rows of crons no longer declared: only
+        ``flask queue sync-crons`` does that, at deploy, so a producer of an
+        older release never deletes a newer release's crons mid-rollout.
+
+        One cron that cannot be synced (a row the database refuses, a schedule
+        this release cannot compute) is logged, counted as ``failed`` and
+        skipped: the others, and the claim that follows, go on.
         """
         t = self.table
-        stats = {"created": 0, "updated": 0, "removed": 0}
-        with _storage_errors("sync declared crons"):
-            with self.engine.connect() as c:
-                existing = {
-                    r.custom_id[len(CRON_ID_PREFIX) :]: r
-                    for r in c.execute(
-                        sa.select(t.c.id, t.c.custom_id, t.c.schedule, t.c.tz, t.c.status).where(
-                            t.c.schedule_type == ScheduleType.CRON.value,
-                            t.c.custom_id.is_not(None),
-                        )
+        stats = {"created": 0, "updated": 0, "removed": 0, "failed": 0}
+        with _storage_errors("read declared crons"), self.engine.connect() as c:
+            rows = [
+                (_text(r.live_custom_id), r)
+                for r in c.execute(
+                    sa.select(t.c.id, t.c.live_custom_id, t.c.schedule, t.c.tz, t.c.status).where(
+                        t.c.schedule_type == ScheduleType.CRON.value,
+                        t.c.live_custom_id.is_not(None),
                     )
-                    if r.custom_id.startswith(CRON_ID_PREFIX)
-                }
-            for name, (expr, tz) in declared.items():
-                current = existing.get(name)
+                )
+            ]
+            existing = {
+                cid[len(CRON_ID_PREFIX) :]: r for cid, r in rows if cid.startswith(CRON_ID_PREFIX)
+            }
+        for name, (expr, tz) in declared.items():
+            current = existing.get(name)
+            try:
                 if current is None:
                     try:
                         with self.engine.begin() as c:
                             c.execute(sa.insert(t).values(**row_for(name)))
                         stats["created"] += 1
                     except sa.exc.IntegrityError:
-                        pass
+                        pass  # another producer created it first
                 elif (current.schedule, current.tz) != (expr, tz):
+                    # A RUNNING occurrence finishes under the old schedule and
+                    # then follows the new one; others move to the new next time.
+                    values: dict[str, Any] = {"schedule": expr, "tz": tz}
+                    if current.status != RUNNING:
+                        values["run_at"] = values["occurrence_at"] = row_for(name)["run_at"]
                     with self.engine.begin() as c:
-                        # A RUNNING occurrence finishes under the old schedule and
-                        # then follows the new one; others move to the new next time.
-                        values: dict[str, Any] = {"schedule": expr, "tz": tz}
-                        if current.status != RUNNING:
-                            values["run_at"] = row_for(name)["run_at"]
                         c.execute(
                             sa.update(t)
                             .where(t.c.id == current.id)
                             .values(updated_at=self.now(), **values)
                         )
                     stats["updated"] += 1
-            gone = [r.id for name, r in existing.items() if name not in declared]
-            if gone:
-                with self.engine.begin() as c:
-                    stats["removed"] = c.execute(sa.delete(t).where(t.c.id.in_(gone))).rowcount
+            except Exception:
+                stats["failed"] += 1
+                log.exception("flask_queue: could not sync declared cron %r; skipped", name)
+        gone = [r.id for name, r in existing.items() if name not in declared]
+        if prune and gone:
+            with _storage_errors("remove undeclared crons"), self.engine.begin() as c:
+                stats["removed"] = c.execute(sa.delete(t).where(t.c.id.in_(gone))).rowcount
         return stats

@@ -79,7 +79,7 @@ def _failed(reader: Any) -> list[Any]:
     from example_app import queue
 
     with reader.app_context():
-        return queue.jobs(status="FAILED")
+        return list(queue.jobs(status="FAILED"))
 
 
 def test_dashboard_in_chromium(running: tuple[Server, Any], browser: Any) -> None:

@@ -59,7 +59,7 @@ def test_threads_claim_each_job_once(app: Flask, queue: Queue, clock: Clock, rou
         t.join()
     assert errors == []
     _assert_exactly_once(expected, claims)
-    assert queue.jobs(status="SCHEDULED") == []
+    assert list(queue.jobs(status="SCHEDULED")) == []
 
 
 @server_databases

@@ -30,8 +30,8 @@ def test_declared_cron_is_one_row_and_runs(
     _declare(queue, recorder)
     app = make_app(queue)
     with app.app_context():
-        assert queue.sync_crons() == {"created": 1, "updated": 0, "removed": 0}
-        assert queue.sync_crons() == {"created": 0, "updated": 0, "removed": 0}
+        assert queue.sync_crons() == {"created": 1, "updated": 0, "removed": 0, "failed": 0}
+        assert queue.sync_crons() == {"created": 0, "updated": 0, "removed": 0, "failed": 0}
         (row,) = _cron_rows(queue)
         assert (row.schedule_type, row.schedule, row.tz) == (
             ScheduleType.CRON,

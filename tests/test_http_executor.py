@@ -100,6 +100,6 @@ def test_slow_endpoint_does_not_block_enqueue_or_produce(
             # A slow answer is not a failure: the jobs stay claimed, their
             # leases guard them.
             assert queue.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
-            assert len(queue.jobs(status="RUNNING")) == 4
+            assert len(list(queue.jobs(status="RUNNING"))) == 4
     finally:
         handler.release.set()

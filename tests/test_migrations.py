@@ -47,6 +47,7 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
             assert {
                 "id",
                 "custom_id",
+                "live_custom_id",
                 "queue",
                 "payload",
                 "run_at",
@@ -57,6 +58,7 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
                 "schedule",
                 "count_limit",
                 "tz",
+                "occurrence_at",
                 "attempt",
                 "errors",
                 "retry",
@@ -73,7 +75,8 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
             unique_cols = [u["column_names"] for u in uniques] + [
                 i["column_names"] for i in inspector.get_indexes("queue_job") if i.get("unique")
             ]
-            assert ["custom_id"] in unique_cols
+            assert ["live_custom_id"] in unique_cols
+            assert indexes["ix_queue_job_custom_id"] == ["custom_id"]
             # A second migrate finds nothing to change: the model and table agree.
             again = subprocess.run(
                 [*flask, "db", "migrate", "-d", str(migrations), "-m", "noop"],

@@ -86,7 +86,7 @@ def test_produce_runs_due_jobs_inline(
     result = queue.produce()
     assert result.claimed == 1
     assert recorder.payloads("echo") == ["now", "soon"]
-    assert queue.jobs() == []  # finished one-off jobs are deleted
+    assert list(queue.jobs()) == []  # finished one-off jobs are deleted
 
 
 @all_databases
@@ -210,7 +210,7 @@ def test_failing_repeating_job_keeps_failed_record_and_goes_on(
     assert failed.payload == "r" and "boom r" in (failed.reason or "")
     clock.advance(hours=1)
     queue.produce()
-    assert len(queue.jobs(status="FAILED")) == 2
+    assert len(list(queue.jobs(status="FAILED"))) == 2
 
 
 @all_databases

@@ -84,7 +84,7 @@ def test_rollback_keeps_neither_and_dispatches_nothing(booking_app: Any) -> None
     db.session.rollback()
     assert ran == []
     assert _count(app, Booking.__table__) == 0
-    assert queue.jobs() == []
+    assert list(queue.jobs()) == []
     # The dropped dispatches do not fire on a later, unrelated commit.
     db.session.add(Booking(name="Later"))
     db.session.commit()
@@ -100,7 +100,7 @@ def test_custom_id_conflict_inside_transaction_keeps_callers_work(booking_app: A
     assert same.id == first.id
     db.session.commit()
     assert _count(app, Booking.__table__) == 1
-    assert len(queue.jobs()) == 1
+    assert len(list(queue.jobs())) == 1
 
 
 @all_databases

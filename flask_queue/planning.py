@@ -1,0 +1,154 @@
+"""Enqueue options -> row fields: every check, and schedules in canonical form.
+
+Nothing is written before :func:`plan` (and :func:`encode_payload`) pass, so bad
+input raises a :class:`~flask_queue.errors.QueueError` naming the value and
+leaves the table as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from datetime import datetime, timezone
+from typing import Any, Union
+
+from .durations import MAX_DURATION, Duration, to_timedelta
+from .errors import (
+    InvalidOptionError,
+    InvalidPayloadError,
+    InvalidScheduleError,
+    UnknownQueueError,
+)
+from .job import JobStatus
+from .scheduling import Schedule, retry_delays, validate_cron, zone
+
+UTC = timezone.utc
+RetryPolicy = Union[int, Sequence[Duration]]
+
+#: ``times`` is stored in a 32-bit integer column on every database.
+MAX_TIMES = 2**31 - 1
+#: Custom ids and queue names are stored in 255-character columns.
+MAX_NAME = 255
+
+
+def check_custom_id(custom_id: object) -> str:
+    if (
+        not isinstance(custom_id, str)
+        or not custom_id
+        or len(custom_id) > MAX_NAME
+        or "\x00" in custom_id
+    ):
+        raise InvalidOptionError(
+            f"Invalid id {custom_id!r}: use a non-empty string of at most {MAX_NAME}"
+            " characters, without NUL."
+        )
+    return custom_id
+
+
+def plan(
+    handlers: Collection[str],
+    now: datetime,
+    name: str,
+    *,
+    delay: Duration | None = None,
+    run_at: datetime | None = None,
+    cron: str | None = None,
+    tz: str | None = None,
+    every: Duration | None = None,
+    times: int | None = None,
+    retry: RetryPolicy | None = None,
+) -> dict[str, Any]:
+    """Validate the options and return the row fields they decide."""
+    if name not in handlers:
+        known = ", ".join(sorted(handlers)) or "none"
+        raise UnknownQueueError(
+            f"Unknown queue {name!r}: register it with @queue.handler({name!r})"
+            f" (registered: {known})."
+        )
+    if cron is not None and every is not None:
+        raise InvalidOptionError(
+            f"cron={cron!r} and every={every!r} both given: a job repeats one way."
+        )
+    if delay is not None and run_at is not None:
+        raise InvalidOptionError("delay= and run_at= both given: pass one of them.")
+    if tz is not None and cron is None:
+        raise InvalidOptionError(f"tz={tz!r} given without cron=: it is the cron's timezone.")
+    if times is not None:
+        if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= MAX_TIMES:
+            raise InvalidScheduleError(
+                f"Invalid times {times!r}: must be an int from 1 to {MAX_TIMES}."
+            )
+        if cron is None and every is None:
+            raise InvalidOptionError(f"times={times} given without cron= or every=.")
+    start: datetime | None = None
+    if run_at is not None:
+        start = _check_run_at(run_at, now)
+    elif delay is not None:
+        start = now + to_timedelta(delay, name="delay")
+    schedule: Schedule | None = None
+    if cron is not None:
+        validate_cron(cron)
+        zone(tz or "UTC")
+        schedule = Schedule.parse("CRON", cron, tz or "UTC")
+    elif every is not None:
+        schedule = Schedule.every(every)
+    when = schedule.first(now, start) if schedule is not None else start or now
+    if when - now > MAX_DURATION:
+        # A cron that fires rarely can push the first run past the bound.
+        raise InvalidScheduleError(
+            f"Invalid schedule: the first run would be at {when.isoformat()}, more than"
+            " 100 years ahead."
+        )
+    retry_seconds = (
+        json.dumps([d.total_seconds() for d in retry_delays(retry)]) if retry is not None else None
+    )
+    # A job due now is stored SCHEDULED like any other and then dispatched by
+    # id (claimed on the executor's side): if that dispatch never happens, the
+    # job is simply due, and the next produce takes it.
+    return {
+        "queue": name,
+        "run_at": when,
+        "status": JobStatus.SCHEDULED.value,
+        "schedule_type": schedule.type.value if schedule else None,
+        "schedule": schedule.stored if schedule else None,
+        "count_limit": times,
+        "tz": schedule.tz if schedule and cron is not None else None,
+        "occurrence_at": when if schedule else None,
+        "retry": retry_seconds,
+    }
+
+
+def _check_run_at(run_at: object, now: datetime) -> datetime:
+    if not isinstance(run_at, datetime):
+        raise InvalidOptionError(f"Invalid run_at {run_at!r}: expected a datetime.")
+    # A naive datetime is UTC, as the README says.
+    when = run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)
+    if when - now > MAX_DURATION:
+        raise InvalidOptionError(f"Invalid run_at {run_at.isoformat()}: more than 100 years ahead.")
+    return when
+
+
+def encode_payload(payload: Any) -> str:
+    """JSON text of ``payload``, refusing anything that would not come back equal."""
+    try:
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayloadError(
+            f"Payload {_short(payload)} is not JSON-serialisable: {exc}."
+        ) from None
+    back = json.loads(text)
+    if back != payload or type(back) is not type(payload):
+        raise InvalidPayloadError(
+            f"Payload {_short(payload)} does not survive a JSON round trip (it would come"
+            f" back as {_short(back)}); use lists, dicts with str keys, str, numbers,"
+            " bools and None."
+        )
+    return text
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+__all__ = ["MAX_TIMES", "RetryPolicy", "check_custom_id", "encode_payload", "plan"]
