@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,7 @@ from flask.cli import AppGroup
 
 from .errors import QueueError
 from .extension import Queue
-from .job import Job
+from .job import Job, JobStatus
 
 queue_cli = AppGroup("queue", help="Background jobs stored in the app's database.")
 
@@ -25,7 +26,13 @@ def _queue() -> Queue:
 
 
 def _fail(exc: QueueError) -> click.ClickException:
-    return click.ClickException(str(exc))
+    # One line: a database's message runs over several (the SQL, a help link),
+    # and a log collector would file each line as an error of its own.
+    return click.ClickException(" ".join(filter(None, map(str.strip, str(exc).splitlines()))))
+
+
+#: Loop intervals: 0 or less would poll the database without pausing.
+INTERVAL = click.FloatRange(min=0, min_open=True)
 
 
 def _when(value: datetime | None) -> str:
@@ -60,7 +67,7 @@ def _job_rows(jobs: list[Job[Any]]) -> list[list[str]]:
 @click.option("--loop", is_flag=True, help="Keep producing until interrupted.")
 @click.option(
     "--interval",
-    type=float,
+    type=INTERVAL,
     default=None,
     help="Seconds between loops (default QUEUE_PRODUCE_INTERVAL).",
 )
@@ -81,7 +88,9 @@ def produce_command(loop: bool, interval: float | None) -> None:
 
 @queue_cli.command("work")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=4, show_default=True)
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Idle poll seconds.")
+@click.option(
+    "--interval", type=INTERVAL, default=1.0, show_default=True, help="Idle poll seconds."
+)
 @click.option("--max-jobs", type=click.IntRange(1), default=None, help="Stop after this many.")
 def work_command(concurrency: int, interval: float, max_jobs: int | None) -> None:
     """Produce and run jobs in this process until SIGTERM/SIGINT."""
@@ -125,8 +134,13 @@ def enqueue_command(
         data = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"{payload!r} is not JSON: {exc}", param_hint="PAYLOAD") from None
+    q = _queue()
     try:
-        job = _queue().enqueue(
+        # Looked up first only to say what happened: enqueue keeps (or with
+        # --override replaces) a live job holding this custom id, and returns a
+        # job either way.
+        before = q.get_by_custom_id(custom_id) if custom_id is not None else None
+        job = q.enqueue(
             name,
             data,
             delay=delay,
@@ -139,7 +153,22 @@ def enqueue_command(
         )
     except QueueError as exc:
         raise _fail(exc) from None
-    click.echo(f"{job.id} {job.status.value} at {_when(job.run_at)} UTC")
+    line = f"{job.status.value} at {_when(job.run_at)} UTC"
+    # A finished job only gave up its custom id: it was neither kept nor replaced.
+    live = before is not None and before.status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+    if before is None or not live:
+        click.echo(f"{job.id} {line}")
+    elif override:
+        how = "in place" if job.id == before.id else f"with job {job.id}"
+        click.echo(f"replaced job {before.id} (custom id {custom_id!r}) {how}: {line}")
+    elif job.id == before.id:
+        click.echo(
+            f"kept existing job {job.id} (custom id {custom_id!r}) {line};"
+            " pass --override to replace it"
+        )
+    else:
+        # The live job finished between the look-up and the enqueue.
+        click.echo(f"{job.id} {line}")
 
 
 @queue_cli.command("list")
@@ -149,7 +178,10 @@ def enqueue_command(
 def list_command(status: str | None, queue_name: str | None, limit: int) -> None:
     """List jobs, soonest first."""
     try:
-        jobs = _queue().jobs(status=status, queue=queue_name, limit=limit)
+        # jobs() may return an iterator over every match: read at most limit,
+        # and inside the try, where its reads happen.
+        found = _queue().jobs(status=status, queue=queue_name, limit=limit)
+        jobs = list(itertools.islice(found, limit))
     except QueueError as exc:
         raise _fail(exc) from None
     if not jobs:
@@ -163,13 +195,15 @@ def list_command(status: str | None, queue_name: str | None, limit: int) -> None
 
 
 @queue_cli.command("show")
-@click.argument("job_id")
-def show_command(job_id: str) -> None:
-    """Show one job in full (JSON)."""
+@click.argument("key")
+def show_command(key: str) -> None:
+    """Show one job in full (JSON), by id or custom id (an id match wins)."""
     try:
-        job = _queue().require(job_id)
+        job = _queue().store.find(key)
     except QueueError as exc:
         raise _fail(exc) from None
+    if job is None:
+        raise click.ClickException(f"No job with id or custom id {key!r}.")
     click.echo(json.dumps(job.as_dict(), indent=2, default=str))
 
 
@@ -200,8 +234,6 @@ def delete_command(job_id: str) -> None:
 @queue_cli.command("stats")
 def stats_command() -> None:
     """Jobs per queue and status."""
-    from .job import JobStatus
-
     try:
         counts = _queue().store.counts()
     except QueueError as exc:

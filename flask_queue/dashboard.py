@@ -12,6 +12,7 @@ import binascii
 from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -83,6 +84,22 @@ def _parse_after(value: str | None) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(stamp), job_id
     except ValueError:
         abort(400, f"Invalid page key {value!r}.")
+
+
+def _same_site(target: str | None) -> str | None:
+    """``target`` if it is a path on this site, else None: no open redirect.
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so
+    ``/\\evil.example`` and ``/\\t/evil.example`` mean ``//evil.example``, another host.
+    """
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(c.isspace() or not c.isprintable() for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
 
 
 def _status_arg(status: str) -> str:
@@ -231,7 +248,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
                 if not state.queue.delete(job_id):
                     raise JobNotFoundError(f"No job with id {job_id!r}.")
                 flash(f"Deleted job {job_id}.", "ok")
-                return redirect(request.form.get("next") or url_for("queue.index"), 303)
+                target = _same_site(request.form.get("next")) or url_for("queue.index")
+                return redirect(target, 303)
             else:
                 abort(404, f"No action {action!r}.")
         except JobNotFoundError as exc:

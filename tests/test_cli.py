@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from flask import Flask
 
 from flask_queue import JobStatus, Queue
-from tests.conftest import Clock, Recorder
+from tests.conftest import AppFactory, Clock, Recorder
 
 
 def test_help_lists_every_command(runner: Any) -> None:
@@ -61,7 +62,7 @@ def test_bad_input_exits_non_zero_with_message(runner: Any, app: Flask, queue: Q
         result = runner.invoke(args=args)
         assert result.exit_code != 0, args
         assert message in result.output, (args, result.output)
-    assert queue.jobs() == []
+    assert list(queue.jobs()) == []
 
 
 def test_produce_retry_stats_token(
@@ -91,7 +92,7 @@ def test_work_runs_jobs_then_stops(
     assert result.exit_code == 0, result.output
     assert sorted(recorder.payloads("echo")) == ["w1", "w2", "w3"]
     assert "worker stopped after 3 job(s)" in result.output
-    assert queue.jobs() == []
+    assert list(queue.jobs()) == []
 
 
 def test_produce_loop_runs_until_stopped(
@@ -113,3 +114,185 @@ def test_produce_loop_runs_until_stopped(
     produce_loop(queue, 0.01, stop=stop, report=report)
     assert lines == ["claimed 2 job(s)"]
     assert sorted(recorder.payloads("echo")) == ["a", "b"]
+
+
+def _one_error_line(result: Any) -> str:
+    """The command failed the way every QueueError should: one ``Error:`` line, exit 1."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    errors: list[str] = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert result.output.splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "bad"),
+    [
+        (["--delay", "9000y"], "9000y"),
+        (["--every", "9000 years"], "9000 years"),
+        (["--cron", "0 9 31 2 *"], "0 9 31 2 *"),
+        (["--every", "1h", "--times", str(2**40)], str(2**40)),
+    ],
+)
+def test_enqueue_out_of_range_values_are_errors_not_tracebacks(
+    runner: Any, app: Flask, queue: Queue, options: list[str], bad: str
+) -> None:
+    result = runner.invoke(args=["queue", "enqueue", "echo", "1", *options])
+    assert bad in _one_error_line(result)
+    assert list(queue.jobs()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["produce"],
+        ["produce", "--loop", "--interval", "0.01"],
+        ["work", "--interval", "0.01"],
+        ["enqueue", "echo", "1"],
+        ["list"],
+        ["show", "x"],
+        ["retry", "x"],
+        ["delete", "x"],
+        ["stats"],
+        ["sync-crons"],
+    ],
+)
+def test_storage_errors_are_one_line(make_app: AppFactory, queue: Queue, args: list[str]) -> None:
+    # A missing table (migrations not run) fails every statement, and the
+    # database's message spans several lines (SQL, a link): still one line here.
+    app = make_app(queue)
+    with app.app_context():
+        app.extensions["queue"].store.table.drop(app.extensions["queue"].store.engine)
+        result = app.test_cli_runner().invoke(args=["queue", *args])
+    assert "Could not" in _one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["work", "--interval", "0"],
+        ["work", "--interval", "-1"],
+        ["produce", "--loop", "--interval", "0"],
+        ["produce", "--loop", "--interval", "-1"],
+    ],
+)
+def test_loops_refuse_an_interval_that_would_spin(
+    runner: Any, app: Flask, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    import flask_queue.worker
+
+    started: list[Any] = []
+    monkeypatch.setattr(flask_queue.worker, "work", lambda *a, **kw: started.append(kw))
+    monkeypatch.setattr(flask_queue.worker, "produce_loop", lambda *a, **kw: started.append(a))
+    result = runner.invoke(args=["queue", *args])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--interval'" in result.output
+    assert started == []
+
+
+def test_loops_pass_a_positive_interval_on(
+    runner: Any, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flask_queue.worker
+
+    seen: list[float] = []
+    monkeypatch.setattr(flask_queue.worker, "work", lambda q, **kw: seen.append(kw["interval"]))
+    monkeypatch.setattr(flask_queue.worker, "produce_loop", lambda q, i, **kw: seen.append(i))
+    assert runner.invoke(args=["queue", "work", "--interval", "0.25"]).exit_code == 0
+    assert runner.invoke(args=["queue", "produce", "--loop", "--interval", "0.5"]).exit_code == 0
+    # Without --interval, produce --loop uses QUEUE_PRODUCE_INTERVAL (10s).
+    assert runner.invoke(args=["queue", "produce", "--loop"]).exit_code == 0
+    assert seen == [0.25, 0.5, 10.0]
+
+
+def test_work_max_jobs_leaves_the_rest_scheduled(
+    runner: Any, app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    jobs = queue.enqueue_many("echo", list(range(8)), delay="1s")
+    clock.advance(1)
+    result = runner.invoke(args=["queue", "work", "--max-jobs", "1", "--interval", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert len(recorder.payloads("echo")) == 1
+    # The job that ran is gone (completed jobs are not kept here).
+    statuses = [j.status for j in map(queue.get, (j.id for j in jobs)) if j is not None]
+    assert statuses.count(JobStatus.SCHEDULED) == 7
+    assert result.output.splitlines() == [
+        "worker started: queues echo, boom, flaky; concurrency 4; idle poll 0.01s;"
+        " database sqlite; stops after 1 job(s)",
+        "worker stopped after 1 job(s)",
+    ]
+
+
+def test_show_finds_a_job_by_id_or_custom_id(runner: Any, app: Flask, queue: Queue) -> None:
+    plain = queue.enqueue("echo", "plain", delay="1h")
+    named = queue.enqueue("echo", "named", delay="1h", id="report-7")
+    shown = runner.invoke(args=["queue", "show", "report-7"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["id"] == named.id
+    # A job's id wins over another job's custom id that spells the same.
+    queue.enqueue("echo", "decoy", delay="1h", id=plain.id)
+    shown = runner.invoke(args=["queue", "show", plain.id])
+    assert json.loads(shown.output)["payload"] == "plain"
+    missing = runner.invoke(args=["queue", "show", "nope"])
+    assert missing.exit_code == 1
+    assert missing.output == "Error: No job with id or custom id 'nope'.\n"
+
+
+def test_enqueue_says_when_it_kept_or_replaced_a_job(runner: Any, app: Flask, queue: Queue) -> None:
+    first = runner.invoke(args=["queue", "enqueue", "echo", "1", "--delay", "1h", "--id", "c1"])
+    first_id = first.output.split()[0]
+    kept = runner.invoke(args=["queue", "enqueue", "echo", "2", "--delay", "5m", "--id", "c1"])
+    assert kept.exit_code == 0, kept.output
+    assert kept.output.startswith(f"kept existing job {first_id} (custom id 'c1') SCHEDULED at ")
+    assert kept.output.rstrip().endswith(" UTC; pass --override to replace it")
+    assert queue.get(first_id).payload == 1  # type: ignore[union-attr]
+    replaced = runner.invoke(
+        args=["queue", "enqueue", "echo", "3", "--delay", "5m", "--id", "c1", "--override"]
+    )
+    assert replaced.exit_code == 0, replaced.output
+    new = queue.get_by_custom_id("c1")
+    assert new is not None and new.payload == 3
+    # Replaced in place (same job id) or by a new row: the message says which.
+    how = "in place" if new.id == first_id else f"with job {new.id}"
+    assert replaced.output == (
+        f"replaced job {first_id} (custom id 'c1') {how}:"
+        f" SCHEDULED at {new.run_at:%Y-%m-%d %H:%M:%S} UTC\n"
+    )
+    # Overriding when nothing had the id is a plain enqueue.
+    fresh = runner.invoke(args=["queue", "enqueue", "echo", "4", "--id", "c2", "--override"])
+    assert "replaced" not in fresh.output and "kept" not in fresh.output
+
+
+def test_enqueue_after_a_finished_job_with_the_custom_id_is_plain(
+    runner: Any, app: Flask, queue: Queue, clock: Clock
+) -> None:
+    failed = queue.enqueue("boom", "x", delay="1s", retry=0, id="c3")
+    clock.advance(1)
+    queue.produce()
+    assert queue.get(failed.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+    result = runner.invoke(args=["queue", "enqueue", "echo", "1", "--id", "c3", "--delay", "1h"])
+    assert result.exit_code == 0, result.output
+    live = queue.get_by_custom_id("c3")
+    assert live is not None and live.id != failed.id
+    assert result.output.startswith(f"{live.id} SCHEDULED at ")
+
+
+def test_list_reads_at_most_limit_jobs_from_an_iterator(
+    runner: Any, app: Flask, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = queue.enqueue_many("echo", list(range(5)), delay="1h")
+    taken: list[int] = []
+
+    def every_job(**kwargs: Any) -> Any:
+        # What Queue.jobs is becoming: a lazy iterator over every matching job.
+        for job in sorted(jobs, key=lambda j: j.id):
+            taken.append(1)
+            yield job
+
+    monkeypatch.setattr(queue, "jobs", every_job)
+    listed = runner.invoke(args=["queue", "list", "--limit", "2"])
+    assert listed.exit_code == 0, listed.output
+    assert len(listed.output.splitlines()) == 2 + 2  # header, rule, two rows
+    assert len(taken) == 2

@@ -188,6 +188,50 @@ def test_retry_run_now_delete_actions(debug_app: Flask, queue: Queue, clock: Clo
     assert client.post("/_queue/job/gone/delete", data={"csrf_token": token}).status_code == 404
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/x",
+        "http:/evil.example",
+        "//evil.example",
+        "///evil.example",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        " //evil.example",
+        "javascript:alert(1)",
+        "evil.example",
+        "",
+    ],
+)
+def test_delete_redirects_only_within_the_site(debug_app: Flask, queue: Queue, target: str) -> None:
+    job = queue.enqueue("echo", "x", delay="1h")
+    client = debug_app.test_client()
+    token = _csrf(client, f"/_queue/job/{job.id}")
+    response = client.post(
+        f"/_queue/job/{job.id}/delete", data={"csrf_token": token, "next": target}
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/_queue/"
+    assert queue.get(job.id) is None
+
+
+def test_delete_follows_a_same_site_next(debug_app: Flask, queue: Queue) -> None:
+    job = queue.enqueue("echo", "x", delay="1h")
+    client = debug_app.test_client()
+    page = client.get(f"/_queue/job/{job.id}").get_data(as_text=True)
+    # The job page's own delete form names where to go afterwards.
+    assert 'name="next" value="/_queue/jobs/scheduled"' in page
+    token = _csrf(client, f"/_queue/job/{job.id}")
+    response = client.post(
+        f"/_queue/job/{job.id}/delete",
+        data={"csrf_token": token, "next": "/_queue/jobs/scheduled?queue=echo"},
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/_queue/jobs/scheduled?queue=echo"
+
+
 @all_databases
 def test_bulk_actions_follow_the_queue_filter(debug_app: Flask, queue: Queue, clock: Clock) -> None:
     boom = [_failed(queue, clock, payload=i) for i in range(3)]
@@ -203,7 +247,7 @@ def test_bulk_actions_follow_the_queue_filter(debug_app: Flask, queue: Queue, cl
     assert queue.get(flaky.id).status is JobStatus.FAILED  # type: ignore[union-attr]
     client.post("/_queue/bulk", data={"csrf_token": token, "action": "delete"})
     assert queue.get(flaky.id) is None
-    assert len(queue.jobs(status="SCHEDULED")) == 3
+    assert len(list(queue.jobs(status="SCHEDULED"))) == 3
 
 
 def test_empty_states_say_what_to_do(debug_app: Flask) -> None:
