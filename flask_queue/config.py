@@ -28,7 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_PRODUCE_TOKEN": None,  # derived from the secret when unset
     "QUEUE_PRODUCE_BUDGET": "20s",
     "QUEUE_RETRY": ["10s", "1m", "10m"],
-    "QUEUE_LEASE": "16m",
+    "QUEUE_LEASE": "1m",  # extended by heartbeats while a handler runs
+    "QUEUE_HANDLER_GRACE": "15m",  # a job whose handler this release lacks waits this long
     "QUEUE_BATCH_SIZE": 100,
     "QUEUE_KEEP_COMPLETED": 0,
     "QUEUE_DASHBOARD_AUTH": None,
@@ -52,6 +53,7 @@ class QueueConfig:
     produce_budget: timedelta
     retry: list[timedelta]
     lease: timedelta
+    handler_grace: timedelta
     batch_size: int
     keep_completed: timedelta
     dashboard_auth: Callable[[], bool] | str | None
@@ -135,6 +137,7 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         produce_budget=_duration(config, "QUEUE_PRODUCE_BUDGET"),
         retry=retry,
         lease=_duration(config, "QUEUE_LEASE"),
+        handler_grace=_duration(config, "QUEUE_HANDLER_GRACE", allow_zero=True),
         batch_size=_positive_int(config, "QUEUE_BATCH_SIZE"),
         keep_completed=_duration(config, "QUEUE_KEEP_COMPLETED", allow_zero=True),
         dashboard_auth=auth,

@@ -22,6 +22,7 @@ from .errors import (
     JobNotFoundError,
     QueueError,
 )
+from .heartbeat import Heartbeat
 from .job import Job, JobStatus, ScheduleType
 from .models import job_table
 from .planning import MAX_NAME, RetryPolicy, check_custom_id, encode_payload, plan
@@ -135,6 +136,7 @@ class QueueState:
     config: QueueConfig
     store: JobStore
     executor: Executor
+    heartbeat: Heartbeat
     scheduler: Any = None
 
 
@@ -216,6 +218,7 @@ class Queue:
             config=config,
             store=store,
             executor=None,  # type: ignore[arg-type]
+            heartbeat=Heartbeat(store, config.lease),
         )
         state.executor = make_executor(state)
         app.extensions["queue"] = state

@@ -52,30 +52,66 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
         job, why = state.store.start(job_id, attempt, state.config.lease)
         if job is None:
             return RunResult(why, job_id, attempt)
-        now = state.store.clock
-        handler = state.queue.handlers.get(job.queue)
-        if handler is None:
+        state.heartbeat.add(job.id, job.attempt)
+        try:
+            return _run_started(state, job, attempt)
+        finally:
+            state.heartbeat.discard(job.id, job.attempt)
+
+
+def _run_started(state: QueueState, job: Job[Any], attempt: int) -> RunResult:
+    now = state.store.clock
+    handler = state.queue.handlers.get(job.queue)
+    if handler is None:
+        outcome = _no_handler(job, state.config.handler_grace, now())
+    else:
+        # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
+        default = handler.retry if handler.retry is not None else state.config.retry
+        try:
+            outcome = _run(job, handler.func, default, state.config.keep_completed, now)
+        except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
             reason = (
-                f"No handler is registered for queue {job.queue!r} (the code changed"
-                " since this job was enqueued). Register one and retry this job."
+                "flask_queue could not work out what comes after this run from the"
+                f" job's stored schedule or retry policy: {exc!r}\n"
+                + "".join(traceback.format_exception(exc))
             )
-            log.error("flask_queue: job %s: %s", job.id, reason)
-            outcome = Finish(status=FAILED, reason=reason, errors=job.errors)
-        else:
-            # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
-            default = handler.retry if handler.retry is not None else state.config.retry
-            try:
-                outcome = _run(job, handler.func, default, state.config.keep_completed, now)
-            except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
-                reason = (
-                    "flask_queue could not work out what comes after this run from the"
-                    f" job's stored schedule or retry policy: {exc!r}\n"
-                    + "".join(traceback.format_exception(exc))
-                )
-                log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
-                outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
-        owned = state.store.finish(job, outcome)
-        return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
+            log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
+            outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
+    owned = state.store.finish(job, outcome)
+    return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
+
+
+#: How soon a job whose handler this release lacks is offered again.
+NO_HANDLER_RECHECK = timedelta(seconds=30)
+
+
+def _no_handler(job: Job[Any], grace: timedelta, now: datetime) -> Finish:
+    """A job for a queue this release has no handler for.
+
+    During a rolling deploy another release may have it: the job is left for
+    that one (scheduled again shortly, no attempt used) for ``QUEUE_HANDLER_GRACE``
+    from when it became due; after that the handler is taken to be gone, and the
+    job fails with a reason that says so rather than wait forever.
+    """
+    deadline = (job.occurrence_at or job.created_at or now) + grace
+    if now < deadline:
+        reason = (
+            f"No handler for queue {job.queue!r} in this release: left for a release that"
+            f" has one until {deadline:%Y-%m-%d %H:%M:%S} UTC (QUEUE_HANDLER_GRACE)."
+        )
+        log.warning("flask_queue: job %s: %s", job.id, reason)
+        return Finish(
+            status=SCHEDULED,
+            run_at=min(now + NO_HANDLER_RECHECK, deadline),
+            reason=reason,
+            errors=job.errors,
+        )
+    reason = (
+        f"No handler is registered for queue {job.queue!r} (the code changed since this"
+        " job was enqueued). Register one and retry this job."
+    )
+    log.error("flask_queue: job %s: %s", job.id, reason)
+    return Finish(status=FAILED, reason=reason, errors=job.errors)
 
 
 def _run(

@@ -779,6 +779,24 @@ class JobStore:
                 )
             return True
 
+    def extend_leases(
+        self, runs: Sequence[tuple[str, int]], lease: timedelta
+    ) -> set[tuple[str, int]]:
+        """Extend the leases of these running attempts, in one statement; return
+        the (id, attempt) pairs that still owned their row."""
+        t = self.table
+        now = self.now()
+        owned = sa.and_(t.c.status == RUNNING, sa.tuple_(t.c.id, t.c.attempt).in_(list(runs)))
+        stmt = sa.update(t).where(owned).values(lease_until=now + lease)
+        with _storage_errors("extend leases"):
+            if self.engine.dialect.update_returning:
+                with self._one_statement() as c:
+                    return {(r[0], r[1]) for r in c.execute(stmt.returning(t.c.id, t.c.attempt))}
+            with self.engine.begin() as c:
+                c.execute(stmt)
+                rows = c.execute(sa.select(t.c.id, t.c.attempt).where(owned))
+                return {(r[0], r[1]) for r in rows}
+
     def release(self, job_id: str, attempt: int) -> bool:
         """Give back a claimed job whose dispatch failed, so the next produce retries it."""
         t = self.table

@@ -573,3 +573,49 @@ def test_run_now_of_a_repeating_job_is_an_extra_run_and_keeps_the_slot(
     assert recorder.payloads("echo") == ["r"]
     after = queue.get(job.id)
     assert after is not None and after.run_at == start + timedelta(hours=1)
+
+
+# -- issue 8: heartbeats keep a long handler's short lease ---------------------------------
+
+
+@all_databases
+def test_heartbeat_keeps_a_long_run_to_one_run_and_releases_a_dead_one(make_app: Any) -> None:
+    # Real clock: the lease is 0.3 s, the handler runs 1.5 s, and producers keep
+    # claiming all along. Without heartbeats the job would be claimed and run again.
+    queue = Queue()
+    started = threading.Event()
+    release = threading.Event()
+    runs: list[str] = []
+
+    @queue.handler("slow")
+    def slow(job: Job[Any]) -> None:
+        runs.append(job.id)
+        started.set()
+        release.wait(5)
+
+    app = make_app(queue, QUEUE_EXECUTOR="thread", QUEUE_LEASE="300ms")
+    with app.app_context():
+        store = _store(app)
+        job = queue.enqueue("slow", None)
+        assert started.wait(5)
+        deadline = threading.Event()
+        for _ in range(30):  # 1.5 s of claims by other producers
+            assert store.claim(10, timedelta(milliseconds=300)) == []
+            deadline.wait(0.05)
+        release.set()
+        app.extensions["queue"].executor.shutdown(wait=True)
+        assert runs == [job.id]
+        assert queue.get(job.id) is None
+        # A run whose process died has no heartbeat: its lease runs out and the
+        # job is claimed again within about one lease.
+        dead = queue.enqueue("slow", "dead", delay="50ms")  # not dispatched at enqueue
+        deadline.wait(0.1)
+        (stuck,) = store.claim(1, timedelta(milliseconds=300))
+        store.start(stuck.id, stuck.attempt, timedelta(milliseconds=300))  # then "dies"
+        again: list[Any] = []
+        for _ in range(40):
+            again = store.claim(1, timedelta(milliseconds=300))
+            if again:
+                break
+            deadline.wait(0.05)
+        assert [(c.id, c.attempt) for c in again] == [(dead.id, stuck.attempt + 1)]

@@ -214,12 +214,31 @@ def test_failing_repeating_job_keeps_failed_record_and_goes_on(
 
 
 @all_databases
-def test_job_without_handler_fails_with_reason(app: Flask, queue: Queue, clock: Clock) -> None:
+def test_job_without_handler_waits_out_the_grace_then_fails_with_reason(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
     job = queue.enqueue("echo", "orphan", delay="1s")
-    del queue.handlers["echo"]  # the code changed since the job was enqueued
+    handler = queue.handlers.pop("echo")  # this release lacks the handler (rolling deploy)
     clock.advance(1)
     queue.produce()
-    failed = queue.get(job.id)
+    waiting = queue.get(job.id)
+    assert waiting is not None
+    # Left for a release that has the handler: no attempt used, offered again soon.
+    assert (waiting.status, waiting.errors) == (JobStatus.SCHEDULED, 0)
+    assert waiting.run_at == clock() + timedelta(seconds=30)
+    assert "left for a release that has one" in (waiting.reason or "")
+    # A release that has it runs it within the grace.
+    queue.handlers["echo"] = handler
+    clock.advance(30)
+    queue.produce()
+    assert queue.get(job.id) is None and recorder.payloads("echo") == ["orphan"]
+    # Past the grace (QUEUE_HANDLER_GRACE, 15 minutes) the handler is taken to be gone.
+    gone = queue.enqueue("echo", "orphan 2", delay="1s")
+    del queue.handlers["echo"]
+    for _ in range(40):
+        clock.advance(30)
+        queue.produce()
+    failed = queue.get(gone.id)
     assert failed is not None
     assert failed.status is JobStatus.FAILED
     assert "No handler is registered for queue 'echo'" in (failed.reason or "")
