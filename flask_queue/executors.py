@@ -9,14 +9,15 @@ dispatch failed and we know it) or by the lease (we do not know).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .runner import run_job
+from .runner import refuse_delivery, run_job
 from .signing import sign_invoke
 
 if TYPE_CHECKING:
@@ -62,9 +63,17 @@ class Executor:
         if claimed is not None:
             self.deliver(claimed)
 
+    #: Whether a submitted run is handed off quickly (an HTTP request) rather than
+    #: run to completion here: produce may then wait for room and claim more
+    #: within its budget, instead of claiming what it cannot send.
+    hands_off = False
+
     def capacity(self) -> int:
         """How many more jobs it can take now without piling them up."""
         return self.state.config.batch_size
+
+    def wait_for_room(self, timeout: float) -> None:
+        """Block until capacity may have grown (something in flight finished)."""
 
     def flush(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until what was submitted has been handed off."""
@@ -113,6 +122,12 @@ class _PoolExecutor(Executor):
         with self._lock:
             return len(self._pending)
 
+    def wait_for_room(self, timeout: float) -> None:
+        with self._lock:
+            pending = list(self._pending)
+        if pending:
+            wait(pending, timeout=max(timeout, 0), return_when=FIRST_COMPLETED)
+
     def flush(self, timeout: float) -> None:
         with self._lock:
             pending = list(self._pending)
@@ -155,9 +170,20 @@ class HttpExecutor(_PoolExecutor):
     """
 
     name = "http"
+    hands_off = True
 
     def __init__(self, state: QueueState) -> None:
         super().__init__(state, workers=max(4, state.config.threads))
+        # Redirects are not followed: a 3xx means the URL is wrong (http vs https,
+        # a missing trailing slash, a login page), and following it would POST
+        # the signed token to wherever it points.
+        self._opener = urllib.request.build_opener(_NoRedirect)
+
+    def capacity(self) -> int:
+        # Claim only what the send pool can hand off soon: a claimed job queued
+        # behind a slow send holds a lease that nothing is using. produce waits
+        # for room (wait_for_room) and claims more within its budget.
+        return max(0, 2 * self.workers - self.inflight())
 
     def deliver(self, job: Deliverable) -> None:
         self.send(job.id, job.attempt)
@@ -172,13 +198,28 @@ class HttpExecutor(_PoolExecutor):
             method="POST",
         )
         try:
-            with urllib.request.urlopen(
+            with self._opener.open(
                 request, timeout=config.dispatch_timeout.total_seconds()
             ) as response:
+                if not _ours(response.read(4096), job_id):
+                    # A 2xx that is not the invoke endpoint's answer (a catch-all
+                    # page at a wrong URL): the run never started and never will.
+                    self._refuse(
+                        job_id,
+                        attempt,
+                        f"{config.invoke_url} answered HTTP {response.status} but is not"
+                        " flask_queue's invoke endpoint (check QUEUE_BASE_URL /"
+                        " QUEUE_INVOKE_URL and QUEUE_URL_PREFIX).",
+                    )
+                    return "refused"
                 return f"http {response.status}"
         except urllib.error.HTTPError as exc:
             if exc.code >= 500:
+                # Not delivered for sure, or the run started and its own lease
+                # recovers it: release touches only an attempt nobody started.
                 self._release(job_id, attempt, f"invoke answered {exc.code}")
+            else:
+                self._refuse(job_id, attempt, _refusal(config.invoke_url, exc))
             return f"http {exc.code}"
         except TimeoutError:
             # urllib raises a bare timeout only while waiting for the response:
@@ -194,6 +235,12 @@ class HttpExecutor(_PoolExecutor):
             self._release(job_id, attempt, f"could not reach {config.invoke_url}: {reason}")
             return "refused"
 
+    def _refuse(self, job_id: str, attempt: int, reason: str) -> None:
+        try:
+            refuse_delivery(self.state, job_id, attempt, reason)
+        except Exception:
+            log.exception("flask_queue: could not record the refusal of job %s", job_id)
+
     def _release(self, job_id: str, attempt: int, why: str) -> None:
         log.warning("flask_queue: dispatch of job %s failed (%s); released for retry", job_id, why)
         try:
@@ -201,6 +248,33 @@ class HttpExecutor(_PoolExecutor):
                 self.state.store.release(job_id, attempt)
         except Exception:
             log.exception("flask_queue: could not release job %s; its lease will", job_id)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+def _refusal(url: str | None, exc: urllib.error.HTTPError) -> str:
+    where = exc.headers.get("Location") if 300 <= exc.code < 400 else None
+    hint = {
+        400: "a CSRF check or a body the endpoint could not read",
+        401: "the signature was refused: QUEUE_SECRET differs between sender and app",
+        403: "the signature was refused, or a guard in front of the app blocked it",
+        404: "no invoke endpoint there: check QUEUE_URL_PREFIX and the base URL",
+        405: "the URL does not accept POST: check QUEUE_INVOKE_URL",
+    }.get(exc.code, "the request was refused")
+    moved = f" (redirect to {where}, not followed)" if where else ""
+    return f"The invoke request to {url} was refused with HTTP {exc.code}{moved}: {hint}."
+
+
+def _ours(body: bytes, job_id: str) -> bool:
+    """Whether a 2xx body is the invoke endpoint's JSON answer for this job."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("id") == job_id
 
 
 def make_executor(state: QueueState, name: str | None = None) -> Executor:

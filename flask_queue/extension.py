@@ -524,10 +524,16 @@ class Queue:
             log.exception("flask_queue: produce housekeeping failed; claiming anyway")
         claimed, more = 0, False
         while True:
+            left = budget - (time.monotonic() - started)
+            if limit is not None and claimed >= limit:
+                break
             room = min(config.batch_size, runner.capacity())
             if limit is not None:
                 room = min(room, limit - claimed)
             if room <= 0:
+                if runner.hands_off and left > 0:
+                    runner.wait_for_room(left)
+                    continue
                 more = True
                 break
             jobs = state.store.claim(room, config.lease)

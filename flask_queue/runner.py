@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .errors import StorageError
 from .job import Job
 from .scheduling import Schedule
 from .store import COMPLETED, FAILED, SCHEDULED, Finish
@@ -77,8 +79,41 @@ def _run_started(state: QueueState, job: Job[Any], attempt: int) -> RunResult:
             )
             log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
             outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
-    owned = state.store.finish(job, outcome)
+    owned = _finish(state, job, outcome)
     return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
+
+
+#: Backoff of a finish that the database refused: doubling from FINISH_RETRY_FIRST
+#: up to FINISH_RETRY_CAP, for at most two leases in all.
+FINISH_RETRY_FIRST = 0.05
+FINISH_RETRY_CAP = 2.0
+
+
+def _finish(state: QueueState, job: Job[Any], outcome: Finish) -> bool:
+    """Record the outcome, retrying through a database outage.
+
+    The handler already ran: giving up here would leave the row RUNNING until
+    its lease expires and then run the handler again, a duplicate caused by a
+    dropped connection rather than a crash. Retrying is safe because the
+    finish only applies while this attempt still owns the row (the attempt
+    guard); the heartbeat keeps the lease meanwhile, once the database answers.
+    """
+    delay = FINISH_RETRY_FIRST
+    give_up = time.monotonic() + 2 * state.config.lease.total_seconds()
+    while True:
+        try:
+            return state.store.finish(job, outcome)
+        except StorageError as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning(
+                "flask_queue: could not record the outcome of job %s (%s); retrying in %.2fs",
+                job.id,
+                exc,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, FINISH_RETRY_CAP)
 
 
 #: How soon a job whose handler this release lacks is offered again.
@@ -112,6 +147,28 @@ def _no_handler(job: Job[Any], grace: timedelta, now: datetime) -> Finish:
     )
     log.error("flask_queue: job %s: %s", job.id, reason)
     return Finish(status=FAILED, reason=reason, errors=job.errors)
+
+
+def refuse_delivery(state: QueueState, job_id: str, attempt: int, reason: str) -> str:
+    """Record that the invoke endpoint definitely refused attempt ``attempt``.
+
+    A 4xx (bad signature, wrong prefix, CSRF, a proxy's 404) or a redirect means
+    the request arrived and will never run: it costs an attempt like a handler
+    error, so after the retries the job fails with a reason naming the status and
+    the URL instead of being re-sent once per lease forever. Only an attempt
+    nobody started is touched: a 409/404 that our own endpoint gave because the
+    run started elsewhere, or the job is gone, changes nothing.
+    """
+    with state.app.app_context():
+        job = state.store.get(job_id)
+        if job is None or job.attempt != attempt or job.started_at is not None:
+            return "ignored"
+        handler = state.queue.handlers.get(job.queue)
+        default = handler.retry if handler and handler.retry is not None else state.config.retry
+        outcome = after_failure(job, reason, default, state.store.clock())
+        _log_failure(job, reason, outcome, len(_delays(job, default)))
+        owned = state.store.finish(job, outcome, unstarted=True)
+        return _describe(outcome) if owned else "ignored"
 
 
 def _run(

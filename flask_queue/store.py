@@ -728,11 +728,20 @@ class JobStore:
                 )
             return None, "failed"
 
-    def finish(self, job: Job[Any], outcome: Finish) -> bool:
-        """Apply a run's outcome if the run still owns the row; False if it does not."""
+    def finish(self, job: Job[Any], outcome: Finish, *, unstarted: bool = False) -> bool:
+        """Apply a run's outcome if the run still owns the row; False if it does not.
+
+        ``unstarted`` applies it only to a claimed attempt that nobody started:
+        a delivery the invoke endpoint refused (a run that did start finishes
+        itself; this must not overwrite it).
+        """
         t = self.table
         now = self.now()
-        owned = sa.and_(t.c.id == job.id, t.c.attempt == job.attempt, t.c.status == RUNNING)
+        owned = (
+            self._unstarted(job.id, job.attempt)
+            if unstarted
+            else sa.and_(t.c.id == job.id, t.c.attempt == job.attempt, t.c.status == RUNNING)
+        )
         single = outcome.failed_copy_reason is None
         with (
             _storage_errors("finish a job"),

@@ -12,7 +12,7 @@ from flask import Flask
 
 from flask_queue import JobStatus, Queue
 from flask_queue.signing import verify_invoke
-from tests.conftest import Clock, all_databases
+from tests.conftest import Clock, all_databases, row_snapshot
 from tests.servers import free_port
 
 
@@ -23,6 +23,8 @@ class _Endpoint(BaseHTTPRequestHandler):
     bodies: list[bytes] = []
     release: threading.Event | None = None  # when set, answer only after it fires
     answered = 0
+    location: str | None = None
+    answer = b""
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -30,7 +32,11 @@ class _Endpoint(BaseHTTPRequestHandler):
         if type(self).release is not None:
             type(self).release.wait(30)  # type: ignore[union-attr]
         self.send_response(type(self).status)
+        if type(self).location:
+            self.send_header("Location", type(self).location)  # type: ignore[arg-type]
+        self.send_header("Content-Length", str(len(type(self).answer)))
         self.end_headers()
+        self.wfile.write(type(self).answer)
         type(self).answered += 1
 
     def log_message(self, *args: Any) -> None:
@@ -39,7 +45,11 @@ class _Endpoint(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint() -> Any:
-    handler = type("Handler", (_Endpoint,), {"bodies": [], "status": 500, "release": None})
+    handler = type(
+        "Handler",
+        (_Endpoint,),
+        {"bodies": [], "status": 500, "release": None, "location": None, "answer": b""},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -101,5 +111,97 @@ def test_slow_endpoint_does_not_block_enqueue_or_produce(
             # leases guard them.
             assert queue.get(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
             assert len(list(queue.jobs(status="RUNNING"))) == 4
+    finally:
+        handler.release.set()
+
+
+@all_databases
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 302])
+def test_definite_refusal_costs_an_attempt_then_fails_naming_status_and_url(
+    make_app: Any, queue: Queue, clock: Clock, endpoint: Any, status: int
+) -> None:
+    handler, url = endpoint
+    handler.status = status
+    if status == 302:
+        handler.location = url + "/elsewhere"
+    app = _http_app(make_app, queue, url, QUEUE_RETRY=["10s"])
+    with app.app_context():
+        executor = app.extensions["queue"].executor
+        job = queue.enqueue("echo", "x")
+        executor.flush(5)
+        retrying = queue.get(job.id)
+        assert retrying is not None
+        # One refusal: an attempt is used and the retry policy applies.
+        assert (retrying.status, retrying.errors) == (JobStatus.SCHEDULED, 1)
+        assert retrying.run_at == clock() + timedelta(seconds=10)
+        clock.advance(10)
+        assert queue.produce().claimed == 1
+        executor.flush(5)
+        failed = queue.get(job.id)
+        assert failed is not None and failed.status is JobStatus.FAILED
+        assert f"HTTP {status}" in (failed.reason or "") and url in (failed.reason or "")
+        # Never followed: each attempt reached the endpoint once, nothing else.
+        assert len(handler.bodies) == 2
+
+
+@all_databases
+def test_2xx_from_something_else_is_a_refusal(
+    make_app: Any, queue: Queue, clock: Clock, endpoint: Any
+) -> None:
+    handler, url = endpoint
+    handler.status, handler.answer = 200, b"<html>catch-all page</html>"
+    app = _http_app(make_app, queue, url, QUEUE_RETRY=[])
+    with app.app_context():
+        job = queue.enqueue("echo", "x")
+        app.extensions["queue"].executor.flush(5)
+        failed = queue.get(job.id)
+        assert failed is not None and failed.status is JobStatus.FAILED
+        assert "not flask_queue's invoke endpoint" in (failed.reason or "")
+
+
+@all_databases
+def test_refusal_of_a_started_attempt_changes_nothing(
+    make_app: Any, queue: Queue, clock: Clock
+) -> None:
+    from flask_queue.runner import refuse_delivery
+
+    app = _http_app(make_app, queue, "http://127.0.0.1:9/_queue/invoke")
+    with app.app_context():
+        state = app.extensions["queue"]
+        job = queue.enqueue("echo", "x", delay="1s")
+        clock.advance(1)
+        (claimed,) = state.store.claim(1, state.config.lease)
+        state.store.start(claimed.id, claimed.attempt, state.config.lease)
+        before = row_snapshot(app)
+        # Our endpoint's own 409 (started elsewhere) must not cost an attempt.
+        assert refuse_delivery(state, job.id, claimed.attempt, "HTTP 409") == "ignored"
+        assert row_snapshot(app) == before
+
+
+@all_databases
+def test_produce_claims_only_what_it_can_hand_off_and_keeps_going(
+    make_app: Any, queue: Queue, clock: Clock, endpoint: Any
+) -> None:
+    handler, url = endpoint
+    handler.status, handler.release = 200, threading.Event()
+    app = _http_app(make_app, queue, url, QUEUE_DISPATCH_TIMEOUT="0.2s", QUEUE_BATCH_SIZE=1000)
+    try:
+        with app.app_context():
+            queue.enqueue_many("echo", list(range(40)), delay="1s")
+            clock.advance(1)
+            executor = app.extensions["queue"].executor
+            seen: list[int] = []
+            original = app.extensions["queue"].store.claim
+
+            def claim(limit: int, lease: Any) -> Any:
+                seen.append(limit)
+                return original(limit, lease)
+
+            app.extensions["queue"].store.claim = claim
+            result = queue.produce()
+            # Never more in one claim than the send pool can take (2 per sender)...
+            assert max(seen) <= 2 * executor.workers
+            # ...and it kept claiming as sends completed, within its budget.
+            assert result.claimed == 40 and not result.more
     finally:
         handler.release.set()
