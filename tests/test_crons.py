@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from flask_queue import Job, Queue, ScheduleType
+from flask_queue import Job, JobStatus, Queue, ScheduleType
 from flask_queue.store import CRON_ID_PREFIX
 from tests.conftest import Clock, Recorder, all_databases
 
@@ -110,3 +111,56 @@ def test_invalid_cron_declaration_is_refused(queue: Queue) -> None:
         queue.cron("0 25 * * *")
     with pytest.raises(InvalidScheduleError, match="'Nowhere/Town'"):
         queue.cron("0 1 * * *", tz="Nowhere/Town")
+
+
+@all_databases
+def test_two_releases_share_the_table_during_a_rolling_deploy(
+    make_app: Any, clock: Clock
+) -> None:
+    """Old release declares crons {a} and handles "x"; new declares {a, b} and
+    handles "x" and "y". During the overlap neither deletes the other's crons nor
+    fails the other's jobs; `flask queue sync-crons` of the new release prunes."""
+    ran: list[tuple[str, str]] = []
+
+    def release(name: str, crons: list[str], handlers: list[str]) -> Queue:
+        q = Queue(clock=clock)
+        for queue_name in handlers:
+            q.handler(queue_name)(lambda job, n=name: ran.append((n, job.queue)))
+        for cron_name in crons:
+            q.cron("* * * * *", name=cron_name)(lambda job, n=name: ran.append((n, job.queue)))
+        return q
+
+    old = release("old", ["a"], ["x"])
+    new = release("new", ["a", "b"], ["x", "y"])
+    table = f"qj_deploy_{uuid.uuid4().hex[:8]}"
+    old_app = make_app(old, QUEUE_TABLE_NAME=table)
+    new_app = make_app(new, QUEUE_TABLE_NAME=table)
+
+    def crons(app: Any, q: Queue) -> set[str]:
+        with app.app_context():
+            return {
+                (j.custom_id or "")[len(CRON_ID_PREFIX) :]
+                for j in q.jobs(status="SCHEDULED")
+                if (j.custom_id or "").startswith(CRON_ID_PREFIX)
+            }
+
+    with new_app.app_context():
+        new.produce()
+        job_y = new.enqueue("y", "only the new release has y", delay="1s")
+    assert crons(new_app, new) == {"a", "b"}
+    clock.advance(1)
+    with old_app.app_context():
+        old.produce()  # claims y, lacks its handler, leaves it for the new release
+        waiting = old.get(job_y.id)
+        assert waiting is not None and waiting.status is JobStatus.SCHEDULED
+    assert crons(old_app, old) == {"a", "b"}  # the old release removed nothing
+    clock.advance(60)
+    with new_app.app_context():
+        new.produce()
+        assert new.get(job_y.id) is None
+    assert ("new", "y") in ran
+    # The deploy finishes; the new release drops cron a and prunes at deploy.
+    del new.crons["a"]
+    result = new_app.test_cli_runner().invoke(args=["queue", "sync-crons"])
+    assert "removed 1" in result.output, result.output
+    assert crons(new_app, new) == {"b"}
