@@ -230,7 +230,7 @@ class Queue:
         if csrf is not None:
             # Flask-WTF's CSRFProtect would refuse the invoke and produce POSTs,
             # which carry a signature or a bearer token instead of a form token.
-            # (Initialise CSRFProtect before the queue for this to apply.)
+            # (A CSRFProtect initialised later is handled per request: views.py.)
             csrf.exempt("flask_queue.views.invoke")
             csrf.exempt("flask_queue.views.produce")
 

@@ -6,7 +6,12 @@ Security reasoning:
   salt of its own, so a signature made for anything else the app signs with
   ``SECRET_KEY`` (sessions, CSRF) is never valid here.
 * The token is verified over the exact bytes received — nothing parses or
-  re-encodes the body first.
+  re-encodes the body first — and a token has one accepted spelling: only the
+  URL-safe alphabet and a signature in itsdangerous' own encoding pass.
+  base64 decoding alone ignores stray characters (``token + "="``) and the
+  unused bits of the last character; only surrounding ASCII whitespace (a
+  trailing newline from an HTTP tool) is tolerated.
+* A body over ``MAX_INVOKE_BODY`` is refused; the view refuses it before reading.
 * The age limit bounds how long a captured request is usable at all; the attempt
   number makes it single-use: the store starts a run only for the job's current,
   not-yet-started attempt, so a replay inside the age window runs nothing.
@@ -19,14 +24,22 @@ Security reasoning:
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from itsdangerous import BadData, BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 from itsdangerous.signer import Signer
 
 INVOKE_SALT = "flask_queue.invoke"
 PRODUCE_SALT = "flask_queue.produce-token"
+#: The largest invoke body accepted. A token is about 100 bytes (a job id of at most 32
+#: characters, an attempt number, a timestamp, a signature); anything much larger is
+#: not ours, and refusing it unread keeps a stranger from making us buffer it.
+MAX_INVOKE_BODY = 4 * 1024
+BODY_TOO_LARGE = f"Body too large: a signed invoke body is under {MAX_INVOKE_BODY} bytes."
+_TOKEN = re.compile(rb"[A-Za-z0-9_\-.]+")
 
 
 class InvokeRefused(Exception):
@@ -54,14 +67,16 @@ def sign_invoke(secret_keys: list[str], job_id: str, attempt: int) -> bytes:
 
 def verify_invoke(secret_keys: list[str], body: bytes, max_age: timedelta) -> InvokeRequest:
     """Check a raw invoke body; raise :class:`InvokeRefused` with the HTTP status."""
-    if not body.strip():
+    if len(body) > MAX_INVOKE_BODY:
+        raise InvokeRefused(413, BODY_TOO_LARGE)
+    body = body.strip()
+    if not body:
         raise InvokeRefused(401, "Missing signed body.")
+    if not _TOKEN.fullmatch(body):
+        raise InvokeRefused(400, "Body is not a flask_queue token.")
+    text = body.decode("ascii")
     try:
-        text = body.decode("ascii")
-    except UnicodeDecodeError:
-        raise InvokeRefused(400, "Body is not a flask_queue token.") from None
-    try:
-        data = _serializer(secret_keys).loads(text.strip(), max_age=int(max_age.total_seconds()))
+        data = _serializer(secret_keys).loads(text, max_age=int(max_age.total_seconds()))
     except SignatureExpired:
         raise InvokeRefused(403, "Signature expired.") from None
     except BadSignature as exc:
@@ -70,6 +85,10 @@ def verify_invoke(secret_keys: list[str], body: bytes, max_age: timedelta) -> In
         raise InvokeRefused(403, "Bad signature.") from exc
     except BadData:
         raise InvokeRefused(400, "Body is not a flask_queue token.") from None
+    signature = body.rpartition(b".")[2]
+    if base64_encode(base64_decode(signature)) != signature:
+        # The same signature spelled differently: a mutated body, not ours.
+        raise InvokeRefused(403, "Bad signature.")
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("id"), str)

@@ -10,7 +10,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_queue import ConfigError, Job, Queue
 from flask_queue.config import DEFAULTS
-from tests.conftest import Clock
+from tests.conftest import Clock, Recorder, row_snapshot
 
 
 def _app(tmp_path: Any, name: str = "a", **config: Any) -> Flask:
@@ -158,3 +158,43 @@ def test_one_queue_serves_two_apps_with_two_databases(
         assert [j.payload for j in queue.jobs()] == ["to left"]
     assert seen == [("left", "now left")]
     assert left.extensions["queue"].store.engine.url != right.extensions["queue"].store.engine.url
+
+
+@pytest.mark.parametrize("csrf_first", [True, False], ids=["csrf-before-queue", "csrf-after-queue"])
+def test_csrfprotect_exempts_machine_endpoints_in_either_init_order(
+    tmp_path: Any, queue: Queue, clock: Clock, recorder: Recorder, csrf_first: bool
+) -> None:
+    from flask_wtf.csrf import CSRFProtect
+
+    from flask_queue.signing import sign_invoke
+
+    app = _app(tmp_path)
+    db = SQLAlchemy(app)
+    csrf = CSRFProtect()
+    if csrf_first:
+        csrf.init_app(app)
+    queue.init_app(app)
+    if not csrf_first:
+        csrf.init_app(app)
+    app.debug = True  # opens the dashboard, so only CSRF can refuse its POST
+    client = app.test_client()
+    with app.app_context():
+        db.create_all()
+        queue.enqueue("echo", "via invoke", delay="1s")
+        clock.advance(1)
+        state = app.extensions["queue"]
+        (job,) = state.store.claim(1, state.config.lease)
+        body = sign_invoke(state.config.secret_keys, job.id, job.attempt)
+        response = client.post("/_queue/invoke", data=body)
+        assert response.status_code == 200, response.data
+        assert recorder.calls == [("echo", "via invoke")]
+
+        bearer = {"Authorization": f"Bearer {queue.produce_token()}"}
+        response = client.post("/_queue/produce", headers=bearer)
+        assert response.status_code == 200, response.data
+
+        before = row_snapshot(app)
+        refused = client.post("/_queue/bulk", data={"action": "delete"})
+        assert refused.status_code == 400
+        assert b"CSRF" in refused.data
+        assert row_snapshot(app) == before
