@@ -114,9 +114,7 @@ def test_invalid_cron_declaration_is_refused(queue: Queue) -> None:
 
 
 @all_databases
-def test_two_releases_share_the_table_during_a_rolling_deploy(
-    make_app: Any, clock: Clock
-) -> None:
+def test_two_releases_share_the_table_during_a_rolling_deploy(make_app: Any, clock: Clock) -> None:
     """Old release declares crons {a} and handles "x"; new declares {a, b} and
     handles "x" and "y". During the overlap neither deletes the other's crons nor
     fails the other's jobs; `flask queue sync-crons` of the new release prunes."""
