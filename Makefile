@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-dashboard clean
+.PHONY: demo test lint bench bench-dashboard chaos clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run_path
+
+# The long chaos run (10,000 jobs, 20 worker kills, 2 database cuts) on PostgreSQL and
+# MariaDB; the suite runs a 300-job variant. Figures go in the README.
+chaos: $(BIN)/.installed
+	QUEUE_TEST_POSTGRES_URL=$${QUEUE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test} \
+	QUEUE_TEST_MYSQL_URL=$${QUEUE_TEST_MYSQL_URL:-mysql+pymysql://root@127.0.0.1:3306/test} \
+	CHAOS_JOBS=10000 CHAOS_KILLS=20 CHAOS_SLEEP=0.01 CHAOS_DEADLINE=3000 \
+	$(BIN)/pytest -s -p no:cacheprovider -o timeout=3600 tests/test_chaos.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info instance

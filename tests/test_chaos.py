@@ -1,0 +1,192 @@
+"""Chaos: jobs delivered over real HTTP to gunicorn (2 workers) while its workers
+are SIGKILLed again and again and the database connection is cut twice.
+
+Required: every job completes, and a job that ran more than once ran on a worker
+that was killed (at least once is the promise; a duplicate may only come from a
+kill, never from a cut). The CI variant runs a few hundred jobs; ``make chaos``
+runs ``CHAOS_JOBS=10000`` and prints the figures for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_queue import Job, Queue
+from flask_queue.signing import produce_token
+from tests.conftest import server_databases
+from tests.faultproxy import FaultProxy
+from tests.servers import REPO, free_port, isolated_database
+
+JOBS = int(os.environ.get("CHAOS_JOBS", "300"))
+KILLS = int(os.environ.get("CHAOS_KILLS", "4"))
+DEADLINE = float(os.environ.get("CHAOS_DEADLINE", "150"))
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _ping(base: str, token: str) -> None:
+    request = urllib.request.Request(
+        base + "/_queue/produce", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError):
+        pass  # a killed worker or a cut database: the next ping goes on
+
+
+def _proxied(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"{netloc[0]}@127.0.0.1:{port}" if len(netloc) == 2 else f"127.0.0.1:{port}"
+    return parts._replace(netloc=host).geturl()
+
+
+@server_databases
+def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
+    with isolated_database(db_url, tmp_path) as url:
+        parts = urlsplit(url)
+        table = f"chaos_{uuid.uuid4().hex[:8]}"
+        secret = "chaos-" + uuid.uuid4().hex
+        log = tmp_path / "runs.log"
+        queue = Queue()
+
+        @queue.handler("chaos")
+        def chaos(job: Job[int]) -> None: ...
+
+        local = Flask("chaos-test")
+        local.config.update(
+            SQLALCHEMY_DATABASE_URI=url,
+            SECRET_KEY=secret,
+            QUEUE_EXECUTOR="inline",
+            QUEUE_TABLE_NAME=table,
+        )
+        db = SQLAlchemy()
+        db.init_app(local)
+        queue.init_app(local)
+        with local.app_context():
+            db.create_all()
+            ids = [j.id for j in queue.enqueue_many("chaos", list(range(JOBS)), delay="1s")]
+
+        with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 0) as proxy:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            env = dict(os.environ)
+            env.update(
+                CHAOS_DB_URL=_proxied(url, proxy.port),
+                CHAOS_SECRET=secret,
+                CHAOS_BASE_URL=base,
+                CHAOS_TABLE=table,
+                CHAOS_LOG=str(log),
+                PYTHONPATH=str(REPO),
+            )
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "-w",
+                    "2",
+                    "-b",
+                    f"127.0.0.1:{port}",
+                    "--timeout",
+                    "30",
+                    "tests.chaos_app:create_app()",
+                ],
+                env=env,
+                cwd=str(REPO),
+                stdout=(tmp_path / "gunicorn.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            killed: set[int] = set()
+            cuts = 0
+            started = time.monotonic()
+            try:
+                token = produce_token(secret)
+                time.sleep(1.5)  # the jobs fall due and gunicorn boots
+                left = JOBS
+                # Kills spread over the first part of the run, cuts in between.
+                plan = sorted(
+                    [(2.0 + 2.5 * i, "kill") for i in range(KILLS)] + [(4.0, "cut"), (9.0, "cut")]
+                )
+                while left and time.monotonic() - started < DEADLINE:
+                    elapsed = time.monotonic() - started
+                    while plan and plan[0][0] <= elapsed:
+                        _, what = plan.pop(0)
+                        if what == "kill":
+                            workers = _children(server.pid)
+                            if workers:
+                                os.kill(workers[0], signal.SIGKILL)
+                                killed.add(workers[0])
+                        else:
+                            proxy.cut()
+                            time.sleep(1.5)
+                            proxy.restore()
+                            cuts += 1
+                    _ping(base, token)
+                    with local.app_context():
+                        left = sum(1 for _ in queue.jobs(status="SCHEDULED")) + sum(
+                            1 for _ in queue.jobs(status="RUNNING")
+                        )
+                    time.sleep(0.2)
+                took = time.monotonic() - started
+            finally:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(10)
+
+        runs = [line.split() for line in log.read_text().splitlines()]
+        done = Counter(job for kind, _, job, _ in runs if kind == "done")
+        by_job: dict[str, set[int]] = defaultdict(set)
+        for _, pid, job, _ in runs:
+            by_job[job].add(int(pid))
+        with local.app_context():
+            failed = list(queue.jobs(status="FAILED"))
+            leftover = list(queue.jobs())
+            db.drop_all()
+            db.engine.dispose()
+        duplicates = {job: n for job, n in done.items() if n > 1}
+        unexplained = [job for job in duplicates if not by_job[job] & killed]
+        report: dict[str, Any] = {
+            "jobs": JOBS,
+            "seconds": round(took, 1),
+            "kills": len(killed),
+            "cuts": cuts,
+            "duplicates": sum(n - 1 for n in duplicates.values()),
+            "unexplained duplicates": len(unexplained),
+            "failed": len(failed),
+        }
+        print(f"\nchaos {parts.scheme.split('+')[0]}: {report}")
+        assert leftover == [], [(j.id, j.status, j.reason) for j in leftover[:5]]
+        assert [j for j in ids if done[j] == 0] == []
+        assert failed == []
+        assert len(killed) == KILLS and cuts == 2
+        assert unexplained == []
+
