@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,18 @@ def _queue() -> Queue:
     if state is None:
         raise click.ClickException("flask_queue is not initialised on this app.")
     return state.queue  # type: ignore[no-any-return]
+
+
+def _log_to_stderr() -> None:
+    """Show flask_queue's INFO lines (outage over, runs failing) from the long-lived
+    commands, unless the app set up logging itself."""
+    logger = logging.getLogger("flask_queue")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _fail(exc: QueueError) -> click.ClickException:
@@ -75,6 +88,9 @@ def produce_command(loop: bool, interval: float | None) -> None:
     """Claim due jobs and hand them to the executor (what a cron ping does)."""
     from .worker import produce_loop
 
+    if loop:
+        _log_to_stderr()
+
     q = _queue()
     try:
         if loop:
@@ -95,6 +111,8 @@ def produce_command(loop: bool, interval: float | None) -> None:
 def work_command(concurrency: int, interval: float, max_jobs: int | None) -> None:
     """Produce and run jobs in this process until SIGTERM/SIGINT."""
     from .worker import work
+
+    _log_to_stderr()
 
     try:
         work(

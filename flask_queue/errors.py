@@ -52,3 +52,9 @@ class InvalidStatusError(QueueError):
 
 class StorageError(QueueError):
     """The database refused or failed a flask_queue statement."""
+
+    #: True when the database was away (down, restarting, unreachable, out of
+    #: connections, locked) rather than answering and refusing the statement (a
+    #: missing table, a permission, a constraint): only the first kind passes by
+    #: itself, so only it is worth retrying.
+    transient: bool = False

@@ -520,8 +520,9 @@ class Queue:
             crons = self.sync_crons(prune=False)
             if config.keep_completed:
                 purged = state.store.purge_completed(self.clock() - config.keep_completed)
-        except QueueError:
-            log.exception("flask_queue: produce housekeeping failed; claiming anyway")
+        except QueueError as exc:
+            # One line, no traceback: during an outage this repeats at every retry.
+            log.warning("flask_queue: produce housekeeping failed (%s); claiming anyway", exc)
         claimed, more = 0, False
         while True:
             left = budget - (time.monotonic() - started)

@@ -104,7 +104,7 @@ def _finish(state: QueueState, job: Job[Any], outcome: Finish) -> bool:
         try:
             return state.store.finish(job, outcome)
         except StorageError as exc:
-            if time.monotonic() + delay > give_up:
+            if not exc.transient or time.monotonic() + delay > give_up:
                 raise
             log.warning(
                 "flask_queue: could not record the outcome of job %s (%s); retrying in %.2fs",

@@ -95,7 +95,31 @@ def _storage_errors(action: str) -> Iterator[None]:
             exc.hide_parameters = True
         orig = getattr(exc, "orig", None) or exc
         first_line = (str(orig).strip().splitlines() or [""])[0][:300]
-        raise StorageError(f"Could not {action}: {type(orig).__name__}: {first_line}") from exc
+        error = StorageError(f"Could not {action}: {type(orig).__name__}: {first_line}")
+        error.transient = _is_outage(exc)
+        raise error from exc
+
+
+def _is_outage(exc: sa.exc.SQLAlchemyError) -> bool:
+    """Whether a storage error says the database is away (down, restarting,
+    unreachable, out of connections, busy) rather than that it answered and
+    refused the statement (a missing table, a permission, a constraint).
+
+    Only the first kind passes by itself, so only it is worth waiting out: the
+    second needs someone to act (run the migrations), and a loop that retried
+    it forever would hide it behind one warning.
+    """
+    cause = exc
+    if isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated:
+        return True  # the dialect recognised a dropped connection, whatever its class
+    if isinstance(cause, (sa.exc.TimeoutError, sa.exc.DisconnectionError)):
+        return True  # the pool's own: no connection free in time, or a dead one
+    if not isinstance(cause, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    # SQLite raises OperationalError for SQL it refuses too ("no such table",
+    # syntax): those carry the generic SQLITE_ERROR code; a locked or
+    # unopenable file carries a code of its own.
+    return getattr(cause.orig, "sqlite_errorname", None) != "SQLITE_ERROR"
 
 
 class Claimed(NamedTuple):

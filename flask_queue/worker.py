@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, StorageError
 from .executors import ThreadExecutor
 
 if TYPE_CHECKING:
     from .extension import Queue
 
 log = logging.getLogger("flask_queue")
+
+#: Seconds to wait after the first failed produce of an outage; doubled after
+#: each failure in a row, up to ``MAX_BACKOFF``.
+BACKOFF = 0.5
+#: The longest wait between retries while the database stays away: bounds how
+#: late a loop notices that it is back.
+MAX_BACKOFF = 30.0
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -35,20 +44,91 @@ def _check_interval(interval: float) -> None:
         )
 
 
+def _check_backoff(backoff: float, max_backoff: float) -> None:
+    if not (backoff > 0 and math.isfinite(max_backoff) and max_backoff >= backoff):
+        raise InvalidOptionError(
+            "backoff must be more than 0 and max_backoff a finite number at least as"
+            f" large, got backoff={backoff!r}, max_backoff={max_backoff!r}."
+        )
+
+
+class _Outage:
+    """Failed produces in a row: how long to back off, and the log lines.
+
+    A database that is away fails every produce until it is back. One WARNING
+    when that starts and one INFO when it ends say all there is to say; a line
+    per retry would bury them.
+    """
+
+    def __init__(self, backoff: float, max_backoff: float) -> None:
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.failures = 0
+        self.since = 0.0
+
+    def failed(self, exc: StorageError) -> float:
+        """Note a failed produce; return the seconds to wait before the next."""
+        self.failures += 1
+        if self.failures == 1:
+            self.since = time.monotonic()
+            log.warning(
+                "flask_queue: produce failed, is the database down? (%s: %s);"
+                " retrying with backoff up to %gs",
+                type(exc).__name__,
+                exc,
+                self.max_backoff,
+            )
+        else:
+            log.debug("flask_queue: produce failed again (%d in a row): %s", self.failures, exc)
+        # The exponent is capped so that a days-long outage cannot overflow the float.
+        delay = min(self.max_backoff, self.backoff * 2.0 ** min(self.failures - 1, 64))
+        # Up to 20% less: workers cut off together by one outage must not all
+        # reconnect in the same instant when it ends.
+        return delay * random.uniform(0.8, 1.0)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info(
+                "flask_queue: database back: produce succeeded after %d failed"
+                " attempt(s) over %.1fs",
+                self.failures,
+                time.monotonic() - self.since,
+            )
+            self.failures = 0
+
+
 def produce_loop(
     queue: Queue,
     interval: float,
     *,
     stop: threading.Event | None = None,
     report: Callable[[str], None] = print,
+    backoff: float = BACKOFF,
+    max_backoff: float = MAX_BACKOFF,
 ) -> None:
-    """Call ``produce`` every ``interval`` seconds (sooner while work is left)."""
+    """Call ``produce`` every ``interval`` seconds (sooner while work is left).
+
+    A produce that fails because the database is away (down, restarting,
+    unreachable, out of connections) is retried after ``backoff`` seconds,
+    doubling up to ``max_backoff`` while the failures go on; WARNING is logged
+    once when that starts and INFO when a produce succeeds again. Any other
+    error, a :class:`StorageError` for a missing table included, ends the loop.
+    """
     _check_interval(interval)
+    _check_backoff(backoff, max_backoff)
     if stop is None:  # the CLI: SIGTERM/SIGINT stop the loop
         stop = threading.Event()
         _stop_on_signals(stop)
+    outage = _Outage(backoff, max_backoff)
     while not stop.is_set():
-        result = queue.produce()
+        try:
+            result = queue.produce()
+        except StorageError as exc:
+            if not exc.transient:
+                raise
+            stop.wait(outage.failed(exc))
+            continue
+        outage.succeeded()
         if result.claimed:
             report(f"claimed {result.claimed} job(s)")
         stop.wait(0 if result.more else interval)
@@ -62,21 +142,27 @@ def work(
     stop: threading.Event | None = None,
     max_jobs: int | None = None,
     report: Callable[[str], None] = print,
+    backoff: float = BACKOFF,
+    max_backoff: float = MAX_BACKOFF,
 ) -> int:
     """Claim and run jobs on ``concurrency`` threads until stopped; return jobs run.
 
     The worker runs jobs itself whatever ``QUEUE_EXECUTOR`` says: it is the
     process that exists to run them. On SIGTERM/SIGINT it stops claiming and
     lets running handlers finish. ``report`` gets one line on start (what it
-    serves, and how) and one on stop.
+    serves, and how) and one on stop. While the database is away it retries
+    with backoff, as :func:`produce_loop` does; runs already started finish or
+    fail on their own threads.
     """
     _check_interval(interval)
+    _check_backoff(backoff, max_backoff)
     state = queue.state()
     report(_started_line(queue, state.store.dialect, concurrency, interval, max_jobs))
     if stop is None:  # the CLI: SIGTERM/SIGINT stop the worker
         stop = threading.Event()
         _stop_on_signals(stop)
     executor = ThreadExecutor(state, workers=concurrency)
+    outage = _Outage(backoff, max_backoff)
     total = 0
     try:
         while not stop.is_set():
@@ -85,9 +171,17 @@ def work(
                 break
             # produce claims in batches of up to twice the pool: without the
             # limit, --max-jobs 1 would claim (and run) a whole batch.
-            result = (
-                queue.produce(executor=executor, limit=left) if executor.capacity() > 0 else None
-            )
+            if executor.capacity() > 0:
+                try:
+                    result = queue.produce(executor=executor, limit=left)
+                except StorageError as exc:
+                    if not exc.transient:
+                        raise
+                    stop.wait(outage.failed(exc))
+                    continue
+                outage.succeeded()
+            else:
+                result = None
             total += result.claimed if result else 0
             if result is None or not result.claimed:
                 stop.wait(interval)

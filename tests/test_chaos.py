@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
@@ -189,4 +188,3 @@ def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
         assert failed == []
         assert len(killed) == KILLS and cuts == 2
         assert unexplained == []
-
