@@ -45,7 +45,8 @@ def _children(pid: int) -> list[int]:
             except OSError:
                 continue
             # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":  # a killed worker not yet reaped
                 kids.append(int(entry.name))
     return kids
 
@@ -141,7 +142,12 @@ def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
                     while plan and plan[0][0] <= elapsed:
                         _, what = plan.pop(0)
                         if what == "kill":
-                            workers = _children(server.pid)
+                            # The master may still be respawning the last one.
+                            for _ in range(50):
+                                workers = [w for w in _children(server.pid) if w not in killed]
+                                if workers:
+                                    break
+                                time.sleep(0.1)
                             if workers:
                                 os.kill(workers[0], signal.SIGKILL)
                                 killed.add(workers[0])
