@@ -471,3 +471,56 @@ def test_loops_refuse_a_backoff_that_makes_no_sense(
         work(queue, concurrency=1, interval=1, stop=stop, backoff=backoff, max_backoff=max_backoff)
     with pytest.raises(InvalidOptionError, match="backoff"):
         produce_loop(queue, 1, stop=stop, backoff=backoff, max_backoff=max_backoff)
+
+
+@server_databases
+def test_cut_between_a_handlers_success_and_its_finish_does_not_run_it_twice(
+    outage: Outage, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    """The handler returns, then the database goes away before its finish lands:
+    the finish is retried until it does, and the handler does not run again."""
+    ran: list[int] = []
+
+    def cut_after(job: Any) -> None:
+        ran.append(job.payload)
+        outage.proxy.cut()  # the handler is done; its finish is next
+        threading.Timer(OUTAGE, outage.proxy.restore).start()
+
+    queue.handlers["echo"].func = cut_after
+    with outage.app.app_context():
+        queue.enqueue("echo", 1, delay="1s")
+        clock.advance(1)
+        queue.produce()  # inline: claim, start, handler, finish (retried over the cut)
+        assert outage.rows() == 0  # finished and deleted, not left RUNNING
+        clock.advance(3600)  # past any lease: nothing left to claim again
+        assert queue.produce().claimed == 0
+    assert ran == [1]
+
+
+@server_databases
+def test_cut_mid_claim_loses_nothing_and_runs_each_job_once(
+    outage: Outage, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    store = outage.app.extensions["queue"].store
+    with outage.app.app_context():
+        queue.enqueue_many("echo", list(range(20)), delay="1s")
+    clock.advance(1)
+
+    def cut_on_claim(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FOR UPDATE" in statement and not outage.proxy.is_cut:
+            outage.proxy.cut()
+
+    sa.event.listen(store.engine, "before_cursor_execute", cut_on_claim)
+    try:
+        with outage.app.app_context(), pytest.raises(StorageError) as info:
+            queue.produce()
+        assert info.value.transient
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", cut_on_claim)
+        outage.proxy.restore()
+    assert recorder.payloads("echo") == []
+    with outage.app.app_context():
+        for _ in range(3):
+            queue.produce()
+    assert sorted(recorder.payloads("echo")) == list(range(20))
+    assert outage.rows() == 0
