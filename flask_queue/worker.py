@@ -169,22 +169,24 @@ def work(
             left = None if max_jobs is None else max_jobs - total
             if left is not None and left <= 0:
                 break
+            if executor.capacity() <= 0:
+                # Every thread is busy: claim again as soon as one run ends, not
+                # after a whole idle interval (that was 8 jobs/s with defaults).
+                executor.wait_for_room(interval)
+                continue
             # produce claims in batches of up to twice the pool: without the
             # limit, --max-jobs 1 would claim (and run) a whole batch.
-            if executor.capacity() > 0:
-                try:
-                    result = queue.produce(executor=executor, limit=left)
-                except StorageError as exc:
-                    if not exc.transient:
-                        raise
-                    stop.wait(outage.failed(exc))
-                    continue
-                outage.succeeded()
-            else:
-                result = None
-            total += result.claimed if result else 0
-            if result is None or not result.claimed:
-                stop.wait(interval)
+            try:
+                result = queue.produce(executor=executor, limit=left)
+            except StorageError as exc:
+                if not exc.transient:
+                    raise
+                stop.wait(outage.failed(exc))
+                continue
+            outage.succeeded()
+            total += result.claimed
+            if not result.claimed:
+                stop.wait(interval)  # nothing due: the only time the worker idles
     finally:
         executor.shutdown(wait=True)
     report(f"worker stopped after {total} job(s)")

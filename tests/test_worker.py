@@ -45,6 +45,31 @@ def test_max_jobs_adds_up_over_several_claims(
     assert len(list(queue.jobs(status="SCHEDULED", limit=100))) == 25
 
 
+class _IdleRecorder(threading.Event):
+    """A stop event that records every idle wait (and returns at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idle: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.idle.append(timeout)
+        return self.is_set()
+
+
+def test_worker_never_idles_while_jobs_are_due(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    # The old loop slept a whole interval whenever its pool was full (8 jobs/s
+    # with the CLI defaults): with a 30 s interval this drain took minutes.
+    queue.enqueue_many("echo", list(range(12)), delay="1s")
+    clock.advance(1)
+    stop = _IdleRecorder()
+    ran = work(queue, concurrency=1, interval=30, max_jobs=12, stop=stop, report=lambda _: None)
+    assert ran == 12 and len(recorder.payloads("echo")) == 12
+    assert stop.idle == []  # claimed again as soon as a thread was free
+
+
 def test_reports_what_it_serves_on_start(app: Flask, queue: Queue) -> None:
     stop = threading.Event()
     stop.set()
