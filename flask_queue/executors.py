@@ -214,8 +214,9 @@ class HttpExecutor(_PoolExecutor):
                     return "refused"
                 return f"http {response.status}"
         except urllib.error.HTTPError as exc:
-            if exc.code >= 500:
-                # Not delivered for sure, or the run started and its own lease
+            if exc.code >= 500 or exc.code in (408, 425, 429):
+                # Not delivered for sure (a 5xx, or a timeout or throttling
+                # answer from a gateway), or the run started and its own lease
                 # recovers it: release touches only an attempt nobody started.
                 self._release(job_id, attempt, f"invoke answered {exc.code}")
             else:

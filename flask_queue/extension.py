@@ -21,6 +21,7 @@ from .errors import (
     InvalidOptionError,
     JobNotFoundError,
     QueueError,
+    StorageError,
 )
 from .heartbeat import Heartbeat
 from .job import Job, JobStatus, ScheduleType
@@ -517,12 +518,19 @@ class Queue:
         crons: dict[str, int] = {}
         purged = 0
         try:
-            crons = self.sync_crons(prune=False)
+            if self.crons:
+                crons = self.sync_crons(prune=False)
             if config.keep_completed:
                 purged = state.store.purge_completed(self.clock() - config.keep_completed)
         except QueueError as exc:
-            # One line, no traceback: during an outage this repeats at every retry.
-            log.warning("flask_queue: produce housekeeping failed (%s); claiming anyway", exc)
+            # One line, no traceback. An outage is logged once by the loops that
+            # retry it (the claim below fails too): here it would repeat per retry.
+            transient = isinstance(exc, StorageError) and exc.transient
+            log.log(
+                logging.DEBUG if transient else logging.WARNING,
+                "flask_queue: produce housekeeping failed (%s); claiming anyway",
+                exc,
+            )
         claimed, more = 0, False
         while True:
             left = budget - (time.monotonic() - started)

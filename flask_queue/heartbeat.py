@@ -34,6 +34,9 @@ class Heartbeat:
         self.lease = lease
         self.interval = max(lease.total_seconds() / BEATS_PER_LEASE, 0.01)
         self._runs: Counter[tuple[str, int]] = Counter()
+        #: Runs whose finish is being written: a beat that finds one no longer
+        #: RUNNING raced its finish, which is no lost lease.
+        self._finishing: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -53,6 +56,13 @@ class Heartbeat:
             self._runs[key] -= 1
             if self._runs[key] <= 0:
                 del self._runs[key]
+                self._finishing.discard(key)
+
+    def finishing(self, job_id: str, attempt: int) -> None:
+        """Say the run's outcome is being recorded (it stays in the beat meanwhile:
+        a finish retried through an outage still needs its lease)."""
+        with self._lock:
+            self._finishing.add((job_id, attempt))
 
     def running(self) -> list[tuple[str, int]]:
         with self._lock:
@@ -64,7 +74,8 @@ class Heartbeat:
         if not runs:
             return set()
         kept = self.store.extend_leases(runs, self.lease)
-        lost = set(runs) - kept
+        with self._lock:
+            lost = {r for r in set(runs) - kept if r in self._runs and r not in self._finishing}
         for job_id, attempt in sorted(lost):
             log.warning(
                 "flask_queue: job %s lost its lease during attempt %d (another runner took"

@@ -79,6 +79,7 @@ def _run_started(state: QueueState, job: Job[Any], attempt: int) -> RunResult:
             )
             log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
             outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
+    state.heartbeat.finishing(job.id, job.attempt)
     owned = _finish(state, job, outcome)
     return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
 
@@ -128,7 +129,10 @@ def _no_handler(job: Job[Any], grace: timedelta, now: datetime) -> Finish:
     from when it became due; after that the handler is taken to be gone, and the
     job fails with a reason that says so rather than wait forever.
     """
-    deadline = (job.occurrence_at or job.created_at or now) + grace
+    # Counted from when the job first met a release without its handler: for a
+    # one-off job occurrence_at is otherwise unused and records that moment.
+    due_since = job.occurrence_at or job.run_at
+    deadline = due_since + grace
     if now < deadline:
         reason = (
             f"No handler for queue {job.queue!r} in this release: left for a release that"
@@ -138,6 +142,7 @@ def _no_handler(job: Job[Any], grace: timedelta, now: datetime) -> Finish:
         return Finish(
             status=SCHEDULED,
             run_at=min(now + NO_HANDLER_RECHECK, deadline),
+            occurrence_at=due_since,
             reason=reason,
             errors=job.errors,
         )
@@ -166,9 +171,10 @@ def refuse_delivery(state: QueueState, job_id: str, attempt: int, reason: str) -
         handler = state.queue.handlers.get(job.queue)
         default = handler.retry if handler and handler.retry is not None else state.config.retry
         outcome = after_failure(job, reason, default, state.store.clock())
+        if not state.store.finish(job, outcome, unstarted=True):
+            return "ignored"  # started or finished meanwhile: nothing failed
         _log_failure(job, reason, outcome, len(_delays(job, default)))
-        owned = state.store.finish(job, outcome, unstarted=True)
-        return _describe(outcome) if owned else "ignored"
+        return _describe(outcome)
 
 
 def _run(
@@ -240,6 +246,11 @@ def next_occurrence(job: Job[Any], now: datetime) -> datetime | None:
         return None
     assert job.schedule_type is not None and job.schedule is not None
     schedule = Schedule.parse(job.schedule_type, job.schedule, job.tz)
+    if job.occurrence_at is not None and job.run_at < job.occurrence_at:
+        # Run before its slot (run_now): an extra run, the slot stays. Told
+        # from the row, not from this runner's clock, which may lag the
+        # claimer's by a little and must not make a slot run twice.
+        return job.occurrence_at
     return schedule.after(job.occurrence_at or job.run_at, now)
 
 

@@ -194,12 +194,7 @@ class Schedule:
 
     def after(self, occurrence: datetime, now: datetime) -> datetime:
         """The occurrence after ``occurrence`` (the slot that just ran, not the
-        retry time it ran at), never in the past: missed slots are skipped.
-
-        A run before its slot (``run_now``) was an extra one: the slot stays.
-        """
-        if occurrence > now:
-            return occurrence
+        retry time it ran at), never in the past: missed slots are skipped."""
         if self.type is ScheduleType.CRON:
             assert self.cron is not None
             return next_cron(self.cron, self.tz, max(now, occurrence))

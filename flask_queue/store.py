@@ -100,6 +100,20 @@ def _storage_errors(action: str) -> Iterator[None]:
         raise error from exc
 
 
+#: MySQL/MariaDB errors that pass by themselves: can't connect (2002, 2003), server
+#: gone or connection lost (2006, 2013, 2055), too many connections (1040), lock
+#: wait timeout (1205), deadlock (1213), server shutting down (1053).
+_MYSQL_OUTAGE_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213})
+
+
+def _storable(text: str | None) -> str | None:
+    """A reason the database will take: no NUL (PostgreSQL refuses it in text),
+    lone surrogates from a handler's exception message written as escapes."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _is_outage(exc: sa.exc.SQLAlchemyError) -> bool:
     """Whether a storage error says the database is away (down, restarting,
     unreachable, out of connections, busy) rather than that it answered and
@@ -110,6 +124,11 @@ def _is_outage(exc: sa.exc.SQLAlchemyError) -> bool:
     it forever would hide it behind one warning.
     """
     cause = exc
+    code = getattr(getattr(cause, "orig", None), "args", (None,))[:1]
+    if code and isinstance(code[0], int):
+        # MySQL/MariaDB put schema and permission errors (1054 unknown column,
+        # 1142 access denied) in OperationalError too: their codes decide.
+        return code[0] in _MYSQL_OUTAGE_CODES
     if isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated:
         return True  # the dialect recognised a dropped connection, whatever its class
     if isinstance(cause, (sa.exc.TimeoutError, sa.exc.DisconnectionError)):
@@ -496,9 +515,9 @@ class JobStore:
     def retry(self, job_id: str) -> Job[Any]:
         """A FAILED job goes back to SCHEDULED, due now, with a fresh retry budget.
 
-        It does not take its custom id back: the id was released when the job
-        failed and may be held by a newer job already; the retried run is a
-        re-run of that record, not a new enqueue.
+        It takes its custom id back (a live job holds its id): if a newer live
+        job holds it already, the retry is refused, so no id, and no declared
+        cron, ever has two live rows.
         """
         return self._reschedule_now(job_id, (FAILED,), "retry")
 
@@ -507,15 +526,32 @@ class JobStore:
         return self._reschedule_now(job_id, (SCHEDULED, FAILED), "run now")
 
     def retry_failed(self, queue: str | None = None) -> int:
-        """Every FAILED job (of ``queue``) back to SCHEDULED, due now."""
+        """Every FAILED job (of ``queue``) back to SCHEDULED, due now; return how many.
+
+        Jobs without a custom id go back in one statement; each one with a custom
+        id takes it back on its own, and stays FAILED if a live job holds it.
+        """
         t = self.table
         now = self.now()
-        stmt = sa.update(t).where(t.c.status == FAILED)
-        if queue is not None:
-            stmt = stmt.where(t.c.queue == queue)
-        stmt = stmt.values(status=SCHEDULED, run_at=now, errors=0, lease_until=None, updated_at=now)
-        with _storage_errors("retry failed jobs"), self.engine.begin() as c:
-            return c.execute(stmt).rowcount
+        where = [t.c.status == FAILED] + ([t.c.queue == queue] if queue is not None else [])
+        values = {"status": SCHEDULED, "run_at": now, "errors": 0, "lease_until": None}
+        with _storage_errors("retry failed jobs"):
+            with self.engine.begin() as c:
+                count = c.execute(
+                    sa.update(t)
+                    .where(*where, t.c.custom_id.is_(None))
+                    .values(updated_at=now, **values)
+                ).rowcount
+                named = list(
+                    c.execute(sa.select(t.c.id).where(*where, t.c.custom_id.is_not(None))).scalars()
+                )
+            for job_id in named:
+                try:
+                    self._reschedule_now(job_id, (FAILED,), "retry")
+                    count += 1
+                except (InvalidStatusError, JobNotFoundError):
+                    pass  # its id is held by a live job, or it changed meanwhile
+            return count
 
     def delete_failed(self, queue: str | None = None) -> int:
         """Delete every FAILED job (of ``queue``)."""
@@ -526,16 +562,38 @@ class JobStore:
         with _storage_errors("delete failed jobs"), self.engine.begin() as c:
             return c.execute(stmt).rowcount
 
+    def _custom_id_of(self, job_id: str) -> Any:
+        t = self.table
+        with _storage_errors("read a job"), self.engine.connect() as c:
+            return c.execute(sa.select(t.c.custom_id).where(t.c.id == job_id)).scalar()
+
     def _reschedule_now(self, job_id: str, allowed: tuple[str, ...], action: str) -> Job[Any]:
         t = self.table
         now = self.now()
-        with _storage_errors(f"{action} a job"), self.engine.begin() as c:
-            result = c.execute(
-                sa.update(t)
-                .where(t.c.id == job_id, t.c.status.in_(allowed))
-                .values(status=SCHEDULED, run_at=now, errors=0, lease_until=None, updated_at=now)
+        stmt = (
+            sa.update(t)
+            .where(t.c.id == job_id, t.c.status.in_(allowed))
+            .values(
+                status=SCHEDULED,
+                run_at=now,
+                errors=0,
+                lease_until=None,
+                updated_at=now,
+                live_custom_id=t.c.custom_id,  # a live job holds its custom id again
             )
-            row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
+        )
+        try:
+            with _storage_errors(f"{action} a job"), self.engine.begin() as c:
+                result = c.execute(stmt)
+                row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, sa.exc.IntegrityError):
+                raise
+            holder = self.get_by_custom_id(_text(self._custom_id_of(job_id)))
+            raise InvalidStatusError(
+                f"Cannot {action} job {job_id!r}: its custom id is held by live job"
+                f" {holder.id if holder else '?'!r}. Delete one of them first."
+            ) from None
         if row is None:
             raise JobNotFoundError(f"No job with id {job_id!r}.")
         if result.rowcount == 0:
@@ -778,7 +836,7 @@ class JobStore:
                 "errors": outcome.errors,
                 "lease_until": None,
                 "updated_at": now,
-                "reason": outcome.reason,
+                "reason": _storable(outcome.reason),
             }
             if outcome.status == SCHEDULED:
                 values["started_at"] = None  # the next run has not started
@@ -803,7 +861,7 @@ class JobStore:
                             payload=json.dumps(job.payload),
                             run_at=job.run_at,
                             status=FAILED,
-                            reason=outcome.failed_copy_reason,
+                            reason=_storable(outcome.failed_copy_reason),
                             retry=json.dumps(job.retry) if job.retry is not None else None,
                             attempt=job.attempt,
                             errors=job.errors + 1,

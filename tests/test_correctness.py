@@ -22,6 +22,7 @@ from flask_queue import (
     ConfigError,
     InvalidOptionError,
     InvalidScheduleError,
+    InvalidStatusError,
     Job,
     JobStatus,
     Queue,
@@ -619,3 +620,139 @@ def test_heartbeat_keeps_a_long_run_to_one_run_and_releases_a_dead_one(make_app:
                 break
             deadline.wait(0.05)
         assert [(c.id, c.attempt) for c in again] == [(dead.id, stuck.attempt + 1)]
+
+
+# -- review findings (issue 7/8 follow-ups) ------------------------------------------------
+
+
+@all_databases
+def test_retrying_a_failed_declared_cron_row_never_makes_a_second_schedule(
+    make_app: Any, queue: Queue, clock: Clock
+) -> None:
+    @queue.cron("*/5 * * * *", name="tick")
+    def tick(job: Job[None]) -> None: ...
+
+    app = make_app(queue, QUEUE_HANDLER_GRACE=0)
+    with app.app_context():
+        queue.produce()
+        (row,) = [j for j in queue.jobs() if j.custom_id]
+        handler = queue.handlers.pop("tick")  # a release without it: the row fails
+        clock.now = row.run_at
+        queue.produce()
+        assert queue.get(row.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+        queue.handlers["tick"] = handler  # the handler is back...
+        queue.produce()  # ...and the sync has put a new live row in the old one's place
+        with pytest.raises(InvalidStatusError, match="held by live job"):
+            queue.retry(row.id)
+        assert app.extensions["queue"].store.retry_failed() == 0
+        live = [j for j in queue.jobs(status="SCHEDULED") if j.schedule_type]
+        assert len(live) == 1
+
+
+@all_databases
+def test_a_runner_clock_slightly_behind_the_claimer_does_not_rerun_the_slot(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
+    from flask_queue.runner import run_job
+
+    state = app.extensions["queue"]
+    job = queue.enqueue("echo", "x", every="1h")
+    clock.advance(hours=1)
+    (claimed,) = state.store.claim(1, LEASE)
+    clock.advance(-0.2)  # the runner's clock lags the producer's by 200 ms
+    assert run_job(state, claimed.id, claimed.attempt).outcome == "rescheduled"
+    after = queue.get(job.id)
+    assert after is not None and after.run_at == job.run_at + timedelta(hours=1)
+
+
+@all_databases
+def test_an_error_message_the_database_cannot_store_still_finishes_the_run(
+    make_app: Any, queue: Queue, clock: Clock
+) -> None:
+    @queue.handler("nasty", retry=0)
+    def nasty(job: Job[Any]) -> None:
+        raise ValueError("nul \x00 and a lone surrogate \ud800")
+
+    app = make_app(queue)
+    with app.app_context():
+        job = queue.enqueue("nasty", None, delay="1s")
+        clock.advance(1)
+        queue.produce()
+        failed = queue.get(job.id)
+        assert failed is not None and failed.status is JobStatus.FAILED
+        assert "\\x00" in (failed.reason or "") and "\\ud800" in (failed.reason or "")
+
+
+@server_databases
+def test_a_schema_error_is_not_an_outage(app: Flask, queue: Queue) -> None:
+    job = queue.enqueue("echo", "x", delay="1h")
+    store = _store(app)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER TABLE {store.table.name} DROP COLUMN occurrence_at"))
+    with pytest.raises(StorageError) as info:
+        queue.get(job.id)
+    assert info.value.transient is False  # migrations not run: retrying will not help
+
+
+@all_databases
+def test_handler_grace_counts_from_when_a_delayed_job_became_due(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
+    job = queue.enqueue("echo", "later", delay="1h")
+    del queue.handlers["echo"]
+    clock.advance(hours=1)
+    queue.produce()
+    waiting = queue.get(job.id)
+    assert waiting is not None and waiting.status is JobStatus.SCHEDULED
+    clock.advance(minutes=16)
+    queue.produce()
+    failed = queue.get(job.id)
+    assert failed is not None and failed.status is JobStatus.FAILED
+
+
+@all_databases
+def test_a_beat_racing_a_finish_is_not_a_lost_lease(
+    app: Flask, queue: Queue, clock: Clock, caplog: Any
+) -> None:
+    state = app.extensions["queue"]
+    job = queue.enqueue("echo", "x", delay="1s")
+    clock.advance(1)
+    (claimed,) = state.store.claim(1, LEASE)
+    started, _ = state.store.start(claimed.id, claimed.attempt, LEASE)
+    beat = state.heartbeat
+    beat.add(job.id, claimed.attempt)
+    try:
+        with state.store.engine.begin() as conn:  # another runner took it over
+            conn.execute(
+                sa.update(state.store.table)
+                .where(state.store.table.c.id == job.id)
+                .values(attempt=claimed.attempt + 1)
+            )
+        with caplog.at_level(logging.WARNING, logger="flask_queue"):
+            assert beat.beat() == {(job.id, claimed.attempt)}  # a real loss is told
+        assert "lost its lease" in caplog.text
+        beat.add(job.id, claimed.attempt)
+        beat.finishing(job.id, claimed.attempt)  # its finish is being written
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="flask_queue"):
+            assert beat.beat() == set()
+        assert "lost its lease" not in caplog.text
+    finally:
+        beat.discard(job.id, claimed.attempt)
+    assert started is not None
+
+
+@all_databases
+def test_produce_without_declared_crons_does_not_query_for_them(app: Flask, queue: Queue) -> None:
+    store = _store(app)
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        queue.produce()
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", capture)
+    assert not [s for s in seen if "schedule_type" in s and s.lstrip().upper().startswith("SELECT")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,13 +78,20 @@ def test_refused_connection_releases_the_job(make_app: Any, queue: Queue, clock:
 
 
 @all_databases
-def test_5xx_releases_and_request_is_signed(make_app: Any, queue: Queue, endpoint: Any) -> None:
+@pytest.mark.parametrize("status", [500, 503, 408, 429])
+def test_5xx_or_throttling_releases_and_request_is_signed(
+    make_app: Any, queue: Queue, endpoint: Any, status: int
+) -> None:
     handler, url = endpoint
+    handler.status = status
     app = _http_app(make_app, queue, url)
     with app.app_context():
         job = queue.enqueue("echo", "x")
         app.extensions["queue"].executor.flush(5)
-        assert queue.get(job.id).status is JobStatus.SCHEDULED  # type: ignore[union-attr]
+        released = queue.get(job.id)
+        assert released is not None
+        # Released, not refused: no attempt used, due again at once.
+        assert (released.status, released.errors) == (JobStatus.SCHEDULED, 0)
         (body,) = handler.bodies
         signed = verify_invoke(
             app.extensions["queue"].config.secret_keys, body, max_age=timedelta(minutes=1)
@@ -161,7 +169,7 @@ def test_2xx_from_something_else_is_a_refusal(
 
 @all_databases
 def test_refusal_of_a_started_attempt_changes_nothing(
-    make_app: Any, queue: Queue, clock: Clock
+    make_app: Any, queue: Queue, clock: Clock, caplog: Any
 ) -> None:
     from flask_queue.runner import refuse_delivery
 
@@ -173,9 +181,12 @@ def test_refusal_of_a_started_attempt_changes_nothing(
         (claimed,) = state.store.claim(1, state.config.lease)
         state.store.start(claimed.id, claimed.attempt, state.config.lease)
         before = row_snapshot(app)
-        # Our endpoint's own 409 (started elsewhere) must not cost an attempt.
-        assert refuse_delivery(state, job.id, claimed.attempt, "HTTP 409") == "ignored"
+        # Our endpoint's own 409 (started elsewhere) must not cost an attempt,
+        # nor log one as failed.
+        with caplog.at_level(logging.WARNING, logger="flask_queue"):
+            assert refuse_delivery(state, job.id, claimed.attempt, "HTTP 409") == "ignored"
         assert row_snapshot(app) == before
+        assert "failed" not in caplog.text
 
 
 @all_databases
