@@ -118,6 +118,12 @@ class _PoolExecutor(Executor):
         if future.exception() is not None:
             log.error("flask_queue: executor task failed", exc_info=future.exception())
 
+    def capacity(self) -> int:
+        # Claim only what the pool can start (or send) soon: a claimed job queued
+        # behind busy threads holds a lease that nothing is using. Two per thread
+        # keeps each thread's next job at hand.
+        return max(0, 2 * self.workers - self.inflight())
+
     def inflight(self) -> int:
         with self._lock:
             return len(self._pending)
@@ -150,11 +156,6 @@ class ThreadExecutor(_PoolExecutor):
     def deliver(self, job: Deliverable) -> None:
         run_job(self.state, job.id, job.attempt)
 
-    def capacity(self) -> int:
-        # Claim only what the pool can start soon: a claimed job waiting in the
-        # pool's queue holds a lease that nothing is using.
-        return max(0, 2 * self.workers - self.inflight())
-
     def flush(self, timeout: float) -> None:
         # Runs are not hand-offs: produce must not wait for handlers to finish.
         return None
@@ -178,12 +179,6 @@ class HttpExecutor(_PoolExecutor):
         # a missing trailing slash, a login page), and following it would POST
         # the signed token to wherever it points.
         self._opener = urllib.request.build_opener(_NoRedirect)
-
-    def capacity(self) -> int:
-        # Claim only what the send pool can hand off soon: a claimed job queued
-        # behind a slow send holds a lease that nothing is using. produce waits
-        # for room (wait_for_room) and claims more within its budget.
-        return max(0, 2 * self.workers - self.inflight())
 
     def deliver(self, job: Deliverable) -> None:
         self.send(job.id, job.attempt)
