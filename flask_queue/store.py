@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -90,7 +91,9 @@ def _storage_errors(action: str) -> Iterator[None]:
     """
     try:
         yield
-    except sa.exc.SQLAlchemyError as exc:
+    except Exception as exc:
+        if not isinstance(exc, sa.exc.SQLAlchemyError) and not _is_dbapi_error(exc):
+            raise
         if isinstance(exc, sa.exc.StatementError):
             exc.hide_parameters = True
         orig = getattr(exc, "orig", None) or exc
@@ -98,6 +101,18 @@ def _storage_errors(action: str) -> Iterator[None]:
         error = StorageError(f"Could not {action}: {type(orig).__name__}: {first_line}")
         error.transient = _is_outage(exc)
         raise error from exc
+
+
+def _is_dbapi_error(exc: BaseException) -> bool:
+    """A driver's own (PEP 249) error that SQLAlchemy let through unwrapped: it
+    does so when setting a connection's isolation level as it checks one out of
+    the pool, which is where a connection that died in an outage is found."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "Error":
+            driver = sys.modules.get(cls.__module__.split(".")[0])
+            if getattr(driver, "apilevel", None) == "2.0":
+                return True
+    return False
 
 
 #: MySQL/MariaDB errors that pass by themselves: can't connect (2002, 2003), server
@@ -114,7 +129,7 @@ def _storable(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _is_outage(exc: sa.exc.SQLAlchemyError) -> bool:
+def _is_outage(exc: Exception) -> bool:
     """Whether a storage error says the database is away (down, restarting,
     unreachable, out of connections, busy) rather than that it answered and
     refused the statement (a missing table, a permission, a constraint).
@@ -124,11 +139,16 @@ def _is_outage(exc: sa.exc.SQLAlchemyError) -> bool:
     it forever would hide it behind one warning.
     """
     cause = exc
-    code = getattr(getattr(cause, "orig", None), "args", (None,))[:1]
+    code = getattr(getattr(cause, "orig", cause), "args", (None,))[:1]
     if code and isinstance(code[0], int):
         # MySQL/MariaDB put schema and permission errors (1054 unknown column,
         # 1142 access denied) in OperationalError too: their codes decide.
         return code[0] in _MYSQL_OUTAGE_CODES
+    if not isinstance(cause, sa.exc.SQLAlchemyError):  # a driver's own, unwrapped
+        kinds = {c.__name__ for c in type(cause).__mro__}
+        return bool(kinds & {"OperationalError", "InterfaceError"}) and (
+            getattr(cause, "sqlite_errorname", None) != "SQLITE_ERROR"
+        )
     if isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated:
         return True  # the dialect recognised a dropped connection, whatever its class
     if isinstance(cause, (sa.exc.TimeoutError, sa.exc.DisconnectionError)):
