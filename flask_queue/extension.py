@@ -415,8 +415,7 @@ class Queue:
         if not job_ids:
             return
         if session is None:
-            for job_id in job_ids:
-                state.executor.dispatch(job_id)
+            _dispatch(state, job_ids)
             return
         real = session() if callable(session) else session  # scoped_session -> Session
         pending = real.info.setdefault("flask_queue_pending", [])
@@ -615,9 +614,19 @@ def _shutdown_at_exit(ref: weakref.ref[QueueState]) -> None:
         state.executor.shutdown(wait=False)
 
 
+def _dispatch(state: QueueState, job_ids: list[str]) -> None:
+    if len(job_ids) == 1:
+        state.executor.dispatch(job_ids[0])
+    else:
+        state.executor.dispatch_many(job_ids)
+
+
 def _dispatch_pending(session: Session) -> None:
+    by_state: dict[int, tuple[QueueState, list[str]]] = {}
     for state, job_id in session.info.pop("flask_queue_pending", []):
-        state.executor.dispatch(job_id)
+        by_state.setdefault(id(state), (state, []))[1].append(job_id)
+    for state, job_ids in by_state.values():
+        _dispatch(state, job_ids)
 
 
 def _drop_pending(session: Session) -> None:

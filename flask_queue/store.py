@@ -650,7 +650,9 @@ class JobStore:
         t = self.table
         return sa.and_(t.c.status == RUNNING, t.c.lease_until <= now)
 
-    def claim(self, limit: int, lease: timedelta) -> list[Claimed]:
+    def claim(
+        self, limit: int, lease: timedelta, *, ids: Sequence[str] | None = None
+    ) -> list[Claimed]:
         """Atomically take up to ``limit`` due jobs; each is claimed by one caller.
 
         Due means SCHEDULED with ``run_at`` reached, or RUNNING with an expired
@@ -658,16 +660,21 @@ class JobStore:
         new lease; ``started_at`` is cleared until a runner actually starts it.
         Only (id, attempt, queue) come back: the runner reads the full row when
         it starts the run, so the claim never ships payloads it does not need.
+        ``ids`` limits the claim to those jobs, if they are due: the dispatch of
+        jobs just enqueued as due, as one statement for the batch.
         """
         now = self.now()
         t = self.table
         values = self._claim_values(now, lease)
+        phases = self._due_phases(now)
+        if ids is not None:
+            phases = [(sa.and_(self._due(now), t.c.id.in_(list(ids))), t.c.run_at)]
         with _storage_errors("claim jobs"):
             if self.dialect not in ("postgresql", "sqlite"):
-                return self._claim_mysql(now, limit, values)
+                return self._claim_mysql(phases, limit, values)
             claimed: list[Claimed] = []
             with self.engine.begin() as c:
-                for where, order in self._due_phases(now):
+                for where, order in phases:
                     room = limit - len(claimed)
                     if room <= 0:
                         break
@@ -731,7 +738,10 @@ class JobStore:
         ]
 
     def _claim_mysql(
-        self, now: datetime, limit: int, values: list[tuple[Any, Any]]
+        self,
+        phases: list[tuple[sa.ColumnElement[bool], sa.Column[Any]]],
+        limit: int,
+        values: list[tuple[Any, Any]],
     ) -> list[Claimed]:
         # No UPDATE ... RETURNING: lock the ids, update them as one set, read them
         # back, all in one transaction; retry the whole of it on an InnoDB deadlock.
@@ -745,7 +755,7 @@ class JobStore:
             try:
                 with engine.begin() as c:
                     ids: list[str] = []
-                    for where, order in self._due_phases(now):
+                    for where, order in phases:
                         room = limit - len(ids)
                         if room <= 0:
                             break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -322,3 +323,47 @@ def test_a_lost_dispatch_does_not_count_as_a_failure(
     assert run_job(state, claimed.id, claimed.attempt).outcome == "completed"
     assert recorder.calls == [("echo", "lost")]
     assert queue.get(job.id) is None
+
+
+@all_databases
+def test_enqueue_many_due_now_is_dispatched_as_one_claim(
+    app: Flask, queue: Queue, recorder: Recorder
+) -> None:
+    store = app.extensions["queue"].store
+    calls: list[str] = []
+    claim, claim_one = store.claim, store.claim_one
+    store.claim = lambda *a, **k: calls.append("claim") or claim(*a, **k)
+    store.claim_one = lambda *a, **k: calls.append("claim_one") or claim_one(*a, **k)
+    try:
+        queue.enqueue_many("echo", list(range(50)))  # due now: dispatched at once
+    finally:
+        store.claim, store.claim_one = claim, claim_one
+    assert calls == ["claim"]  # one statement for the batch, not one per job
+    assert sorted(recorder.payloads("echo")) == list(range(50))
+    assert list(queue.jobs()) == []
+
+
+@all_databases
+def test_batch_dispatch_claims_only_what_the_pool_can_start(
+    make_app: Any, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    app = make_app(queue, QUEUE_EXECUTOR="thread", QUEUE_THREADS=2)
+    with app.app_context():
+        executor = app.extensions["queue"].executor
+        release = threading.Event()
+        queue.handlers["echo"].func = lambda job: (release.wait(5), recorder.calls.append(job))
+        queue.enqueue_many("echo", list(range(20)))
+        for _ in range(100):  # the batch is claimed on the pool, not in enqueue
+            running = list(queue.jobs(status="RUNNING"))
+            if len(recorder.calls) == 0 and running:
+                break
+            threading.Event().wait(0.02)
+        running = list(queue.jobs(status="RUNNING"))
+        assert 1 <= len(running) <= 2 * 2  # the rest stay plain due rows
+        assert len(list(queue.jobs(status="SCHEDULED"))) == 20 - len(running)
+        release.set()
+        executor.shutdown(wait=True)
+        for _ in range(20):  # the producer takes the rest, a pool's worth at a time
+            queue.produce()
+            executor.shutdown(wait=True)
+        assert len(recorder.calls) == 20
