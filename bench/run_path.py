@@ -174,10 +174,15 @@ def bench_claim(url: str, backlogs: list[int], due: int) -> list[list[str]]:
 
 
 def _seed_due(queue: Any, n: int) -> None:
-    """n no-op jobs that become due half a second later: not due at enqueue, so
-    nothing dispatches them, and the code under test claims every one."""
-    queue.enqueue_many("noop", [None] * n, delay="0.5s")
-    time.sleep(0.55)
+    """n no-op jobs, due, that nothing has dispatched: the code under test claims
+    every one. Enqueued an hour out and then made due by a plain UPDATE — with a
+    short delay, an INSERT slower than the delay made them due at enqueue, the
+    seeding process dispatched some, and ``work(max_jobs=n)`` waited forever."""
+    queue.enqueue_many("noop", [None] * n, delay="1h")
+    store = queue.store
+    past = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(store.table).values(run_at=past, occurrence_at=None))
 
 
 def bench_work(url: str, n: int) -> list[list[str]]:
