@@ -89,7 +89,7 @@ class Job(Generic[T]):
             return None
         from .scheduling import Schedule
 
-        return Schedule.parse(self.schedule_type, self.schedule, self.tz).interval
+        return Schedule.of(self).interval
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view, for the CLI and API responses."""

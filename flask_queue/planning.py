@@ -20,7 +20,7 @@ from .errors import (
     UnknownQueueError,
 )
 from .job import JobStatus
-from .scheduling import Schedule, retry_delays, validate_cron, zone
+from .scheduling import Schedule, retry_delays
 
 UTC = timezone.utc
 RetryPolicy = Union[int, Sequence[Duration]]
@@ -87,9 +87,7 @@ def plan(
         start = now + to_timedelta(delay, name="delay")
     schedule: Schedule | None = None
     if cron is not None:
-        validate_cron(cron)
-        zone(tz or "UTC")
-        schedule = Schedule.parse("CRON", cron, tz or "UTC")
+        schedule = Schedule.parse("CRON", cron, tz or "UTC")  # checks the cron and zone
     elif every is not None:
         schedule = Schedule.every(every)
     when = schedule.first(now, start) if schedule is not None else start or now

@@ -28,7 +28,7 @@ def schedule_words(job: Job[Any]) -> str:
         return f"{words} ({job.tz or 'UTC'})"
     if job.schedule_type is ScheduleType.EVERY and job.schedule:
         try:
-            return f"every {duration_words(_schedule(job).interval)}"
+            return f"every {duration_words(Schedule.of(job).interval)}"
         except QueueError:
             return f"every {job.schedule} (unreadable)"
     return ""
@@ -54,11 +54,6 @@ def duration_words(interval: timedelta | None) -> str:
     return " ".join(parts)
 
 
-def _schedule(job: Job[Any]) -> Schedule:
-    assert job.schedule_type is not None and job.schedule is not None
-    return Schedule.parse(job.schedule_type, job.schedule, job.tz)
-
-
 def next_runs(job: Job[Any], count: int = 5) -> list[datetime]:
     """The next ``count`` run times of a repeating job (respecting ``times``)."""
     if job.schedule_type is None or not job.schedule:
@@ -66,7 +61,7 @@ def next_runs(job: Job[Any], count: int = 5) -> list[datetime]:
     if job.count_limit is not None:
         count = max(0, min(count, job.count_limit - job.count))
     try:
-        return _schedule(job).upcoming(job.run_at, count)
+        return Schedule.of(job).upcoming(job.run_at, count)
     except QueueError:
         return []  # an unreadable stored schedule: the page still renders
 

@@ -244,8 +244,7 @@ def next_occurrence(job: Job[Any], now: datetime) -> datetime | None:
     runs = job.count + 1
     if job.count_limit is not None and runs >= job.count_limit:
         return None
-    assert job.schedule_type is not None and job.schedule is not None
-    schedule = Schedule.parse(job.schedule_type, job.schedule, job.tz)
+    schedule = Schedule.of(job)
     if job.occurrence_at is not None and job.run_at < job.occurrence_at:
         # Run before its slot (run_now): an extra run, the slot stays. Told
         # from the row, not from this runner's clock, which may lag the

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
@@ -18,6 +19,9 @@ from croniter import CroniterBadDateError, croniter
 from .durations import to_milliseconds, to_timedelta
 from .errors import InvalidDurationError, InvalidRetryError, InvalidScheduleError, QueueError
 from .job import ScheduleType
+
+if TYPE_CHECKING:
+    from .job import Job
 
 UTC = timezone.utc
 
@@ -170,6 +174,13 @@ class Schedule:
             raise InvalidScheduleError(
                 f"Invalid stored interval {schedule!r}: expected milliseconds."
             ) from None
+
+    @classmethod
+    def of(cls, job: Job[Any]) -> Schedule:
+        """The schedule of a repeating job (see :meth:`parse`)."""
+        if job.schedule_type is None or job.schedule is None:
+            raise InvalidScheduleError(f"Job {job.id!r} does not repeat.")
+        return cls.parse(job.schedule_type, job.schedule, job.tz)
 
     @property
     def stored(self) -> str:

@@ -139,7 +139,7 @@ def _is_outage(exc: Exception) -> bool:
     it forever would hide it behind one warning.
     """
     cause = exc
-    code = getattr(getattr(cause, "orig", cause), "args", (None,))[:1]
+    code = getattr(getattr(cause, "orig", cause), "args", (None,))[:1]  # MySQL: (code, message)
     if code and isinstance(code[0], int):
         # MySQL/MariaDB put schema and permission errors (1054 unknown column,
         # 1142 access denied) in OperationalError too: their codes decide.

@@ -9,13 +9,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidOptionError, StorageError
 from .executors import ThreadExecutor
 
 if TYPE_CHECKING:
-    from .extension import Queue
+    from .extension import ProduceResult, Queue
 
 log = logging.getLogger("flask_queue")
 
@@ -86,6 +86,19 @@ class _Outage:
         # reconnect in the same instant when it ends.
         return delay * random.uniform(0.8, 1.0)
 
+    def produce(self, queue: Queue, stop: threading.Event, **options: Any) -> ProduceResult | None:
+        """``queue.produce(**options)``, or None after waiting out a failure that
+        an outage explains; any other error ends the loop."""
+        try:
+            result = queue.produce(**options)
+        except StorageError as exc:
+            if not exc.transient:
+                raise
+            stop.wait(self.failed(exc))
+            return None
+        self.succeeded()
+        return result
+
     def succeeded(self) -> None:
         if self.failures:
             log.info(
@@ -121,14 +134,9 @@ def produce_loop(
         _stop_on_signals(stop)
     outage = _Outage(backoff, max_backoff)
     while not stop.is_set():
-        try:
-            result = queue.produce()
-        except StorageError as exc:
-            if not exc.transient:
-                raise
-            stop.wait(outage.failed(exc))
+        result = outage.produce(queue, stop)
+        if result is None:
             continue
-        outage.succeeded()
         if result.claimed:
             report(f"claimed {result.claimed} job(s)")
         stop.wait(0 if result.more else interval)
@@ -176,14 +184,9 @@ def work(
                 continue
             # produce claims in batches of up to twice the pool: without the
             # limit, --max-jobs 1 would claim (and run) a whole batch.
-            try:
-                result = queue.produce(executor=executor, limit=left)
-            except StorageError as exc:
-                if not exc.transient:
-                    raise
-                stop.wait(outage.failed(exc))
+            result = outage.produce(queue, stop, executor=executor, limit=left)
+            if result is None:
                 continue
-            outage.succeeded()
             total += result.claimed
             if not result.claimed:
                 stop.wait(interval)  # nothing due: the only time the worker idles
