@@ -544,7 +544,17 @@ class Queue:
                     continue
                 more = True
                 break
-            jobs = state.store.claim(room, config.lease)
+            try:
+                jobs = state.store.claim(room, config.lease)
+            except StorageError as exc:
+                if not claimed:
+                    raise
+                # The jobs claimed so far are handed off and will run: report
+                # them rather than lose the count in a raise. The next produce
+                # meets the same error and reports it.
+                log.warning("flask_queue: produce stopped claiming early (%s)", exc)
+                more = True
+                break
             for job in jobs:
                 runner.submit(job)
             claimed += len(jobs)

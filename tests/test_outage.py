@@ -524,3 +524,41 @@ def test_cut_mid_claim_loses_nothing_and_runs_each_job_once(
             queue.produce()
     assert sorted(recorder.payloads("echo")) == list(range(20))
     assert outage.rows() == 0
+
+
+@server_databases
+def test_produce_counts_what_it_claimed_before_a_cut(outage: Outage, queue: Queue) -> None:
+    # The database goes away between two claim batches of one produce. The
+    # jobs of the first batch are already handed off and will run: produce
+    # must report them (the worker counts by it, `produce --loop` logs it)
+    # instead of raising and losing the count.
+    from flask_queue.executors import Executor
+
+    class CutAfterFirstBatch(Executor):
+        def __init__(self) -> None:
+            super().__init__(outage.app.extensions["queue"])
+            self.submitted: list[str] = []
+
+        def capacity(self) -> int:
+            return 3
+
+        def submit(self, job: Any) -> None:
+            self.submitted.append(job.id)
+            outage.proxy.cut()
+
+    with outage.direct.app_context():
+        # An hour out, then made due: the inline executor would run jobs
+        # enqueued as due at once.
+        queue.enqueue_many("echo", list(range(10)), delay="1h")
+        store = outage.direct.extensions["queue"].store
+        with store.engine.begin() as conn:
+            conn.execute(sa.update(store.table).values(run_at=store.now()))
+    executor = CutAfterFirstBatch()
+    with outage.app.app_context():
+        result = queue.produce(executor=executor)
+    assert result.claimed == len(executor.submitted) == 3
+    assert result.more
+    outage.proxy.restore()
+    with outage.direct.app_context():
+        running = queue.jobs(status="RUNNING")
+    assert sorted(j.id for j in running) == sorted(executor.submitted)
