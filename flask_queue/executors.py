@@ -17,7 +17,7 @@ import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .runner import refuse_delivery, run_job
+from .runner import refuse_delivery, run_claimed
 from .signing import sign_invoke
 
 if TYPE_CHECKING:
@@ -62,6 +62,10 @@ class Executor:
         """``dispatch`` for a batch enqueued as due: one claim statement for all."""
         self._claim_and_submit(job_ids)
 
+    def claim(self, limit: int, ids: list[str] | None = None) -> list[Any]:
+        """Claim up to ``limit`` due jobs (of ``ids``, if given) for ``submit``."""
+        return self.state.store.claim(limit, self.state.config.lease, ids=ids)
+
     def _claim_and_deliver(self, job_id: str) -> None:
         claimed = self.state.store.claim_one(job_id, self.state.config.lease)
         if claimed is not None:
@@ -70,8 +74,7 @@ class Executor:
     def _claim_and_submit(self, job_ids: list[str]) -> None:
         # Only what can start soon: the rest stay plain due rows for the next
         # produce, rather than claimed rows whose leases run out in a queue.
-        room = max(1, self.capacity())
-        for claimed in self.state.store.claim(room, self.state.config.lease, ids=job_ids):
+        for claimed in self.claim(max(1, self.capacity()), ids=job_ids):
             self.submit(claimed)
 
     #: Whether a submitted run is handed off quickly (an HTTP request) rather than
@@ -93,11 +96,31 @@ class Executor:
         """Stop taking work; with ``wait``, let what runs finish."""
 
 
-class InlineExecutor(Executor):
+class _RunsHere(Executor):
+    """An executor that runs jobs in this process: its claim starts them.
+
+    No request can be replayed between the claim and the run, so the claim
+    marks the runs started (one statement for the batch, not one per job)
+    and returns them whole; they are in the lease heartbeat from then on.
+    """
+
+    def claim(self, limit: int, ids: list[str] | None = None) -> list[Any]:
+        state = self.state
+        jobs = state.store.claim_started(limit, state.config.lease, ids=ids)
+        for job in jobs:
+            state.heartbeat.add(job.id, job.attempt)
+        return jobs
+
+    def dispatch(self, job_id: str) -> None:
+        self._claim_and_submit([job_id])
+
+
+class InlineExecutor(_RunsHere):
     name = "inline"
 
     def deliver(self, job: Deliverable) -> None:
-        run_job(self.state, job.id, job.attempt)
+        # Written at once: the caller (a test, a script) reads the row next.
+        run_claimed(self.state, job, None)  # type: ignore[arg-type]
 
 
 class _PoolExecutor(Executor):
@@ -161,18 +184,37 @@ class _PoolExecutor(Executor):
             pool.shutdown(wait=wait)
 
 
-class ThreadExecutor(_PoolExecutor):
+class ThreadExecutor(_PoolExecutor, _RunsHere):
+    """Runs jobs on a pool of ``workers`` threads, one job per thread at a time.
+
+    A handler that blocks on I/O holds its thread (and releases the GIL), so
+    ``workers`` is how many jobs run at once; CPU-bound handlers share one core
+    whatever the number. Outcomes are written in batches by the app's
+    :class:`~flask_queue.finisher.Finisher`.
+    """
+
     name = "thread"
 
     def __init__(self, state: QueueState, workers: int | None = None) -> None:
         super().__init__(state, workers or state.config.threads)
 
+    def dispatch(self, job_id: str) -> None:
+        # The claim happens on the pool too: enqueue returns at once.
+        self._submit(self._claim_and_submit, [job_id])
+
     def deliver(self, job: Deliverable) -> None:
-        run_job(self.state, job.id, job.attempt)
+        run_claimed(self.state, job, self.state.finisher)  # type: ignore[arg-type]
 
     def flush(self, timeout: float) -> None:
         # Runs are not hand-offs: produce must not wait for handlers to finish.
         return None
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait=wait)
+        # The outcomes of the runs that ended are written before the process
+        # goes: a worker told to stop leaves no finished run RUNNING. Without
+        # ``wait`` (interpreter exit) one try: exit must not wait out an outage.
+        self.state.finisher.flush(None if wait else 0)
 
 
 class HttpExecutor(_PoolExecutor):

@@ -23,6 +23,7 @@ from .errors import (
     QueueError,
     StorageError,
 )
+from .finisher import Finisher
 from .heartbeat import Heartbeat
 from .job import Job, JobStatus, ScheduleType
 from .models import job_table
@@ -138,6 +139,7 @@ class QueueState:
     store: JobStore
     executor: Executor
     heartbeat: Heartbeat
+    finisher: Finisher
     scheduler: Any = None
 
 
@@ -212,6 +214,7 @@ class Queue:
 
         from .executors import make_executor
 
+        heartbeat = Heartbeat(store, config.lease)
         state = QueueState(
             queue=self,
             app=app,
@@ -219,7 +222,8 @@ class Queue:
             config=config,
             store=store,
             executor=None,  # type: ignore[arg-type]
-            heartbeat=Heartbeat(store, config.lease),
+            heartbeat=heartbeat,
+            finisher=Finisher(store, heartbeat, size=config.batch_size),
         )
         state.executor = make_executor(state)
         app.extensions["queue"] = state
@@ -545,7 +549,7 @@ class Queue:
                 more = True
                 break
             try:
-                jobs = state.store.claim(room, config.lease)
+                jobs = runner.claim(room)
             except StorageError as exc:
                 if not claimed:
                     raise

@@ -22,6 +22,7 @@ from .store import COMPLETED, FAILED, SCHEDULED, Finish
 
 if TYPE_CHECKING:
     from .extension import QueueState
+    from .finisher import Finisher
 
 log = logging.getLogger("flask_queue")
 
@@ -40,7 +41,9 @@ class RunResult:
 
 
 def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
-    """Run attempt ``attempt`` of job ``job_id``, in a fresh app context.
+    """Start, run and finish attempt ``attempt`` of job ``job_id``, in a fresh
+    app context: the invoke endpoint's path, where the start is a statement of
+    its own (one replayed request must not run the job twice).
 
     A fresh context gives the handler its own ``db.session`` (Flask-SQLAlchemy
     scopes sessions by app context), so a handler never shares the session of
@@ -56,32 +59,57 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
             return RunResult(why, job_id, attempt)
         state.heartbeat.add(job.id, job.attempt)
         try:
-            return _run_started(state, job, attempt)
+            outcome = decide(state, job)
+            state.heartbeat.finishing(job.id, job.attempt)
+            owned = _finish(state, job, outcome)
+            return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
         finally:
             state.heartbeat.discard(job.id, job.attempt)
 
 
-def _run_started(state: QueueState, job: Job[Any], attempt: int) -> RunResult:
+def run_claimed(state: QueueState, job: Job[Any], finisher: Finisher | None) -> RunResult:
+    """Run a job that ``JobStore.claim_started`` claimed and started (the
+    thread executor and the worker), in a fresh app context; its outcome goes
+    to ``finisher`` to be written with others', or is written now without one.
+
+    The claim put the run in the heartbeat; it leaves once its outcome is
+    written (by the finisher, or here).
+    """
+    with state.app.app_context():
+        try:
+            outcome = decide(state, job)
+        except BaseException:
+            state.heartbeat.discard(job.id, job.attempt)
+            raise
+        if finisher is not None:
+            finisher.add(job, outcome)
+            return RunResult(_describe(outcome), job.id, job.attempt)
+        try:
+            state.heartbeat.finishing(job.id, job.attempt)
+            owned = _finish(state, job, outcome)
+        finally:
+            state.heartbeat.discard(job.id, job.attempt)
+        return RunResult(_describe(outcome) if owned else "lost", job.id, job.attempt)
+
+
+def decide(state: QueueState, job: Job[Any]) -> Finish:
+    """Run a started job's handler; return what the store must make of the row."""
     now = state.store.clock
     handler = state.queue.handlers.get(job.queue)
     if handler is None:
-        outcome = _no_handler(job, state.config.handler_grace, now())
-    else:
-        # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
-        default = handler.retry if handler.retry is not None else state.config.retry
-        try:
-            outcome = _run(job, handler.func, default, state.config.keep_completed, now)
-        except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
-            reason = (
-                "flask_queue could not work out what comes after this run from the"
-                f" job's stored schedule or retry policy: {exc!r}\n"
-                + "".join(traceback.format_exception(exc))
-            )
-            log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
-            outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
-    state.heartbeat.finishing(job.id, job.attempt)
-    owned = _finish(state, job, outcome)
-    return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
+        return _no_handler(job, state.config.handler_grace, now())
+    # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
+    default = handler.retry if handler.retry is not None else state.config.retry
+    try:
+        return _run(job, handler.func, default, state.config.keep_completed, now)
+    except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
+        reason = (
+            "flask_queue could not work out what comes after this run from the"
+            f" job's stored schedule or retry policy: {exc!r}\n"
+            + "".join(traceback.format_exception(exc))
+        )
+        log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
+        return Finish(status=FAILED, reason=reason, errors=job.errors + 1)
 
 
 #: Backoff of a finish that the database refused: doubling from FINISH_RETRY_FIRST

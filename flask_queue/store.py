@@ -129,6 +129,32 @@ def _storable(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: Runs per statement of ``finish_many``: an IN list of pairs stays well inside
+#: every database's limit on bound parameters.
+FINISH_CHUNK = 500
+
+
+def _chunks(pairs: list[tuple[str, int]]) -> Iterator[list[tuple[str, int]]]:
+    for i in range(0, len(pairs), FINISH_CHUNK):
+        yield pairs[i : i + FINISH_CHUNK]
+
+
+def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
+    """One row's bound values for ``finish_many``'s per-row UPDATE: what the
+    outcome sets, else what the row holds (the claim returned it whole)."""
+    return {
+        "b_id": job.id,
+        "b_attempt": job.attempt,
+        "b_errors": outcome.errors,
+        "b_reason": _storable(outcome.reason),
+        "b_run_at": naive_utc(outcome.run_at or job.run_at),
+        "b_occurrence_at": naive_utc(outcome.occurrence_at)
+        if outcome.occurrence_at is not None
+        else (naive_utc(job.occurrence_at) if job.occurrence_at is not None else None),
+        "b_count": job.count if outcome.count is None else outcome.count,
+    }
+
+
 def _is_outage(exc: Exception) -> bool:
     """Whether a storage error says the database is away (down, restarting,
     unreachable, out of connections, busy) rather than that it answered and
@@ -657,22 +683,47 @@ class JobStore:
 
         Due means SCHEDULED with ``run_at`` reached, or RUNNING with an expired
         lease (its runner died). A claimed job is RUNNING with ``attempt`` + 1 and a
-        new lease; ``started_at`` is cleared until a runner actually starts it.
+        new lease; ``started_at`` is cleared until a runner actually starts it
+        (the invoke endpoint, whose requests can be replayed: one start wins).
         Only (id, attempt, queue) come back: the runner reads the full row when
         it starts the run, so the claim never ships payloads it does not need.
         ``ids`` limits the claim to those jobs, if they are due: the dispatch of
         jobs just enqueued as due, as one statement for the batch.
         """
+        rows = self._claim(limit, lease, ids, start=False)
+        return [Claimed(r.id, r.attempt, r.queue) for r in rows]
+
+    def claim_started(
+        self, limit: int, lease: timedelta, *, ids: Sequence[str] | None = None
+    ) -> list[Job[Any]]:
+        """``claim`` for a runner in this process: the claim also starts the runs.
+
+        The thread executor and the worker run what they claim themselves; no
+        request can be replayed on the way, so the start needs no statement of
+        its own. Full jobs come back, ready to run. A row this release cannot
+        read is failed here, with the reason (see ``start``).
+        """
+        jobs: list[Job[Any]] = []
+        for row in self._claim(limit, lease, ids, start=True):
+            job = self._readable(row)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def _claim(
+        self, limit: int, lease: timedelta, ids: Sequence[str] | None, *, start: bool
+    ) -> list[Any]:
         now = self.now()
         t = self.table
-        values = self._claim_values(now, lease)
+        values = self._claim_values(now, lease, start=start)
         phases = self._due_phases(now)
         if ids is not None:
             phases = [(sa.and_(self._due(now), t.c.id.in_(list(ids))), t.c.run_at)]
+        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
         with _storage_errors("claim jobs"):
             if self.dialect not in ("postgresql", "sqlite"):
-                return self._claim_mysql(phases, limit, values)
-            claimed: list[Claimed] = []
+                return self._claim_mysql(phases, limit, values, columns)
+            claimed: list[Any] = []
             with self.engine.begin() as c:
                 for where, order in phases:
                     room = limit - len(claimed)
@@ -687,10 +738,7 @@ class JobStore:
                     else:
                         # SQLite has one writer at a time: the UPDATE is atomic.
                         stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery()))
-                    rows = c.execute(
-                        stmt.ordered_values(*values).returning(t.c.id, t.c.attempt, t.c.queue)
-                    )
-                    claimed += [Claimed(*r) for r in rows]
+                    claimed += c.execute(stmt.ordered_values(*values).returning(*columns))
             return claimed
 
     def claim_one(self, job_id: str, lease: timedelta) -> Claimed | None:
@@ -715,7 +763,9 @@ class JobStore:
                     return None
                 return Claimed(*c.execute(sa.select(*claimed_cols).where(t.c.id == job_id)).one())
 
-    def _claim_values(self, now: datetime, lease: timedelta) -> list[tuple[Any, Any]]:
+    def _claim_values(
+        self, now: datetime, lease: timedelta, *, start: bool = False
+    ) -> list[tuple[Any, Any]]:
         """The SET clause of a claim, in order.
 
         A RUNNING row whose run had *started* and whose lease expired lost its
@@ -733,7 +783,7 @@ class JobStore:
             (t.c.status, RUNNING),
             (t.c.attempt, t.c.attempt + 1),
             (t.c.lease_until, now + lease),
-            (t.c.started_at, None),
+            (t.c.started_at, now if start else None),
             (t.c.updated_at, now),
         ]
 
@@ -742,7 +792,8 @@ class JobStore:
         phases: list[tuple[sa.ColumnElement[bool], sa.Column[Any]]],
         limit: int,
         values: list[tuple[Any, Any]],
-    ) -> list[Claimed]:
+        columns: list[Any],
+    ) -> list[Any]:
         # No UPDATE ... RETURNING: lock the ids, update them as one set, read them
         # back, all in one transaction; retry the whole of it on an InnoDB deadlock.
         t = self.table
@@ -770,12 +821,9 @@ class JobStore:
                     if not ids:
                         return []
                     c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
-                    rows = c.execute(
-                        sa.select(t.c.id, t.c.attempt, t.c.queue)
-                        .where(t.c.id.in_(ids))
-                        .order_by(t.c.run_at)
+                    return list(
+                        c.execute(sa.select(*columns).where(t.c.id.in_(ids)).order_by(t.c.run_at))
                     )
-                    return [Claimed(*r) for r in rows]
             except sa.exc.DBAPIError as exc:
                 if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
                     raise
@@ -819,26 +867,33 @@ class JobStore:
             if row is None:
                 exists = c.execute(sa.select(t.c.id).where(t.c.id == job_id)).first()
                 return None, "stale" if exists else "missing"
+        job = self._readable(row)
+        return (job, "ok") if job is not None else (None, "failed")
+
+    def _readable(self, row: Any) -> Job[Any] | None:
+        """The job of a row just started, or None after failing a row this
+        release cannot read (payload or retry edited by hand, an unknown
+        status): visibly FAILED, rather than looping on leases."""
         try:
-            return self.to_job(row), "ok"
+            return self.to_job(row)
         except (ValueError, TypeError, KeyError) as exc:
-            # A row this release cannot read (payload or retry edited by hand, an
-            # unknown status): fail it visibly rather than let it loop on leases.
+            m = row._mapping
             reason = f"flask_queue could not read this job's row: {exc!r}"
-            log.error("flask_queue: job %s: %s", job_id, reason)
+            log.error("flask_queue: job %s: %s", m["id"], reason)
+            t = self.table
             with _storage_errors("fail an unreadable job"), self._one_statement() as c:
                 c.execute(
                     sa.update(t)
-                    .where(t.c.id == job_id, t.c.attempt == attempt, t.c.status == RUNNING)
+                    .where(t.c.id == m["id"], t.c.attempt == m["attempt"], t.c.status == RUNNING)
                     .values(
                         status=FAILED,
                         reason=reason,
                         lease_until=None,
                         live_custom_id=None,
-                        updated_at=now,
+                        updated_at=self.now(),
                     )
                 )
-            return None, "failed"
+            return None
 
     def finish(self, job: Job[Any], outcome: Finish, *, unstarted: bool = False) -> bool:
         """Apply a run's outcome if the run still owns the row; False if it does not.
@@ -899,6 +954,93 @@ class JobStore:
                     )
                 )
             return True
+
+    def finish_many(self, runs: Sequence[tuple[Job[Any], Finish]]) -> int:
+        """Apply many runs' outcomes, one statement per kind of outcome; return
+        how many runs still owned their row.
+
+        The runs that ended their job are one DELETE (or one UPDATE to COMPLETED,
+        stamped with this call's time) for the whole batch; retries and next
+        occurrences are one UPDATE executed for each of them, and failures
+        another. Every row is guarded by its attempt, as in ``finish``. A
+        repeating job's final failure, whose failed run is kept as a row of its
+        own, goes through ``finish``.
+        """
+        t = self.table
+        now = self.now()
+        deleted: list[tuple[str, int]] = []
+        completed: list[tuple[str, int]] = []
+        by_status: dict[str, list[dict[str, Any]]] = {SCHEDULED: [], FAILED: []}
+        apart: list[tuple[Job[Any], Finish]] = []
+        for job, outcome in runs:
+            if outcome.status == "DELETE":
+                deleted.append((job.id, job.attempt))
+            elif outcome.status == COMPLETED and outcome == Finish(
+                status=COMPLETED, run_at=outcome.run_at, count=job.count + 1
+            ):
+                completed.append((job.id, job.attempt))
+            elif outcome.failed_copy_reason is None and outcome.status in by_status:
+                by_status[outcome.status].append(_finish_params(job, outcome))
+            else:
+                apart.append((job, outcome))
+        owned = sum(self.finish(job, outcome) for job, outcome in apart)
+        if not (deleted or completed or by_status[SCHEDULED] or by_status[FAILED]):
+            return owned
+        mine = t.c.status == RUNNING
+        statements: list[tuple[Any, Any]] = []
+        for chunk in _chunks(deleted):
+            statements.append(
+                (sa.delete(t).where(mine, sa.tuple_(t.c.id, t.c.attempt).in_(chunk)), None)
+            )
+        for chunk in _chunks(completed):
+            statements.append(
+                (
+                    sa.update(t)
+                    .where(mine, sa.tuple_(t.c.id, t.c.attempt).in_(chunk))
+                    .values(
+                        status=COMPLETED,
+                        run_at=now,  # see runner._done: a kept job's run_at is its finish
+                        count=t.c.count + 1,
+                        errors=0,
+                        reason=None,
+                        lease_until=None,
+                        live_custom_id=None,
+                        updated_at=now,
+                    ),
+                    None,
+                )
+            )
+        by_row = sa.and_(
+            mine, t.c.id == sa.bindparam("b_id"), t.c.attempt == sa.bindparam("b_attempt")
+        )
+        common: dict[str, Any] = {
+            "errors": sa.bindparam("b_errors"),
+            "reason": sa.bindparam("b_reason"),
+            "run_at": sa.bindparam("b_run_at"),
+            "occurrence_at": sa.bindparam("b_occurrence_at"),
+            "count": sa.bindparam("b_count"),
+            "lease_until": None,
+            "updated_at": now,
+        }
+        if by_status[SCHEDULED]:
+            # A retry or the next occurrence: not started, still holding its id.
+            stmt = sa.update(t).where(by_row).values(status=SCHEDULED, started_at=None, **common)
+            statements.append((stmt, by_status[SCHEDULED]))
+        if by_status[FAILED]:
+            stmt = sa.update(t).where(by_row).values(status=FAILED, live_custom_id=None, **common)
+            statements.append((stmt, by_status[FAILED]))
+        sane = self.engine.dialect.supports_sane_multi_rowcount
+        with (
+            _storage_errors("finish jobs"),
+            self._one_statement() if len(statements) == 1 else self.engine.begin() as c,
+        ):
+            for stmt, params in statements:
+                if params is None:
+                    owned += c.execute(stmt).rowcount
+                else:
+                    result = c.execute(stmt, params)
+                    owned += result.rowcount if sane else len(params)
+        return owned
 
     def extend_leases(
         self, runs: Sequence[tuple[str, int]], lease: timedelta

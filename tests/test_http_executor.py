@@ -204,9 +204,9 @@ def test_produce_claims_only_what_it_can_hand_off_and_keeps_going(
             seen: list[int] = []
             original = app.extensions["queue"].store.claim
 
-            def claim(limit: int, lease: Any) -> Any:
+            def claim(limit: int, lease: Any, **kwargs: Any) -> Any:
                 seen.append(limit)
-                return original(limit, lease)
+                return original(limit, lease, **kwargs)
 
             app.extensions["queue"].store.claim = claim
             result = queue.produce()
