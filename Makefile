@@ -42,5 +42,8 @@ chaos: $(BIN)/.installed
 	CHAOS_JOBS=10000 CHAOS_KILLS=20 CHAOS_SLEEP=0.01 CHAOS_DEADLINE=3000 \
 	$(BIN)/pytest -s -p no:cacheprovider -o timeout=3600 tests/test_chaos.py
 
+# Peers (Procrastinate, RQ) side by side, in a virtualenv of their own: bench/peers.mk.
+include bench/peers.mk
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info instance
+	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info instance

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -98,3 +99,15 @@ def raw_table(metadata: sa.MetaData, name: str) -> sa.Table:
     from flask_queue.models import job_table
 
     return job_table(metadata, name)
+
+
+def seed_due(queue: Queue, n: int) -> None:
+    """n no-op jobs, due, that nothing has dispatched: the code under test claims
+    every one. Enqueued an hour out and then made due by a plain UPDATE — with a
+    short delay, an INSERT slower than the delay made them due at enqueue, the
+    seeding process dispatched some, and ``work(max_jobs=n)`` waited forever."""
+    queue.enqueue_many("noop", [None] * n, delay="1h")
+    store = queue.store
+    past = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=1)
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(store.table).values(run_at=past, occurrence_at=None))

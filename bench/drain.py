@@ -12,15 +12,14 @@ import argparse
 import tempfile
 import time
 
-from bench.common import bench_app, database_url, make_queue, print_table
+from bench.common import bench_app, database_url, make_queue, print_table, seed_due
 from flask_queue.worker import work
 
 
 def drain(url: str, jobs: int) -> float:
     queue = make_queue()
     with bench_app(url, queue) as app, app.app_context():
-        queue.enqueue_many("noop", list(range(jobs)), delay="0.2s")
-        time.sleep(0.3)  # all due, none started by the seeding process
+        seed_due(queue, jobs)  # all due, none started by the seeding process
         started = time.monotonic()
         ran = work(queue, concurrency=4, interval=1.0, max_jobs=jobs, report=lambda _: None)
         assert ran == jobs

@@ -28,6 +28,7 @@ from bench.common import (
     percentile,
     print_table,
     raw_table,
+    seed_due,
     timed,
 )
 from flask_queue.job import new_id
@@ -173,24 +174,12 @@ def bench_claim(url: str, backlogs: list[int], due: int) -> list[list[str]]:
     return rows
 
 
-def _seed_due(queue: Any, n: int) -> None:
-    """n no-op jobs, due, that nothing has dispatched: the code under test claims
-    every one. Enqueued an hour out and then made due by a plain UPDATE — with a
-    short delay, an INSERT slower than the delay made them due at enqueue, the
-    seeding process dispatched some, and ``work(max_jobs=n)`` waited forever."""
-    queue.enqueue_many("noop", [None] * n, delay="1h")
-    store = queue.store
-    past = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
-    with store.engine.begin() as conn:
-        conn.execute(sa.update(store.table).values(run_at=past, occurrence_at=None))
-
-
 def bench_work(url: str, n: int) -> list[list[str]]:
     from flask_queue.worker import work
 
     queue = make_queue()
     with bench_app(url, queue, QUEUE_BATCH_SIZE=200) as app:
-        _seed_due(queue, n)
+        seed_due(queue, n)
         start = time.perf_counter()
         total = work(queue, concurrency=4, interval=0.01, max_jobs=n, report=lambda s: None)
         seconds = time.perf_counter() - start
@@ -275,7 +264,7 @@ def bench_latency(url: str, n: int) -> list[list[str]]:
             # Per-job cost of the http path, synchronously: sign, POST, verify,
             # start, run, finish — against a bare POST round trip to the same server.
             store = reader.extensions["queue"].store
-            _seed_due(q, n)
+            seed_due(q, n)
             jobs = store.claim(n, timedelta(minutes=5))
             per_job = []
             for job in jobs:
@@ -287,7 +276,7 @@ def bench_latency(url: str, n: int) -> list[list[str]]:
             from flask_queue.runner import run_job
 
             state = reader.extensions["queue"]
-            _seed_due(q, n)
+            seed_due(q, n)
             in_process = []
             for job in store.claim(n, timedelta(minutes=5)):
                 t0 = time.perf_counter()
