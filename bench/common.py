@@ -48,8 +48,8 @@ def bench_app(url: str, queue: Queue, **config: Any) -> Iterator[Flask]:
         SECRET_KEY="bench-secret",
         QUEUE_EXECUTOR="thread",
         QUEUE_TABLE_NAME=f"bench_{uuid.uuid4().hex[:8]}",
-        **config,
     )
+    app.config.update(config)
     db = SQLAlchemy()
     db.init_app(app)
     queue.init_app(app)

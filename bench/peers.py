@@ -66,12 +66,9 @@ Every system uses its own defaults except where a line below says otherwise.
    A warm-up job proves it is up; then this process enqueues one job every 10 ms, each
    carrying ``time.time()`` taken just before its enqueue call, and the handler records
    ``time.time() - that`` at its start. p50 and p99 per round, median over rounds. The
-   enqueuing side of flask_queue is the web process of a "web + worker" deployment: its
-   app's executor is replaced by one whose dispatch does nothing (flask_queue has no
-   executor that leaves due jobs to a worker; the thread executor would run the job in
-   the enqueuing process itself), so the row is stored exactly as ``enqueue`` stores it
-   and the worker must find it. Whatever the worker does to find it (today an idle poll
-   of 1 s) is what is measured.
+   enqueuing side of flask_queue is the web process of a "web + worker" deployment,
+   ``QUEUE_EXECUTOR="worker"``: enqueue stores the job and, on PostgreSQL, NOTIFYs the
+   idle workers after the commit; the worker LISTENs between its polls.
 
 3. Enqueue throughput, N jobs, from this process, each into an empty table (TRUNCATE
    before each case, outside the timer). One per call, each its own commit:
@@ -303,7 +300,7 @@ def ensure_database(pg: str) -> None:
 
 
 class Flaskq:
-    """flask_queue apps in this process: the enqueuer (its executor never dispatches:
+    """flask_queue apps in this process: the enqueuer (``QUEUE_EXECUTOR="worker"``:
     the web side of "web + worker") and, for the HTTP measure, an http-executor app."""
 
     def __init__(self, ctx: Ctx) -> None:
@@ -312,8 +309,7 @@ class Flaskq:
         self.ctx = ctx
         self.peer_app = peer_app
         self.queue = peer_app.queue
-        self.app = self._app(QUEUE_EXECUTOR="thread")
-        self._silence_dispatch(self.app)
+        self.app = self._app(QUEUE_EXECUTOR="worker")
         with self.app.app_context():
             peer_app.db.create_all()
         self.engine: sa.Engine = self.app.extensions["queue"].store.engine
@@ -332,25 +328,6 @@ class Flaskq:
             PEER_FLOOR_TABLE=ctx.floor_table,
             **overrides,
         )
-
-    @staticmethod
-    def _silence_dispatch(app: Any) -> None:
-        from flask_queue.executors import Executor
-
-        class NoDispatch(Executor):
-            """Stores, never hands a due job to anything: a worker must find it."""
-
-            name = "none (bench)"
-
-            def dispatch(self, job_id: str) -> None:
-                return None
-
-            def dispatch_many(self, job_ids: list[str]) -> None:
-                return None
-
-        state = app.extensions["queue"]
-        state.executor.shutdown(wait=True)
-        state.executor = NoDispatch(state)
 
     def http_app(self, base_url: str) -> Any:
         return self._app(QUEUE_EXECUTOR="http", QUEUE_BASE_URL=base_url)

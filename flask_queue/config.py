@@ -12,7 +12,7 @@ from .errors import ConfigError, QueueError
 from .models import DEFAULT_TABLE_NAME
 from .scheduling import retry_delays
 
-EXECUTORS = ("inline", "thread", "http")
+EXECUTORS = ("inline", "thread", "http", "worker")
 
 #: The defaults ``init_app`` sets with ``setdefault``; the README lists the same.
 DEFAULTS: dict[str, Any] = {

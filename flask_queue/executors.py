@@ -78,6 +78,9 @@ class Executor:
         for claimed in self.claim(max(1, self.capacity()), ids=job_ids):
             self.submit(claimed)
 
+    #: Whether ``produce`` may claim jobs for it at all.
+    runs_jobs = True
+
     #: Whether a submitted run is handed off quickly (an HTTP request) rather than
     #: run to completion here: produce may then wait for room and claim more
     #: within its budget, instead of claiming what it cannot send.
@@ -337,6 +340,34 @@ class HttpExecutor(_PoolExecutor):
             log.exception("flask_queue: could not release job %s; its lease will", job_id)
 
 
+class WorkerExecutor(Executor):
+    """Runs nothing in this process: ``flask queue work`` processes run the jobs.
+
+    For a web app with workers beside it. Enqueue only stores the job; one
+    enqueued as due wakes the idle workers at once (PostgreSQL NOTIFY, sent
+    after the commit), and elsewhere the workers find it at their next poll.
+    ``produce`` here claims nothing (it still syncs crons and purges history).
+    """
+
+    name = "worker"
+    runs_jobs = False
+
+    def dispatch(self, job_id: str) -> None:
+        self._notify()
+
+    def dispatch_many(self, job_ids: list[str]) -> None:
+        self._notify()
+
+    def _notify(self) -> None:
+        try:
+            self.state.store.notify()
+        except Exception as exc:  # noqa: BLE001 - the job is stored; workers poll for it
+            log.warning("flask_queue: could not wake the workers (%s); they will poll", exc)
+
+    def capacity(self) -> int:
+        return 0
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # urllib then raises HTTPError with the 3xx status
@@ -370,7 +401,9 @@ def make_executor(state: QueueState, name: str | None = None) -> Executor:
         return InlineExecutor(state)
     if kind == "thread":
         return ThreadExecutor(state)
+    if kind == "worker":
+        return WorkerExecutor(state)
     return HttpExecutor(state)
 
 
-__all__ = ["Executor", "HttpExecutor", "InlineExecutor", "ThreadExecutor"]
+__all__ = ["Executor", "HttpExecutor", "InlineExecutor", "ThreadExecutor", "WorkerExecutor"]

@@ -504,12 +504,18 @@ class Queue:
         return state.store.sync_crons(declared, row_for, prune=prune)
 
     def produce(
-        self, *, executor: Executor | None = None, limit: int | None = None
+        self,
+        *,
+        executor: Executor | None = None,
+        limit: int | None = None,
+        housekeeping: bool = True,
     ) -> ProduceResult:
         """Claim due jobs in batches and hand them to the executor.
 
         Returns within about ``QUEUE_PRODUCE_BUDGET``; what is left is claimed
         by the next call. ``limit`` caps how many jobs this call claims.
+        ``housekeeping`` first syncs declared crons and purges expired history
+        (a caller that produces many times a second does it now and then).
         """
         state = self.state()
         config = state.config
@@ -521,9 +527,9 @@ class Queue:
         crons: dict[str, int] = {}
         purged = 0
         try:
-            if self.crons:
+            if housekeeping and self.crons:
                 crons = self.sync_crons(prune=False)
-            if config.keep_completed:
+            if housekeeping and config.keep_completed:
                 purged = state.store.purge_completed(self.clock() - config.keep_completed)
         except QueueError as exc:
             # One line, no traceback. An outage is logged once by the loops that
@@ -535,7 +541,7 @@ class Queue:
                 exc,
             )
         claimed, more = 0, False
-        while True:
+        while runner.runs_jobs:
             left = budget - (time.monotonic() - started)
             if limit is not None and claimed >= limit:
                 break

@@ -208,6 +208,64 @@ class Finish:
     failed_copy_reason: str | None = None  # a failed run of a repeating job, kept apart
 
 
+class Listener:
+    """A dedicated PostgreSQL connection LISTENing on a job table's channel.
+
+    Works with psycopg 3.2+ (``Connection.notifies(timeout=)``) and psycopg2
+    (``select`` on the socket, then ``poll``). ``wait`` returns early when
+    notified; a connection that dies raises ``StorageError`` (transient), after
+    which the worker closes it and polls until it can listen again.
+    """
+
+    def __init__(self, conn: Any, kind: str) -> None:
+        self.conn = conn
+        self.kind = kind
+
+    @classmethod
+    def open(cls, conn: Any, channel: str) -> Listener | None:
+        listen = 'LISTEN "' + channel.replace('"', '""') + '"'
+        module = type(conn).__module__.split(".")[0]
+        if module == "psycopg" and "timeout" in getattr(conn.notifies, "__kwdefaults__", {}):
+            conn.autocommit = True
+            conn.execute(listen)
+            return cls(conn, "psycopg")
+        if module == "psycopg2":
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(listen)
+            return cls(conn, "psycopg2")
+        return None  # another driver, or psycopg before 3.2: poll
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if a notification came."""
+        with _storage_errors("wait for new jobs"):
+            if self.kind == "psycopg":
+                if not any(True for _ in self.conn.notifies(timeout=timeout, stop_after=1)):
+                    return False
+                # One wake-up for a burst: the rest of what arrived meanwhile
+                # would only make the worker poll for jobs it already claimed.
+                for _ in self.conn.notifies(timeout=0):
+                    pass
+                return True
+            import select
+
+            if self.conn.notifies:  # arrived with an earlier poll
+                self.conn.notifies.clear()
+                return True
+            if not select.select([self.conn], [], [], timeout)[0]:
+                return False
+            self.conn.poll()
+            notified = bool(self.conn.notifies)
+            self.conn.notifies.clear()
+            return notified
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            log.debug("flask_queue: closing the listening connection failed", exc_info=True)
+
+
 class JobStore:
     def __init__(
         self, engine: Callable[[], Engine], table: sa.Table, clock: Callable[[], datetime]
@@ -217,6 +275,7 @@ class JobStore:
         self._autocommit: Engine | None = None
         self.table = table
         self.clock = clock
+        self._statements: dict[Any, Any] = {}
 
     @property
     def engine(self) -> Engine:
@@ -651,7 +710,7 @@ class JobStore:
 
     # -- the run path ----------------------------------------------------------
 
-    def _due_phases(self, now: datetime) -> list[tuple[sa.ColumnElement[bool], sa.Column[Any]]]:
+    def _due_phases(self, now: Any) -> list[tuple[sa.ColumnElement[bool], sa.Column[Any]]]:
         """What is due, as two index-ordered ranges: SCHEDULED by ``run_at`` on
         (status, run_at), then RUNNING with an expired lease by ``lease_until`` on
         (status, lease_until). Each walks its index in order and stops at the
@@ -661,7 +720,7 @@ class JobStore:
         t = self.table
         return [(self._due(now), t.c.run_at), (self._expired(now), t.c.lease_until)]
 
-    def _due(self, now: datetime) -> sa.ColumnElement[bool]:
+    def _due(self, now: Any) -> sa.ColumnElement[bool]:
         """A SCHEDULED job whose time has come: the one definition of "due".
 
         Every claim path uses it (the producer's batch and the dispatch by id),
@@ -671,7 +730,7 @@ class JobStore:
         t = self.table
         return sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now)
 
-    def _expired(self, now: datetime) -> sa.ColumnElement[bool]:
+    def _expired(self, now: Any) -> sa.ColumnElement[bool]:
         """A RUNNING job whose lease ran out: its runner is presumed dead."""
         t = self.table
         return sa.and_(t.c.status == RUNNING, t.c.lease_until <= now)
@@ -715,13 +774,20 @@ class JobStore:
     ) -> list[Any]:
         now = self.now()
         t = self.table
-        values = self._claim_values(now, lease, start=start)
-        phases = self._due_phases(now)
-        if ids is not None:
-            phases = [(sa.and_(self._due(now), t.c.id.in_(list(ids))), t.c.run_at)]
         columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
         with _storage_errors("claim jobs"):
-            if self.dialect not in ("postgresql", "sqlite"):
+            if self.dialect == "postgresql":
+                stmt = self._claim_statement(start=start, by_id=ids is not None)
+                params: dict[str, Any] = {"now": now, "lease_until": now + lease, "limit": limit}
+                if ids is not None:
+                    params["ids"] = list(ids)
+                with self._one_statement() as c:
+                    return list(c.execute(stmt, params))
+            values = self._claim_values(now, now + lease, start=start)
+            phases = self._due_phases(now)
+            if ids is not None:
+                phases = [(sa.and_(self._due(now), t.c.id.in_(list(ids))), t.c.run_at)]
+            if self.dialect != "sqlite":
                 return self._claim_mysql(phases, limit, values, columns)
             claimed: list[Any] = []
             with self.engine.begin() as c:
@@ -730,16 +796,57 @@ class JobStore:
                     if room <= 0:
                         break
                     candidates = sa.select(t.c.id).where(where).order_by(order).limit(room)
-                    if self.dialect == "postgresql":
-                        # The CTE fences the LIMIT: without it the planner may
-                        # re-evaluate the subquery per row and update more rows.
-                        cte = candidates.with_for_update(skip_locked=True).cte("claimable")
-                        stmt = sa.update(t).where(t.c.id == cte.c.id)
-                    else:
-                        # SQLite has one writer at a time: the UPDATE is atomic.
-                        stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery()))
+                    # SQLite has one writer at a time: the UPDATE is atomic.
+                    stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery()))
                     claimed += c.execute(stmt.ordered_values(*values).returning(*columns))
             return claimed
+
+    def _claim_statement(self, *, start: bool, by_id: bool) -> Any:
+        """PostgreSQL's claim, built once per kind and reused with new bound
+        values (building it was half the cost of an empty claim).
+
+        One statement, so one round trip in autocommit: each phase is a CTE
+        that walks its index and locks what it takes (SKIP LOCKED: rows another
+        claimer holds are passed over, not waited for); a CTE that locks rows
+        is never inlined, which also fences its LIMIT (inlined, the planner
+        may re-evaluate the subquery per row and update more rows). Rows the
+        second phase locked beyond the limit are let go when the statement ends.
+        """
+        key = (start, by_id)
+        cached = self._statements.get(key)
+        if cached is not None:
+            return cached
+        t = self.table
+        now = sa.bindparam("now", type_=t.c.run_at.type)
+        limit = sa.bindparam("limit", type_=sa.Integer)
+        phases = self._due_phases(now)
+        if by_id:
+            ids: Any = sa.bindparam("ids", expanding=True)
+            phases = [(sa.and_(self._due(now), t.c.id.in_(ids)), t.c.run_at)]
+        ctes = [
+            sa.select(t.c.id)
+            .where(where)
+            .order_by(order)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte(f"claimable_{i}")
+            for i, (where, order) in enumerate(phases)
+        ]
+        if len(ctes) > 1:
+            union = sa.union_all(*(sa.select(cte.c.id) for cte in ctes)).subquery()
+            chosen = sa.select(union.c.id).limit(limit)
+        else:
+            chosen = sa.select(ctes[0].c.id)
+        lease_until = sa.bindparam("lease_until", type_=t.c.lease_until.type)
+        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
+        stmt = (
+            sa.update(t)
+            .where(t.c.id.in_(chosen.scalar_subquery()))
+            .ordered_values(*self._claim_values(now, lease_until, start=start))
+            .returning(*columns)
+        )
+        self._statements[key] = stmt
+        return stmt
 
     def claim_one(self, job_id: str, lease: timedelta) -> Claimed | None:
         """Claim one just-enqueued job by id, if it is still due (a producer may
@@ -750,7 +857,7 @@ class JobStore:
         stmt = (
             sa.update(t)
             .where(t.c.id == job_id, self._due(now))
-            .ordered_values(*self._claim_values(now, lease))
+            .ordered_values(*self._claim_values(now, now + lease))
         )
         claimed_cols = (t.c.id, t.c.attempt, t.c.queue)
         with _storage_errors("claim a job"):
@@ -764,7 +871,7 @@ class JobStore:
                 return Claimed(*c.execute(sa.select(*claimed_cols).where(t.c.id == job_id)).one())
 
     def _claim_values(
-        self, now: datetime, lease: timedelta, *, start: bool = False
+        self, now: Any, lease_until: Any, *, start: bool = False
     ) -> list[tuple[Any, Any]]:
         """The SET clause of a claim, in order.
 
@@ -782,7 +889,7 @@ class JobStore:
             (t.c.reason, sa.case((died, sa.literal(LEASE_EXPIRED)), else_=t.c.reason)),
             (t.c.status, RUNNING),
             (t.c.attempt, t.c.attempt + 1),
-            (t.c.lease_until, now + lease),
+            (t.c.lease_until, lease_until),
             (t.c.started_at, now if start else None),
             (t.c.updated_at, now),
         ]
@@ -1071,6 +1178,39 @@ class JobStore:
                 .values(status=SCHEDULED, lease_until=None, updated_at=now)
             )
             return result.rowcount == 1
+
+    # -- waking idle workers (PostgreSQL) -------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel of this job table (63 bytes at most, as
+        PostgreSQL identifiers are)."""
+        return f"flask_queue_{self.table.name}"[:63]
+
+    def notify(self) -> None:
+        """Tell idle workers that a job is due now (PostgreSQL; a no-op elsewhere,
+        where workers poll). Called after the enqueue committed, so a worker
+        woken by it finds the job."""
+        if self.dialect != "postgresql":
+            return
+        with _storage_errors("notify workers"), self._one_statement() as c:
+            c.execute(sa.select(sa.func.pg_notify(self.channel, "")))
+
+    def listener(self) -> Listener | None:
+        """A connection that LISTENs on this table's channel, for a worker to
+        wait on between polls; None where the database or driver cannot."""
+        if self.dialect != "postgresql":
+            return None
+        with _storage_errors("listen for new jobs"):
+            raw = self.engine.raw_connection()
+            conn = raw.driver_connection
+            # Detached: the listening connection is the worker's for its whole
+            # life, not a pool slot that other code could be handed mid-LISTEN.
+            raw.detach()
+            listener = Listener.open(conn, self.channel)
+        if listener is None:
+            raw.close()
+        return listener
 
     def purge_completed(self, older_than: datetime) -> int:
         t = self.table

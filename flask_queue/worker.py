@@ -16,6 +16,7 @@ from .executors import ThreadExecutor
 
 if TYPE_CHECKING:
     from .extension import ProduceResult, Queue
+    from .store import JobStore, Listener
 
 log = logging.getLogger("flask_queue")
 
@@ -171,7 +172,9 @@ def work(
         _stop_on_signals(stop)
     executor = ThreadExecutor(state, workers=concurrency)
     outage = _Outage(backoff, max_backoff)
+    idle = _Idle(state.store, stop, interval)
     total = 0
+    housekept = -math.inf
     try:
         while not stop.is_set():
             left = None if max_jobs is None else max_jobs - total
@@ -182,18 +185,77 @@ def work(
                 # after a whole idle interval (that was 8 jobs/s with defaults).
                 executor.wait_for_room(interval)
                 continue
-            # produce claims in batches of up to twice the pool: without the
-            # limit, --max-jobs 1 would claim (and run) a whole batch.
-            result = outage.produce(queue, stop, executor=executor, limit=left)
+            # Cron sync and history purge once per idle interval, not before
+            # every claim: a draining worker claims dozens of times a second.
+            housekeeping = time.monotonic() - housekept >= max(interval, HOUSEKEEPING_EVERY)
+            # produce claims in batches sized to the pool: without the limit,
+            # --max-jobs 1 would claim (and run) a whole batch.
+            result = outage.produce(
+                queue, stop, executor=executor, limit=left, housekeeping=housekeeping
+            )
             if result is None:
                 continue
+            if housekeeping:
+                housekept = time.monotonic()
             total += result.claimed
             if not result.claimed:
-                stop.wait(interval)  # nothing due: the only time the worker idles
+                idle.wait()  # nothing due: the only time the worker idles
     finally:
+        idle.close()
         executor.shutdown(wait=True)
     report(f"worker stopped after {total} job(s)")
     return total
+
+
+#: Seconds between a worker's cron syncs and history purges, at least.
+HOUSEKEEPING_EVERY = 1.0
+
+
+class _Idle:
+    """How an idle worker waits for the next due job.
+
+    On PostgreSQL it LISTENs on the job table's channel, so a job enqueued as
+    due (``QUEUE_EXECUTOR="worker"`` sends the NOTIFY) starts within
+    milliseconds instead of at the next poll; the poll every ``interval`` still
+    finds retries and delayed jobs, which nobody announces. Elsewhere, or while
+    the listening connection is down, it just sleeps ``interval``.
+    """
+
+    def __init__(self, store: JobStore, stop: threading.Event, interval: float) -> None:
+        self.store = store
+        self.stop = stop
+        self.interval = interval
+        self.listener: Listener | None = None
+        self._retry_at = 0.0
+
+    def wait(self) -> None:
+        listener = self._listener()
+        if listener is None:
+            self.stop.wait(self.interval)
+            return
+        try:
+            listener.wait(self.interval)
+        except StorageError as exc:
+            log.info("flask_queue: stopped listening for new jobs (%s); polling", exc)
+            self.close()
+            self._retry_at = time.monotonic() + MAX_BACKOFF
+
+    def _listener(self) -> Listener | None:
+        if self.listener is not None or time.monotonic() < self._retry_at:
+            return self.listener
+        if self.store.dialect != "postgresql":
+            return None
+        try:
+            self.listener = self.store.listener()
+        except StorageError as exc:
+            log.info("flask_queue: cannot listen for new jobs (%s); polling", exc)
+            self._retry_at = time.monotonic() + MAX_BACKOFF
+        return self.listener
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
 
 
 def _started_line(
