@@ -776,7 +776,7 @@ class JobStore:
         t = self.table
         columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
         with _storage_errors("claim jobs"):
-            if self.dialect == "postgresql":
+            if self.dialect in ("postgresql", "sqlite"):
                 stmt = self._claim_statement(start=start, by_id=ids is not None)
                 params: dict[str, Any] = {"now": now, "lease_until": now + lease, "limit": limit}
                 if ids is not None:
@@ -787,25 +787,15 @@ class JobStore:
             phases = self._due_phases(now)
             if ids is not None:
                 phases = [(sa.and_(self._due(now), t.c.id.in_(list(ids))), t.c.run_at)]
-            if self.dialect != "sqlite":
-                return self._claim_mysql(phases, limit, values, columns)
-            claimed: list[Any] = []
-            with self.engine.begin() as c:
-                for where, order in phases:
-                    room = limit - len(claimed)
-                    if room <= 0:
-                        break
-                    candidates = sa.select(t.c.id).where(where).order_by(order).limit(room)
-                    # SQLite has one writer at a time: the UPDATE is atomic.
-                    stmt = sa.update(t).where(t.c.id.in_(candidates.scalar_subquery()))
-                    claimed += c.execute(stmt.ordered_values(*values).returning(*columns))
-            return claimed
+            return self._claim_mysql(phases, limit, values, columns)
 
     def _claim_statement(self, *, start: bool, by_id: bool) -> Any:
-        """PostgreSQL's claim, built once per kind and reused with new bound
-        values (building it was half the cost of an empty claim).
+        """The claim of PostgreSQL and SQLite, built once per kind and reused
+        with new bound values (building it was half the cost of an empty claim).
 
-        One statement, so one round trip in autocommit: each phase is a CTE
+        SQLite has one writer at a time, so the UPDATE is atomic by itself there
+        (and takes no row locks). On PostgreSQL it is one statement, so one round
+        trip in autocommit: each phase is a CTE
         that walks its index and locks what it takes (SKIP LOCKED: rows another
         claimer holds are passed over, not waited for); a CTE that locks rows
         is never inlined, which also fences its LIMIT (inlined, the planner
