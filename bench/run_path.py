@@ -71,9 +71,18 @@ def bench_enqueue(url: str, n: int) -> list[list[str]]:
         try:
             insert = sa.insert(raw)
 
+            # The baseline commits each row the way enqueue does: one autocommit
+            # statement on PostgreSQL (BEGIN/INSERT/COMMIT would flatter enqueue),
+            # a transaction elsewhere.
+            one = (
+                engine.execution_options(isolation_level="AUTOCOMMIT").connect
+                if engine.dialect.name == "postgresql"
+                else engine.begin
+            )
+
             def raw_one_per_commit() -> None:
                 for i in range(n):
-                    with engine.begin() as c:
+                    with one() as c:
                         c.execute(insert, _raw_row(i))
 
             def ours_one_per_commit() -> None:
@@ -105,7 +114,7 @@ def bench_enqueue(url: str, n: int) -> list[list[str]]:
         [
             "enqueue, one per commit",
             f"{n / results['ours']:,.0f} jobs/s",
-            f"{n / results['raw']:,.0f} rows/s (raw INSERT+COMMIT)",
+            f"{n / results['raw']:,.0f} rows/s (raw INSERT, its own commit)",
             f"{results['raw'] / results['ours']:.2f}x",
         ],
         [
