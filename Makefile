@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-dashboard chaos clean
+.PHONY: demo test lint bench bench-dashboard bench-smoke chaos clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ chaos: $(BIN)/.installed
 
 # Peers (Procrastinate, RQ) side by side, in a virtualenv of their own: bench/peers.mk.
 include bench/peers.mk
+
+# The benchmarks with tiny N: do they all still run? (CI runs this after the tests.)
+bench-smoke: $(BIN)/.installed $(BENCH_BIN)/.installed
+	$(BIN)/python -m bench.drain --jobs 50 --db sqlite --db postgresql --db mysql
+	$(BENCH_BIN)/python -m bench.peers --smoke
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist *.egg-info instance
