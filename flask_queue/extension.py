@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
+import inspect
 import itertools
 import logging
 import time
@@ -88,8 +90,19 @@ class Handler(Generic[T, R]):
         self.__doc__ = func.__doc__
         self.__name__ = getattr(func, "__name__", name)
         self.__wrapped__ = func
+        #: An ``async def`` handler: each run gets an event loop of its own.
+        self.is_async = inspect.iscoroutinefunction(func)
 
     def __call__(self, job: Job[T]) -> R:
+        return self.func(job)
+
+    def run(self, job: Job[T]) -> Any:
+        """Run the handler to completion, as the runner does. An ``async def``
+        handler runs in ``asyncio.run`` on the runner's thread (each runner
+        thread has no loop of its own), so it may await I/O but shares nothing
+        with other runs; the app context the runner pushed is current inside."""
+        if self.is_async:
+            return asyncio.run(self.func(job))  # type: ignore[arg-type]
         return self.func(job)
 
     def __repr__(self) -> str:

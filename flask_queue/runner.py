@@ -101,7 +101,7 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
     # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
     default = handler.retry if handler.retry is not None else state.config.retry
     try:
-        return _run(job, handler.func, default, state.config.keep_completed, now)
+        return _run(job, handler.run, default, state.config.keep_completed, now)
     except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
         reason = (
             "flask_queue could not work out what comes after this run from the"

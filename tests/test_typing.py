@@ -31,3 +31,7 @@ def test_wrong_payload_type_is_reported() -> None:
         'bad.py:15: error: Argument 1 to "enqueue" of "Handler" has incompatible type "int"; expected "str"'
         in result.stdout
     ), result.stdout
+    assert (
+        'bad.py:23: error: Argument 1 to "enqueue" of "Handler" has incompatible type "str";'
+        ' expected "list[str]"' in result.stdout
+    ), result.stdout  # an async handler's payload is checked the same way

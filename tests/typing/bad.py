@@ -13,3 +13,11 @@ def booking_reminder(job: Job[str]) -> None:
 
 
 booking_reminder.enqueue(42)  # error: int is not str
+
+
+@queue.handler("fetch")
+async def fetch(job: Job[list[str]]) -> None:
+    print(job.payload)
+
+
+fetch.enqueue("https://example.com")  # error: str is not list[str]

@@ -24,6 +24,11 @@ def remind(job: Job[Reminder]) -> int:
     return job.payload["booking_id"]
 
 
+@queue.handler("fetch")
+async def fetch(job: Job[list[str]]) -> int:
+    return len(job.payload)
+
+
 @queue.cron("0 9 * * *", name="digest")
 def digest(job: Job[None]) -> None:
     pass
@@ -42,5 +47,6 @@ def use() -> None:
             status=job.status,
         )
     )
+    fetch.enqueue(["https://example.com"], delay="1s")  # async handlers are typed alike
     queue.enqueue("anything", object())  # the untyped form accepts any payload
     print(result)
