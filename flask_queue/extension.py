@@ -25,12 +25,21 @@ from .errors import (
     JobNotFoundError,
     QueueError,
     StorageError,
+    UnknownQueueError,
 )
 from .finisher import Finisher
 from .heartbeat import Heartbeat
 from .job import Job, JobStatus, ScheduleType, new_id
 from .models import job_table
-from .planning import MAX_NAME, RetryPolicy, check_custom_id, encode_payload, plan
+from .planning import (
+    MAX_NAME,
+    RetryPolicy,
+    check_custom_id,
+    check_priority,
+    encode_payload,
+    parse_rate,
+    plan,
+)
 from .scheduling import next_cron, retry_delays, validate_cron, zone
 from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row
 
@@ -72,6 +81,37 @@ class ProduceResult:
         }
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a queue may run at once and how fast, across every process."""
+
+    #: At most this many of the queue's jobs RUNNING at any instant (1: exclusive).
+    concurrency: int | None = None
+    #: At most ``rate[0]`` runs start in any window of ``rate[1]``.
+    rate: tuple[int, timedelta] | None = None
+
+    @classmethod
+    def declare(cls, *, concurrency: int | None, exclusive: bool, rate: str | None) -> Limits:
+        if exclusive and concurrency not in (None, 1):
+            raise InvalidOptionError(
+                f"exclusive=True runs one job at a time; it contradicts concurrency={concurrency!r}."
+            )
+        if exclusive:
+            concurrency = 1
+        if concurrency is not None and (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= 10_000
+        ):
+            raise InvalidOptionError(
+                f"Invalid concurrency {concurrency!r}: use an int from 1 to 10000."
+            )
+        return cls(concurrency=concurrency, rate=parse_rate(rate) if rate is not None else None)
+
+    def __bool__(self) -> bool:
+        return self.concurrency is not None or self.rate is not None
+
+
 class Handler(Generic[T, R]):
     """A registered handler: callable like the function it wraps, plus
     ``enqueue`` typed against the handler's ``Job[T]``."""
@@ -82,11 +122,18 @@ class Handler(Generic[T, R]):
         name: str,
         func: Callable[[Job[T]], R],
         retry: list[timedelta] | None,
+        *,
+        priority: int = 0,
+        limits: Limits | None = None,
     ) -> None:
         self.queue = queue
         self.name = name
         self.func = func
         self.retry = retry
+        #: The priority of this queue's jobs unless ``enqueue(priority=)`` says otherwise.
+        self.priority = priority
+        #: Concurrency and rate limits, enforced by every claim in every process.
+        self.limits = limits or Limits()
         self.__doc__ = func.__doc__
         self.__name__ = getattr(func, "__name__", name)
         self.__wrapped__ = func
@@ -121,6 +168,7 @@ class Handler(Generic[T, R]):
         every: Duration | None = None,
         times: int | None = None,
         retry: RetryPolicy | None = None,
+        priority: int | None = None,
         session: AnySession | None = None,
     ) -> Job[T]:
         return self.queue.enqueue(
@@ -135,6 +183,7 @@ class Handler(Generic[T, R]):
             every=every,
             times=times,
             retry=retry,
+            priority=priority,
             session=session,
         )
 
@@ -240,6 +289,9 @@ class Queue:
             finisher=Finisher(store, heartbeat, size=config.batch_size),
         )
         state.executor = make_executor(state)
+        # The limits the handlers declare are stored before this process's first
+        # claim (then at every produce): claims in every process read them there.
+        store.before_claim = lambda: self._store_limits(state)
         app.extensions["queue"] = state
 
         from .views import make_blueprint
@@ -264,17 +316,34 @@ class Queue:
         atexit.register(_shutdown_at_exit, weakref.ref(state))
 
     def handler(
-        self, name: str, *, retry: RetryPolicy | None = None
+        self,
+        name: str,
+        *,
+        retry: RetryPolicy | None = None,
+        priority: int = 0,
+        concurrency: int | None = None,
+        exclusive: bool = False,
+        rate: str | None = None,
     ) -> Callable[[Callable[[Job[T]], R]], Handler[T, R]]:
-        """Register the decorated function as the handler of queue ``name``."""
+        """Register the decorated function as the handler of queue ``name``.
+
+        ``priority`` is its jobs' default (higher runs first). ``concurrency=N``:
+        never more than N of this queue's jobs RUNNING at once, across every
+        process; ``exclusive=True`` is ``concurrency=1``. ``rate="10/s"``: no
+        more than 10 runs start in any second, across every process.
+        """
         if not isinstance(name, str) or not name or len(name) > 255:
             raise InvalidOptionError(f"Invalid queue name {name!r}: use a non-empty string.")
         delays = retry_delays(retry) if retry is not None else None
+        check_priority(priority)
+        limits = Limits.declare(concurrency=concurrency, exclusive=exclusive, rate=rate)
 
         def decorator(func: Callable[[Job[T]], R]) -> Handler[T, R]:
             if name in self.handlers:
                 raise ConfigError(f"Queue {name!r} already has a handler.")
-            handle: Handler[T, R] = Handler(self, name, func, delays)
+            handle: Handler[T, R] = Handler(
+                self, name, func, delays, priority=priority, limits=limits
+            )
             self.handlers[name] = handle
             return handle
 
@@ -306,6 +375,39 @@ class Queue:
             return handle
 
         return decorator
+
+    def _store_limits(self, state: QueueState) -> None:
+        state.store.sync_limits(
+            {n: (h.limits.concurrency, h.limits.rate) for n, h in self.handlers.items()}
+        )
+        state.store.before_claim = None
+
+    # -- pause / resume -------------------------------------------------------------
+
+    def pause(self, name: str) -> None:
+        """Stop claiming queue ``name``'s jobs, in every process, from their next
+        claim: they stay SCHEDULED; runs in progress finish."""
+        self.state().store.set_paused(self._known(name), True)
+
+    def resume(self, name: str) -> None:
+        """Claim queue ``name``'s jobs again."""
+        self.state().store.set_paused(self._known(name), False)
+
+    def queue_settings(self) -> dict[str, dict[str, Any]]:
+        """Each queue's stored pause state and limits (queues with neither are absent)."""
+        return self.state().store.queue_settings()
+
+    def _known(self, name: str) -> str:
+        if name not in self.handlers:
+            known = ", ".join(sorted(self.handlers)) or "none"
+            raise UnknownQueueError(f"Unknown queue {name!r} (registered: {known}).")
+        return name
+
+    def _priority(self, name: str, priority: int | None) -> int:
+        if priority is not None:
+            return priority
+        handler = self.handlers.get(name)
+        return handler.priority if handler is not None else 0
 
     def dashboard_auth(self, func: Callable[[], bool]) -> Callable[[], bool]:
         """Register the callback that guards the dashboard: return True to allow."""
@@ -348,6 +450,7 @@ class Queue:
         every: Duration | None = None,
         times: int | None = None,
         retry: RetryPolicy | None = None,
+        priority: int | None = None,
         session: AnySession | None = None,
     ) -> Job[Any]:
         """Store a job for queue ``name``; dispatch it now if it is due now.
@@ -372,6 +475,7 @@ class Queue:
             every=every,
             times=times,
             retry=retry,
+            priority=self._priority(name, priority),
         )
         row = state.store.new_row(custom_id=id, payload=encode_payload(payload), **fields)
         conn = session.connection() if session is not None else None
@@ -396,6 +500,7 @@ class Queue:
         every: Duration | None = None,
         times: int | None = None,
         retry: RetryPolicy | None = None,
+        priority: int | None = None,
         session: AnySession | None = None,
         **unsupported: Any,
     ) -> list[Job[Any]]:
@@ -417,6 +522,7 @@ class Queue:
             every=every,
             times=times,
             retry=retry,
+            priority=self._priority(name, priority),
         )
         encoded = [encode_payload(p) for p in items]  # every payload checked before any write
         # One row and one Job built in full, then copied per payload: the rows
@@ -549,6 +655,8 @@ class Queue:
         crons: dict[str, int] = {}
         purged = 0
         try:
+            if housekeeping:
+                self._store_limits(state)
             if housekeeping and self.crons:
                 crons = self.sync_crons(prune=False)
             if housekeeping and config.keep_completed:

@@ -72,6 +72,7 @@ class Job(Generic[T]):
     occurrence_at: datetime | None = None
     attempt: int = 0
     errors: int = 0
+    priority: int = 0
     retry: list[float] | None = None
     lease_until: datetime | None = None
     started_at: datetime | None = None

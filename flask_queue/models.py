@@ -66,6 +66,9 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         # attempt: runs started, never reset; the signed invoke request names it, so
         # a stale or replayed request for an earlier run is refused.
         sa.Column("attempt", sa.Integer, nullable=False, default=0),
+        # Among due jobs the claim takes the highest first (then the oldest run_at).
+        # A server default, so adding the column to a filled table needs no backfill.
+        sa.Column("priority", sa.SmallInteger, nullable=False, server_default="0"),
         # errors: consecutive failures of the current run, measured against retry.
         sa.Column("errors", sa.Integer, nullable=False, default=0),
         sa.Column("retry", sa.Text, nullable=True),
@@ -73,8 +76,10 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Column("started_at", _DateTime, nullable=True),
         sa.Column("created_at", _DateTime, nullable=False),
         sa.Column("updated_at", _DateTime, nullable=False),
-        # The producer's claim: due SCHEDULED rows by run_at, expired RUNNING leases.
-        sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
+        # The producer's claim: due SCHEDULED rows by run_at (priority included,
+        # so ordering the due range by it reads no table rows), expired RUNNING
+        # leases.
+        sa.Index(f"ix_{name}_status_run_at", "status", "run_at", "priority"),
         sa.Index(f"ix_{name}_status_lease_until", "status", "lease_until"),
         # Lookups and counts by queue, and the dashboard's per-queue lists in
         # run_at order (keyset pages without a sort), per-queue bulk actions.
@@ -83,5 +88,36 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Index(f"ix_{name}_custom_id", "custom_id"),
         # Declared crons are found by type on every produce; keep that off a scan.
         sa.Index(f"ix_{name}_schedule_type", "schedule_type"),
+        info={"flask_queue": True},
+    )
+
+
+def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The per-queue settings every claim reads: pause state (set by an operator)
+    and the limits the code declares (synced by each produce), one row per queue
+    that has any. Named after the job table (``<job table>_queues``)."""
+    name = f"{job_table_name}_queues"
+    existing = metadata.tables.get(name)
+    if existing is not None:
+        if not existing.info.get("flask_queue"):
+            raise ValueError(
+                f"Table {name!r} already exists on this metadata and is not a flask_queue"
+                " queue table; set QUEUE_TABLE_NAME to another name."
+            )
+        return existing
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+        # At most this many RUNNING jobs of the queue at once (1: exclusive).
+        sa.Column("concurrency", sa.Integer, nullable=True),
+        # At most rate_limit starts in any rate_window_ms window.
+        sa.Column("rate_limit", sa.Integer, nullable=True),
+        sa.Column("rate_window_ms", sa.BigInteger, nullable=True),
+        # Start times (epoch ms, JSON list) within the last window: the rate
+        # limit's sliding log, rewritten under the row lock by each claim.
+        sa.Column("starts", sa.Text, nullable=True),
+        sa.Column("updated_at", _DateTime, nullable=False),
         info={"flask_queue": True},
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
 from .durations import MAX_DURATION, Duration, to_timedelta
@@ -17,6 +17,7 @@ from .errors import (
     InvalidOptionError,
     InvalidPayloadError,
     InvalidScheduleError,
+    QueueError,
     UnknownQueueError,
 )
 from .job import JobStatus
@@ -29,6 +30,8 @@ RetryPolicy = Union[int, Sequence[Duration]]
 MAX_TIMES = 2**31 - 1
 #: Custom ids and queue names are stored in 255-character columns.
 MAX_NAME = 255
+#: Priorities: a higher number is claimed first among due jobs; 0 by default.
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
 
 def check_custom_id(custom_id: object) -> str:
@@ -57,6 +60,7 @@ def plan(
     every: Duration | None = None,
     times: int | None = None,
     retry: RetryPolicy | None = None,
+    priority: int = 0,
 ) -> dict[str, Any]:
     """Validate the options and return the row fields they decide."""
     if name not in handlers:
@@ -71,6 +75,7 @@ def plan(
         )
     if delay is not None and run_at is not None:
         raise InvalidOptionError("delay= and run_at= both given: pass one of them.")
+    check_priority(priority)
     if tz is not None and cron is None:
         raise InvalidOptionError(f"tz={tz!r} given without cron=: it is the cron's timezone.")
     if times is not None:
@@ -113,7 +118,53 @@ def plan(
         "tz": schedule.tz if schedule and cron is not None else None,
         "occurrence_at": when if schedule else None,
         "retry": retry_seconds,
+        "priority": priority,
     }
+
+
+def check_priority(priority: object) -> int:
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise InvalidOptionError(
+            f"Invalid priority {priority!r}: use an int from {MIN_PRIORITY} to {MAX_PRIORITY}"
+            " (higher runs first; 0 by default)."
+        )
+    return priority
+
+
+#: The most starts a rate limit counts per window: the claim keeps that many start
+#: times in the queue's row and rewrites them under its lock.
+MAX_RATE = 10_000
+#: Rate limit periods by name: ``"10/s"``, ``"100/m"``, ``"1000/h"``, ``"5000/d"``.
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_rate(rate: object) -> tuple[int, timedelta]:
+    """``"10/s"`` -> (10, 1 s): at most that many starts in any window that long.
+    The period is ``s``/``m``/``h``/``d`` or a duration (``"30/5m"``)."""
+    count, _, period = rate.partition("/") if isinstance(rate, str) else ("", "", "")
+    window: timedelta | None = None
+    if period.strip() in _PERIODS:
+        window = timedelta(seconds=_PERIODS[period.strip()])
+    elif period.strip():
+        try:
+            window = to_timedelta(period.strip(), name="rate")
+        except QueueError:
+            window = None
+    if (
+        window is None
+        or window <= timedelta(0)
+        or not count.strip().isdigit()
+        or not 1 <= int(count) <= MAX_RATE
+    ):
+        raise InvalidOptionError(
+            f'Invalid rate {rate!r}: use starts per period, like "10/s", "100/m",'
+            f' "1000/h" or "30/5m", at most {MAX_RATE:,} per period.'
+        )
+    return int(count), window
 
 
 def _check_run_at(run_at: object, now: datetime) -> datetime:
@@ -149,4 +200,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-__all__ = ["MAX_TIMES", "RetryPolicy", "check_custom_id", "encode_payload", "plan"]
+__all__ = [
+    "MAX_TIMES",
+    "RetryPolicy",
+    "check_custom_id",
+    "check_priority",
+    "encode_payload",
+    "parse_rate",
+    "plan",
+]

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .errors import InvalidStatusError, JobNotFoundError, StorageError
 from .job import Job, JobStatus, ScheduleType, new_id
+from .models import queue_table
 
 UTC = timezone.utc
 Row = dict[str, Any]
@@ -127,6 +128,22 @@ def _storable(text: str | None) -> str | None:
     if text is None:
         return None
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+#: Seconds between looks at the queue table while it holds no limited queue.
+LIMITS_RECHECK = 1.0
+
+
+def _epoch_ms(when: datetime) -> int:
+    return int(when.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _recent_starts(stored: str | None, now: datetime, window_ms: int | None) -> list[int]:
+    """The start times (epoch ms) of a rate-limited queue within its window."""
+    if not stored or not window_ms:
+        return []
+    since = _epoch_ms(now) - window_ms
+    return [t for t in json.loads(stored) if t > since]
 
 
 #: Runs per statement of ``finish_many``: an IN list of pairs stays well inside
@@ -274,8 +291,16 @@ class JobStore:
         self._engine: Engine | None = None
         self._autocommit: Engine | None = None
         self.table = table
+        #: Per-queue pause state and limits (``models.queue_table``).
+        self.queues = queue_table(table.metadata, table.name)
         self.clock = clock
         self._statements: dict[Any, Any] = {}
+        #: Whether the queue table held limited queues at the last look, and when
+        #: to look again if not (see ``_claim``).
+        self._limited = True
+        self._limited_recheck = 0.0
+        #: Called before the first claim: the extension stores the declared limits.
+        self.before_claim: Callable[[], None] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -333,6 +358,7 @@ class JobStore:
             occurrence_at=aware_utc(m["occurrence_at"]),
             attempt=m["attempt"],
             errors=m["errors"],
+            priority=m["priority"],
             retry=json.loads(m["retry"]) if m["retry"] else None,
             lease_until=aware_utc(m["lease_until"]),
             started_at=aware_utc(m["started_at"]),
@@ -356,6 +382,7 @@ class JobStore:
             "occurrence_at": None,
             "attempt": 0,
             "errors": 0,
+            "priority": 0,
             "retry": None,
             "lease_until": None,
             "started_at": None,
@@ -710,15 +737,31 @@ class JobStore:
 
     # -- the run path ----------------------------------------------------------
 
-    def _due_phases(self, now: Any) -> list[tuple[sa.ColumnElement[bool], sa.Column[Any]]]:
-        """What is due, as two index-ordered ranges: SCHEDULED by ``run_at`` on
-        (status, run_at), then RUNNING with an expired lease by ``lease_until`` on
-        (status, lease_until). Each walks its index in order and stops at the
-        LIMIT — O(claimed), whatever the backlog. (One ``OR`` of both would make
-        every database read all due rows and sort them; InnoDB would also lock
-        every row it read.)"""
+    def _due_phases(self, now: Any) -> list[tuple[sa.ColumnElement[bool], list[Any]]]:
+        """What is due, as two index ranges: SCHEDULED with ``run_at`` reached, on
+        (status, run_at, priority), highest priority first, then oldest; then
+        RUNNING with an expired lease, on (status, lease_until), oldest first.
+
+        The first range is read whole and sorted by priority: O(due), whatever
+        the number of future jobs (an index in priority order would make every
+        claim walk the future jobs of the higher priorities). The second walks
+        its index in order and stops at the LIMIT. (One ``OR`` of both would make
+        every database read both ranges; InnoDB would also lock every row it read.)"""
         t = self.table
-        return [(self._due(now), t.c.run_at), (self._expired(now), t.c.lease_until)]
+        return [
+            (self._due(now), [t.c.priority.desc(), t.c.run_at]),
+            (self._expired(now), [t.c.lease_until]),
+        ]
+
+    def _unrestricted(self) -> sa.ColumnElement[bool]:
+        """A job of a queue that is neither paused nor limited: any claim may
+        take it. The others are claimed only by ``_claim_limited``, one claimer
+        at a time."""
+        q = self.queues
+        restricted = sa.select(q.c.name).where(
+            sa.or_(q.c.paused, q.c.concurrency.is_not(None), q.c.rate_limit.is_not(None))
+        )
+        return self.table.c.queue.not_in(restricted.scalar_subquery())
 
     def _due(self, now: Any) -> sa.ColumnElement[bool]:
         """A SCHEDULED job whose time has come: the one definition of "due".
@@ -772,22 +815,153 @@ class JobStore:
     def _claim(
         self, limit: int, lease: timedelta, ids: Sequence[str] | None, *, start: bool
     ) -> list[Any]:
+        if self.before_claim is not None:
+            self.before_claim()  # stores the declared limits; unset once it succeeded
         now = self.now()
-        t = self.table
-        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
         with _storage_errors("claim jobs"):
-            if self.dialect in ("postgresql", "sqlite"):
-                stmt = self._claim_statement(start=start, by_id=ids is not None)
-                params: dict[str, Any] = {"now": now, "lease_until": now + lease, "limit": limit}
-                if ids is not None:
-                    params["ids"] = list(ids)
-                with self._one_statement() as c:
-                    return list(c.execute(stmt, params))
-            values = self._claim_values(now, now + lease, start=start)
-            phases = self._due_phases(now)
+            claimed: list[Any] = []
+            # Limited queues first: a backlog in free queues must not starve them.
+            if self._limited or time.monotonic() >= self._limited_recheck:
+                claimed = self._claim_limited(limit, now, lease, ids, start=start)
+            if len(claimed) < limit:
+                claimed += self._claim_free(limit - len(claimed), now, lease, ids, start=start)
+            return claimed
+
+    def _claim_free(
+        self,
+        limit: int,
+        now: datetime,
+        lease: timedelta,
+        ids: Sequence[str] | None,
+        *,
+        start: bool,
+    ) -> list[Any]:
+        """Claim from the queues that are neither paused nor limited."""
+        t = self.table
+        if self.dialect in ("postgresql", "sqlite"):
+            stmt = self._claim_statement(start=start, by_id=ids is not None)
+            params: dict[str, Any] = {"now": now, "lease_until": now + lease, "limit": limit}
             if ids is not None:
-                phases = [(sa.and_(self._due(now), t.c.id.in_(list(ids))), t.c.run_at)]
-            return self._claim_mysql(phases, limit, values, columns)
+                params["ids"] = list(ids)
+            with self._one_statement() as c:
+                return list(c.execute(stmt, params))
+        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
+        values = self._claim_values(now, now + lease, start=start)
+        phases = [
+            (sa.and_(where, self._unrestricted()), order) for where, order in self._due_phases(now)
+        ]
+        if ids is not None:
+            phases = phases[:1]
+            phases[0] = (sa.and_(phases[0][0], t.c.id.in_(list(ids))), phases[0][1])
+        return self._claim_mysql(phases, limit, values, columns)
+
+    def _claim_limited(
+        self,
+        limit: int,
+        now: datetime,
+        lease: timedelta,
+        ids: Sequence[str] | None,
+        *,
+        start: bool,
+    ) -> list[Any]:
+        """Claim from the queues with a concurrency or rate limit, one claimer at
+        a time: the transaction first writes the limited queues' rows, which
+        takes their row locks (PostgreSQL, MySQL) or the database's write lock
+        (SQLite); the RUNNING counts and start logs it reads then stay true
+        until it commits, whatever the number of processes and hosts."""
+        q, t = self.queues, self.table
+        limited = sa.and_(
+            sa.not_(q.c.paused),
+            sa.or_(q.c.concurrency.is_not(None), q.c.rate_limit.is_not(None)),
+        )
+        engine = self.engine
+        if self.dialect == "mysql":
+            engine = engine.execution_options(isolation_level="READ COMMITTED")
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                with engine.begin() as c:
+                    c.execute(sa.update(q).where(limited).values(updated_at=now))
+                    rows = c.execute(sa.select(q).where(limited).order_by(q.c.name)).all()
+                    self._limited = bool(rows)
+                    if not rows:
+                        # Look again in a while: a limit declared meanwhile is
+                        # safe (free claims never take a limited queue's jobs),
+                        # its jobs just wait that long for their first claim.
+                        self._limited_recheck = time.monotonic() + LIMITS_RECHECK
+                        return []
+                    running: dict[str, int] = dict(
+                        c.execute(
+                            sa.select(t.c.queue, sa.func.count())
+                            .where(
+                                t.c.queue.in_([r.name for r in rows]),
+                                t.c.status == RUNNING,
+                                t.c.lease_until > now,
+                            )
+                            .group_by(t.c.queue)
+                        ).all()
+                    )
+                    claimed: list[Any] = []
+                    for row in rows:
+                        room = limit - len(claimed)
+                        if row.concurrency is not None:
+                            room = min(room, row.concurrency - running.get(row.name, 0))
+                        starts = _recent_starts(row.starts, now, row.rate_window_ms)
+                        if row.rate_limit is not None:
+                            room = min(room, row.rate_limit - len(starts))
+                        if room <= 0:
+                            continue
+                        got = self._claim_queue(c, row.name, room, now, lease, ids, start=start)
+                        if got and row.rate_limit is not None:
+                            starts += [_epoch_ms(now)] * len(got)
+                            c.execute(
+                                sa.update(q)
+                                .where(q.c.name == row.name)
+                                .values(starts=json.dumps(starts))
+                            )
+                        claimed += got
+                    return claimed
+            except sa.exc.DBAPIError as exc:
+                if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+        return []  # pragma: no cover - the loop returns or raises
+
+    def _claim_queue(
+        self,
+        c: Connection,
+        name: str,
+        room: int,
+        now: datetime,
+        lease: timedelta,
+        ids: Sequence[str] | None,
+        *,
+        start: bool,
+    ) -> list[Any]:
+        """Claim up to ``room`` of one limited queue's due jobs, inside
+        ``_claim_limited``'s transaction."""
+        t = self.table
+        found: list[str] = []
+        phases = self._due_phases(now)
+        if ids is not None:
+            phases = [(sa.and_(phases[0][0], t.c.id.in_(list(ids))), phases[0][1])]
+        for where, order in phases:
+            need = room - len(found)
+            if need <= 0:
+                break
+            candidates = (
+                sa.select(t.c.id)
+                .where(where, t.c.queue == name)
+                .order_by(*order)
+                .limit(need)
+                .with_for_update(skip_locked=True)
+            )
+            found += c.execute(candidates).scalars()
+        if not found:
+            return []
+        values = self._claim_values(now, now + lease, start=start)
+        c.execute(sa.update(t).where(t.c.id.in_(found)).ordered_values(*values))
+        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
+        return list(c.execute(sa.select(*columns).where(t.c.id.in_(found))))
 
     def _claim_statement(self, *, start: bool, by_id: bool) -> Any:
         """The claim of PostgreSQL and SQLite, built once per kind and reused
@@ -812,11 +986,11 @@ class JobStore:
         phases = self._due_phases(now)
         if by_id:
             ids: Any = sa.bindparam("ids", expanding=True)
-            phases = [(sa.and_(self._due(now), t.c.id.in_(ids)), t.c.run_at)]
+            phases = [(sa.and_(phases[0][0], t.c.id.in_(ids)), phases[0][1])]
         ctes = [
             sa.select(t.c.id)
-            .where(where)
-            .order_by(order)
+            .where(where, self._unrestricted())
+            .order_by(*order)
             .limit(limit)
             .with_for_update(skip_locked=True)
             .cte(f"claimable_{i}")
@@ -843,10 +1017,18 @@ class JobStore:
         have claimed or even run it first: then this returns None and changes
         nothing)."""
         t = self.table
+        if self.before_claim is not None:
+            self.before_claim()
         now = self.now()
+        if self._limited:
+            # A limited queue's job is claimed under its limits, or not now.
+            with _storage_errors("claim a job"):
+                limited = self._claim_limited(1, now, lease, [job_id], start=False)
+            if limited:
+                return Claimed(limited[0].id, limited[0].attempt, limited[0].queue)
         stmt = (
             sa.update(t)
-            .where(t.c.id == job_id, self._due(now))
+            .where(t.c.id == job_id, self._due(now), self._unrestricted())
             .ordered_values(*self._claim_values(now, now + lease))
         )
         claimed_cols = (t.c.id, t.c.attempt, t.c.queue)
@@ -886,7 +1068,7 @@ class JobStore:
 
     def _claim_mysql(
         self,
-        phases: list[tuple[sa.ColumnElement[bool], sa.Column[Any]]],
+        phases: list[tuple[sa.ColumnElement[bool], list[Any]]],
         limit: int,
         values: list[tuple[Any, Any]],
         columns: list[Any],
@@ -907,10 +1089,21 @@ class JobStore:
                         room = limit - len(ids)
                         if room <= 0:
                             break
+                        # InnoDB locks every row a locking read looks at, and a
+                        # read sorted by priority looks at the whole due range:
+                        # pick candidates without locks, then lock just those
+                        # (still due, not taken meanwhile: the WHERE is re-checked).
+                        picked = list(
+                            c.execute(
+                                sa.select(t.c.id).where(where).order_by(*order).limit(2 * room)
+                            ).scalars()
+                        )
+                        if not picked:
+                            continue
                         candidates = (
                             sa.select(t.c.id)
-                            .where(where)
-                            .order_by(order)
+                            .where(where, t.c.id.in_(picked))
+                            .order_by(*order)
                             .limit(room)
                             .with_for_update(skip_locked=True)
                         )
@@ -1168,6 +1361,75 @@ class JobStore:
                 .values(status=SCHEDULED, lease_until=None, updated_at=now)
             )
             return result.rowcount == 1
+
+    # -- per-queue settings: pause state and limits ---------------------------------
+
+    def queue_settings(self) -> dict[str, dict[str, Any]]:
+        """Every stored queue row, by name: paused, concurrency, rate."""
+        q = self.queues
+        with _storage_errors("read queue settings"), self.engine.connect() as c:
+            rows = c.execute(sa.select(q).order_by(q.c.name)).all()
+        return {
+            r.name: {
+                "paused": bool(r.paused),
+                "concurrency": r.concurrency,
+                "rate": (r.rate_limit, timedelta(milliseconds=r.rate_window_ms))
+                if r.rate_limit is not None and r.rate_window_ms is not None
+                else None,
+            }
+            for r in rows
+        }
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        """Pause or resume queue ``name``; every claim in every process sees it."""
+        self._write_queue(name, {"paused": paused}, action="pause a queue")
+
+    def sync_limits(
+        self, declared: dict[str, tuple[int | None, tuple[int, timedelta] | None]]
+    ) -> int:
+        """Store the limits the code declares, per queue it has a handler for:
+        ``{name: (concurrency, (rate, window) or None)}``. A queue this release
+        does not know is left alone (another release may); pause state and the
+        rate log are never touched. Writes only what differs; returns how many."""
+        stored = self.queue_settings()
+        changed = 0
+        for name, (concurrency, rate) in declared.items():
+            have = stored.get(name)
+            want = {"concurrency": concurrency, "rate": rate}
+            if have is None and concurrency is None and rate is None:
+                continue
+            if have is not None and {k: have[k] for k in want} == want:
+                continue
+            values = {
+                "concurrency": concurrency,
+                "rate_limit": rate[0] if rate else None,
+                "rate_window_ms": int(rate[1].total_seconds() * 1000) if rate else None,
+            }
+            self._write_queue(name, values, action="store queue limits")
+            changed += 1
+        if changed:
+            self._limited_recheck = 0.0  # look at the new limits at the next claim
+        return changed
+
+    def _write_queue(self, name: str, values: dict[str, Any], *, action: str) -> None:
+        q = self.queues
+        now = self.now()
+        for attempt in range(2):
+            try:
+                with _storage_errors(action), self.engine.begin() as c:
+                    found = c.execute(sa.select(q.c.name).where(q.c.name == name)).first()
+                    if found is not None:
+                        c.execute(
+                            sa.update(q).where(q.c.name == name).values(updated_at=now, **values)
+                        )
+                    else:
+                        c.execute(sa.insert(q).values(name=name, updated_at=now, **values))
+                return
+            except StorageError as exc:
+                # Two processes inserted the same queue's row at once: the
+                # second time round the row is there and gets an UPDATE.
+                if attempt or not isinstance(exc.__cause__, sa.exc.IntegrityError):
+                    raise
 
     # -- waking idle workers (PostgreSQL) -------------------------------------------
 

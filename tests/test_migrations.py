@@ -40,6 +40,7 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
         (version,) = (migrations / "versions").glob("*.py")
         script = version.read_text()
         assert "op.create_table('queue_job'" in script
+        assert "op.create_table('queue_job_queues'" in script
         engine = sa.create_engine(url)
         try:
             inspector = sa.inspect(engine)
@@ -61,6 +62,7 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
                 "occurrence_at",
                 "attempt",
                 "errors",
+                "priority",
                 "retry",
                 "lease_until",
                 "started_at",
@@ -68,7 +70,7 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
                 "updated_at",
             } <= columns
             indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("queue_job")}
-            assert indexes["ix_queue_job_status_run_at"] == ["status", "run_at"]
+            assert indexes["ix_queue_job_status_run_at"] == ["status", "run_at", "priority"]
             assert indexes["ix_queue_job_status_lease_until"] == ["status", "lease_until"]
             assert indexes["ix_queue_job_queue_status_run_at"] == ["queue", "status", "run_at"]
             uniques = inspector.get_unique_constraints("queue_job")
