@@ -127,7 +127,8 @@ def bench_enqueue(url: str, n: int) -> list[list[str]]:
 
 
 def _seed(app: Any, due: int, future: int) -> None:
-    """Bulk rows straight through the store's table, in chunks."""
+    """Bulk rows straight through the store's table, in chunks, with priorities
+    from -5 to 5."""
     store = app.extensions["queue"].store
     now = datetime.now(UTC)
     chunk = 5_000
@@ -136,12 +137,15 @@ def _seed(app: Any, due: int, future: int) -> None:
         (future, now + timedelta(days=1)),
     ):
         for start in range(0, total, chunk):
+            # Priorities in use, spread over both the due and the future jobs:
+            # the claim sorts the due range by them.
             rows = [
                 store.new_row(
                     queue="noop",
                     payload="null",
                     run_at=when + timedelta(microseconds=i),
                     status="SCHEDULED",
+                    priority=i % 11 - 5,
                 )
                 for i in range(start, min(total, start + chunk))
             ]
@@ -242,10 +246,14 @@ def bench_latency(url: str, n: int) -> list[list[str]]:
 
     # http: the example app under waitress runs the invoke endpoint; this process
     # enqueues and signs. The same server answers a bare no-op route: baseline.
-    server = Server(url, QUEUE_KEEP_COMPLETED="1h", QUEUE_TABLE_NAME="queue_job").start()
-    try:
-        import example_app
+    # A table of its own: a fixed name would meet one that an older release left
+    # behind, without this release's columns.
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    server = Server(url, QUEUE_KEEP_COMPLETED="1h", QUEUE_TABLE_NAME=table).start()
+    reader = None
+    import example_app
 
+    try:
         reader = example_app.create_app(
             SQLALCHEMY_DATABASE_URI=url,
             QUEUE_SCHEDULER=False,
@@ -253,6 +261,7 @@ def bench_latency(url: str, n: int) -> list[list[str]]:
             QUEUE_BASE_URL=server.base,
             SECRET_KEY=server.secret,
             QUEUE_KEEP_COMPLETED="1h",
+            QUEUE_TABLE_NAME=table,
         )
         with reader.app_context():
             q = example_app.queue
@@ -326,6 +335,10 @@ def bench_latency(url: str, n: int) -> list[list[str]]:
             )
     finally:
         server.stop()
+        if reader is not None:
+            with reader.app_context():
+                example_app.db.drop_all()
+                example_app.db.engine.dispose()
     return rows
 
 

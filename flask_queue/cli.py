@@ -249,6 +249,28 @@ def delete_command(job_id: str) -> None:
     click.echo(f"deleted {job_id}")
 
 
+@queue_cli.command("pause")
+@click.argument("name")
+def pause_command(name: str) -> None:
+    """Stop claiming queue NAME's jobs (every process, from its next claim)."""
+    try:
+        _queue().pause(name)
+    except QueueError as exc:
+        raise _fail(exc) from None
+    click.echo(f"{name} paused: its jobs stay SCHEDULED; running ones finish")
+
+
+@queue_cli.command("resume")
+@click.argument("name")
+def resume_command(name: str) -> None:
+    """Claim queue NAME's jobs again."""
+    try:
+        _queue().resume(name)
+    except QueueError as exc:
+        raise _fail(exc) from None
+    click.echo(f"{name} resumed")
+
+
 @queue_cli.command("stats")
 def stats_command() -> None:
     """Jobs per queue and status."""

@@ -115,7 +115,7 @@ def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
         # At most rate_limit starts in any rate_window_ms window.
         sa.Column("rate_limit", sa.Integer, nullable=True),
         sa.Column("rate_window_ms", sa.BigInteger, nullable=True),
-        # Start times (epoch ms, JSON list) within the last window: the rate
+        # Start times (epoch µs, JSON list) within the last window: the rate
         # limit's sliding log, rewritten under the row lock by each claim.
         sa.Column("starts", sa.Text, nullable=True),
         sa.Column("updated_at", _DateTime, nullable=False),

@@ -134,15 +134,27 @@ def _storable(text: str | None) -> str | None:
 LIMITS_RECHECK = 1.0
 
 
-def _epoch_ms(when: datetime) -> int:
-    return int(when.replace(tzinfo=UTC).timestamp() * 1000)
+def _epoch_us(when: datetime) -> int:
+    """Microseconds since the epoch, exactly (the precision of ``started_at``:
+    whole milliseconds let a start slip into a window it is not in)."""
+    return (when.replace(tzinfo=None) - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _last_start(stored: str | None) -> datetime:
+    if not stored:
+        return _EPOCH
+    return _EPOCH + timedelta(microseconds=max(json.loads(stored), default=0))
 
 
 def _recent_starts(stored: str | None, now: datetime, window_ms: int | None) -> list[int]:
-    """The start times (epoch ms) of a rate-limited queue within its window."""
+    """The start times (epoch microseconds) of a rate-limited queue within its
+    window ending at ``now``."""
     if not stored or not window_ms:
         return []
-    since = _epoch_ms(now) - window_ms
+    since = _epoch_us(now) - window_ms * 1000
     return [t for t in json.loads(stored) if t > since]
 
 
@@ -896,6 +908,11 @@ class JobStore:
                 with engine.begin() as c:
                     c.execute(sa.update(q).where(limited).values(updated_at=now))
                     rows = c.execute(sa.select(q).where(limited).order_by(q.c.name)).all()
+                    # The time is read under the lock, not before waiting for it,
+                    # and never earlier than a start already logged (a claimer
+                    # whose clock lags): the logs stay in order, so a window
+                    # counted from this claim's time holds every start in it.
+                    now = max([self.now(), *(_last_start(r.starts) for r in rows)])
                     self._limited = bool(rows)
                     if not rows:
                         # Look again in a while: a limit declared meanwhile is
@@ -926,7 +943,7 @@ class JobStore:
                             continue
                         got = self._claim_queue(c, row.name, room, now, lease, ids, start=start)
                         if got and row.rate_limit is not None:
-                            starts += [_epoch_ms(now)] * len(got)
+                            starts += [_epoch_us(now)] * len(got)
                             c.execute(
                                 sa.update(q)
                                 .where(q.c.name == row.name)

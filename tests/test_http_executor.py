@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -108,6 +109,12 @@ def test_slow_endpoint_does_not_block_enqueue_or_produce(
     try:
         with app.app_context():
             job = queue.enqueue("echo", "x")
+            # The dispatch claims "x" on the send pool; let it, or produce may
+            # claim "x" first (a race the test is not about).
+            deadline = time.monotonic() + 5
+            while not handler.bodies and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(handler.bodies) == 1
             queue.enqueue_many("echo", [1, 2, 3], delay="1s")
             clock.advance(1)
             assert queue.produce().claimed == 3
