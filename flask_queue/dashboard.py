@@ -28,7 +28,7 @@ from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from wtforms import ValidationError
 
 from . import present
-from .errors import InvalidStatusError, JobNotFoundError
+from .errors import InvalidStatusError, JobNotFoundError, UnknownQueueError
 from .job import JobStatus
 from .signing import tokens_equal
 
@@ -189,9 +189,18 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         failures = Counter(
             (q, present.error_type(r)) for q, r in store.recent_failures(FAILURE_SAMPLE)
         )
+        settings = store.queue_settings()
+        # Due but not claimed: what a pause or a limit holds back right now.
+        waiting = {
+            q: store.count_due_capped(CELL_CAP, q)
+            for q, s in settings.items()
+            if s["paused"] or s["concurrency"] is not None or s["rate"] is not None
+        }
         return render_template(
             "flask_queue/index.html",
             grid=grid,
+            settings=settings,
+            waiting=waiting,
             cell_cap=CELL_CAP,
             failures=failures.most_common(10),
             failure_sample=FAILURE_SAMPLE,
@@ -257,6 +266,21 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         except InvalidStatusError as exc:
             abort(409, str(exc))
         return redirect(url_for("queue.job", job_id=job_id), 303)
+
+    @bp.post("/queues/<name>/<action>")
+    def queue_action(name: str, action: str) -> Any:
+        try:
+            if action == "pause":
+                state.queue.pause(name)
+                flash(f"Paused {name}: its jobs stay scheduled; running ones finish.", "ok")
+            elif action == "resume":
+                state.queue.resume(name)
+                flash(f"Resumed {name}.", "ok")
+            else:
+                abort(404, f"No action {action!r}.")
+        except UnknownQueueError as exc:
+            abort(404, str(exc))
+        return redirect(url_for("queue.index"), 303)
 
     @bp.post("/bulk")
     def bulk() -> Any:

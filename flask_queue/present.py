@@ -118,5 +118,22 @@ def pretty_payload(payload: Any) -> str:
     return json.dumps(mask(payload), indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def limits(settings: dict[str, Any] | None) -> str:
+    """A queue's stored limits in words: "one at a time", "3 at once", "10 per 1s"."""
+    if not settings:
+        return ""
+    words = []
+    concurrency = settings.get("concurrency")
+    if concurrency == 1:
+        words.append("one at a time")
+    elif concurrency is not None:
+        words.append(f"{concurrency:,} at once")
+    rate = settings.get("rate")
+    if rate is not None:
+        count, window = rate
+        words.append(f"{count:,} per {duration_words(window)}")
+    return ", ".join(words)
+
+
 def capped(count: int, cap: int) -> str:
     return f"{cap:,}+" if count > cap else f"{count:,}"

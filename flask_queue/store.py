@@ -636,6 +636,19 @@ class JobStore:
         with _storage_errors("count jobs"), self.engine.connect() as c:
             return {(s, q): n for s, q, n in c.execute(stmt)}
 
+    def count_due_capped(self, cap: int, queue: str) -> int:
+        """Jobs of ``queue`` that are due and not claimed (waiting on a pause or
+        a limit), stopping at ``cap`` + 1: a range on (queue, status, run_at)."""
+        t = self.table
+        inner = (
+            sa.select(sa.literal(1).label("one"))
+            .where(t.c.queue == queue, self._due(self.now()))
+            .limit(cap + 1)
+        )
+        stmt = sa.select(sa.func.count()).select_from(inner.subquery())
+        with _storage_errors("count jobs"), self.engine.connect() as c:
+            return int(c.execute(stmt).scalar_one())
+
     def count_capped(self, cap: int, *, status: str | None = None, queue: str | None = None) -> int:
         """Count matching jobs, stopping at ``cap`` + 1 (shown as "cap+").
 

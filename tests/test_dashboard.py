@@ -305,3 +305,40 @@ def test_csrfprotect_app_still_accepts_invoke_and_produce(
             assert client.post("/_queue/bulk", data={"action": "delete"}).status_code == 400
         finally:
             db.drop_all()
+
+
+@all_databases
+def test_overview_pauses_and_resumes_a_queue_with_csrf(
+    make_app: Any, queue: Queue, clock: Clock
+) -> None:
+    @queue.handler("gateway", concurrency=3, rate="10/s")
+    def gateway(job: Job[Any]) -> None:
+        return None
+
+    app = make_app(queue)
+    app.debug = True
+    with app.app_context():
+        queue.produce()  # stores the declared limits
+        queue.enqueue_many("echo", [1, 2], delay="1s")
+        clock.advance(1)
+        client = app.test_client()
+        page = client.get("/_queue/").get_data(as_text=True)
+        assert "3 at once, 10 per 1 second" in page
+        # Without a token: refused, nothing paused.
+        assert client.post("/_queue/queues/echo/pause").status_code == 400
+        assert queue.queue_settings().get("echo") is None
+        token = _csrf(client, "/_queue/")
+        response = client.post("/_queue/queues/echo/pause", data={"csrf_token": token})
+        assert response.status_code == 303
+        assert queue.queue_settings()["echo"]["paused"] is True
+        assert queue.produce().claimed == 0
+        page = client.get("/_queue/").get_data(as_text=True)
+        row = re.search(r"<tr class=\"paused\">.*?</tr>", page, re.S)
+        assert row is not None and "<code>echo</code>" in row.group(0)
+        assert ">2</td>" in row.group(0)  # two due jobs held back by the pause
+        assert "Resume" in row.group(0)
+        response = client.post("/_queue/queues/echo/resume", data={"csrf_token": token})
+        assert response.status_code == 303
+        assert queue.produce().claimed == 2
+        unknown = client.post("/_queue/queues/nope/pause", data={"csrf_token": token})
+        assert unknown.status_code == 404
