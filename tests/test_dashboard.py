@@ -342,3 +342,9 @@ def test_overview_pauses_and_resumes_a_queue_with_csrf(
         assert queue.produce().claimed == 2
         unknown = client.post("/_queue/queues/nope/pause", data={"csrf_token": token})
         assert unknown.status_code == 404
+
+
+def test_job_page_shows_a_priority(debug_app: Flask, queue: Queue) -> None:
+    job = queue.enqueue("echo", "x", delay="1h", priority=7)
+    page = debug_app.test_client().get(f"/_queue/job/{job.id}").get_data(as_text=True)
+    assert "<dt>Priority</dt><dd>7 " in page
