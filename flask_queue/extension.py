@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import dataclasses
 import inspect
 import itertools
 import logging
@@ -533,10 +532,7 @@ class Queue:
         conn = session.connection() if session is not None else None
         state.store.insert(rows, conn=conn)
         model = state.store.to_job(template, payload=None)
-        jobs = [
-            dataclasses.replace(model, id=r["id"], payload=p)
-            for r, p in zip(rows, items, strict=True)
-        ]
+        jobs = [model._twin(r["id"], p) for r, p in zip(rows, items, strict=True)]
         if jobs and jobs[0].run_at <= self.clock():
             self._dispatch_after_commit(state, [j.id for j in jobs], session)
         return jobs
