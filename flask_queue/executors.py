@@ -80,6 +80,9 @@ class Executor:
 
     #: Whether ``produce`` may claim jobs for it at all.
     runs_jobs = True
+    #: Whether its dispatch only wakes the workers (``JobStore.notify``), which
+    #: ``enqueue`` may then fold into the INSERT.
+    notifies = False
 
     #: Whether a submitted run is handed off quickly (an HTTP request) rather than
     #: run to completion here: produce may then wait for room and claim more
@@ -387,6 +390,7 @@ class WorkerExecutor(Executor):
 
     name = "worker"
     runs_jobs = False
+    notifies = True
 
     def dispatch(self, job_id: str) -> None:
         self._notify()

@@ -40,7 +40,7 @@ from .planning import (
     plan,
 )
 from .scheduling import next_cron, retry_delays, validate_cron, zone
-from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row
+from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row, naive_utc
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -478,8 +478,14 @@ class Queue:
         )
         row = state.store.new_row(custom_id=id, payload=encode_payload(payload), **fields)
         conn = session.connection() if session is not None else None
+        due = row["run_at"] <= naive_utc(self.clock())
         if id is not None:
             job, created = state.store.insert_unique(row, override=override, conn=conn)
+        elif due and conn is None and state.executor.notifies:
+            # Idle workers are told in the INSERT's own statement: one round
+            # trip instead of two (a third of an enqueue->start on PostgreSQL).
+            state.store.insert([row], notify=True)
+            return state.store.to_job(row, payload=payload)
         else:
             state.store.insert([row], conn=conn)
             job, created = state.store.to_job(row, payload=payload), True

@@ -433,10 +433,28 @@ class JobStore:
 
     # -- writes from enqueue ----------------------------------------------------
 
-    def insert(self, rows: Sequence[Row], *, conn: Connection | None = None) -> None:
-        """Insert rows in one transaction, one round trip per INSERT_CHUNK rows."""
+    def insert(
+        self, rows: Sequence[Row], *, conn: Connection | None = None, notify: bool = False
+    ) -> None:
+        """Insert rows in one transaction, one round trip per INSERT_CHUNK rows.
+
+        ``notify`` (one row, no ``conn``) also wakes idle workers (see
+        ``notify``): on PostgreSQL in the same statement (``WITH ins AS (INSERT
+        …) SELECT pg_notify(…)``), so the NOTIFY goes out with the row's
+        commit; elsewhere workers poll, and it changes nothing.
+        """
         if not rows:
             return
+        if notify and conn is None and len(rows) == 1 and self.dialect == "postgresql":
+            ins = sa.insert(self.table).values(rows[0]).returning(self.table.c.id).cte("ins")
+            notifying = sa.select(sa.func.pg_notify(self.channel, "")).where(
+                sa.exists(sa.select(ins.c.id))
+            )
+            with _storage_errors("insert jobs"), self._one_statement() as c:
+                c.execute(notifying)
+            return
+        if notify and self.dialect == "postgresql":
+            raise ValueError("notify=True takes one row on its own connection")
         stmt = sa.insert(self.table)
         single = len(rows) <= INSERT_CHUNK
         with _storage_errors("insert jobs"), self._begin(conn, single=single) as c:

@@ -253,8 +253,11 @@ def test_an_idle_worker_wakes_when_a_due_job_is_enqueued(
         wait_until(listening, "the worker to LISTEN")
         for payload in ("one", "two"):
             with web.app_context():
-                queue.enqueue("echo", payload)
+                queue.enqueue("echo", payload)  # the NOTIFY rides in the INSERT
             wait_until(lambda p=payload: p in recorder.payloads("echo"), payload, timeout=10)
+        with web.app_context():
+            queue.enqueue_many("echo", ["three", "four"])  # a NOTIFY after the batch
+        wait_until(lambda: len(recorder.payloads("echo")) == 4, "the batch", timeout=10)
     finally:
         # Stopping waits out the current idle wait: wake it one last time.
         stop.set()
@@ -262,4 +265,5 @@ def test_an_idle_worker_wakes_when_a_due_job_is_enqueued(
             web.extensions["queue"].store.notify()
         thread.join(timeout=10)
     assert not thread.is_alive()
-    assert recorder.payloads("echo") == ["one", "two"]
+    assert recorder.payloads("echo")[:2] == ["one", "two"]
+    assert sorted(recorder.payloads("echo")[2:]) == ["four", "three"]
