@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_TABLE_NAME": DEFAULT_TABLE_NAME,
     "QUEUE_INVOKE_MAX_AGE": "5m",
     "QUEUE_DISPATCH_TIMEOUT": "2s",
+    "QUEUE_MAX_PAYLOAD": 1024 * 1024,  # bytes of JSON; None: no limit
 }
 
 
@@ -60,6 +61,7 @@ class QueueConfig:
     table_name: str
     invoke_max_age: timedelta
     dispatch_timeout: timedelta
+    max_payload: int | None
 
     @property
     def secret(self) -> str | None:
@@ -144,4 +146,7 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         table_name=table_name,
         invoke_max_age=_duration(config, "QUEUE_INVOKE_MAX_AGE"),
         dispatch_timeout=_duration(config, "QUEUE_DISPATCH_TIMEOUT"),
+        max_payload=None
+        if config["QUEUE_MAX_PAYLOAD"] is None
+        else _positive_int(config, "QUEUE_MAX_PAYLOAD"),
     )

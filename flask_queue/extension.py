@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
 from flask import Flask, current_app
 
+from . import signals
 from .config import DEFAULTS, QueueConfig, read_config
 from .durations import Duration
 from .errors import (
@@ -476,7 +477,8 @@ class Queue:
             retry=retry,
             priority=self._priority(name, priority),
         )
-        row = state.store.new_row(custom_id=id, payload=encode_payload(payload), **fields)
+        text = encode_payload(payload, state.config.max_payload)
+        row = state.store.new_row(custom_id=id, payload=text, **fields)
         conn = session.connection() if session is not None else None
         due = row["run_at"] <= naive_utc(self.clock())
         if id is not None:
@@ -485,10 +487,14 @@ class Queue:
             # Idle workers are told in the INSERT's own statement: one round
             # trip instead of two (a third of an enqueue->start on PostgreSQL).
             state.store.insert([row], notify=True)
-            return state.store.to_job(row, payload=payload)
+            job = state.store.to_job(row, payload=payload)
+            signals.send(signals.job_enqueued, state.app, job=job)
+            return job
         else:
             state.store.insert([row], conn=conn)
             job, created = state.store.to_job(row, payload=payload), True
+        if created:
+            signals.send(signals.job_enqueued, state.app, job=job)
         if created and job.run_at <= self.clock():
             self._dispatch_after_commit(state, [job.id], session)
         return job
@@ -529,7 +535,8 @@ class Queue:
             retry=retry,
             priority=self._priority(name, priority),
         )
-        encoded = [encode_payload(p) for p in items]  # every payload checked before any write
+        # Every payload checked before any write.
+        encoded = [encode_payload(p, state.config.max_payload) for p in items]
         # One row and one Job built in full, then copied per payload: the rows
         # differ only in id and payload, and building each from scratch was a
         # fifth of the cost of a batch.
@@ -539,6 +546,9 @@ class Queue:
         state.store.insert(rows, conn=conn)
         model = state.store.to_job(template, payload=None)
         jobs = [model._twin(r["id"], p) for r, p in zip(rows, items, strict=True)]
+        if signals.job_enqueued.receivers:
+            for job in jobs:
+                signals.send(signals.job_enqueued, state.app, job=job)
         if jobs and jobs[0].run_at <= self.clock():
             self._dispatch_after_commit(state, [j.id for j in jobs], session)
         return jobs

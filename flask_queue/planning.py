@@ -177,14 +177,21 @@ def _check_run_at(run_at: object, now: datetime) -> datetime:
     return when
 
 
-def encode_payload(payload: Any) -> str:
-    """JSON text of ``payload``, refusing anything that would not come back equal."""
+def encode_payload(payload: Any, max_bytes: int | None = None) -> str:
+    """JSON text of ``payload``, refusing anything that would not come back equal,
+    or that is longer than ``max_bytes`` bytes (``QUEUE_MAX_PAYLOAD``)."""
     try:
         text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidPayloadError(
             f"Payload {_short(payload)} is not JSON-serialisable: {exc}."
         ) from None
+    # json.dumps escapes every non-ASCII character: one character, one byte.
+    if max_bytes is not None and len(text) > max_bytes:
+        raise InvalidPayloadError(
+            f"Payload is {len(text):,} bytes of JSON, more than QUEUE_MAX_PAYLOAD"
+            f" ({max_bytes:,}): store large data elsewhere and enqueue its key."
+        )
     back = json.loads(text)
     if back != payload or type(back) is not type(payload):
         raise InvalidPayloadError(

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from flask import current_app
+
+from . import signals
 from .errors import StorageError
 from .job import Job
 from .scheduling import Schedule
@@ -213,6 +216,7 @@ def _run(
     now: Callable[[], datetime],
 ) -> Finish:
     delays = _delays(job, default_retry)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     if job.errors > len(delays):
         # Only runs whose runner died get here (the claim counted them): the
         # retries are used up, so fail the job instead of running it again.
@@ -220,13 +224,19 @@ def _run(
         earlier = dataclasses.replace(job, errors=job.errors - 1)
         outcome = after_failure(earlier, reason, default_retry, now())
         _log_failure(earlier, reason.strip().splitlines()[-1], outcome, len(delays))
+        signals.send(signals.job_failed, app, job=job, error=None, will_retry=False)
         return outcome
+    signals.send(signals.job_started, app, job=job)
+    started = time.perf_counter()
     try:
         func(job)
     except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure
         outcome = after_failure(job, "".join(traceback.format_exception(exc)), default_retry, now())
         _log_failure(job, repr(exc), outcome, len(delays))
+        retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
+        signals.send(signals.job_failed, app, job=job, error=exc, will_retry=retrying)
         return outcome
+    signals.send(signals.job_succeeded, app, job=job, duration=time.perf_counter() - started)
     return after_success(job, keep_completed, now())
 
 
