@@ -19,6 +19,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -51,17 +52,28 @@ NEWEST_FIRST = {JobStatus.FAILED.value, JobStatus.COMPLETED.value}
 PUBLIC_ENDPOINTS = {"queue.invoke", "queue.produce", "queue.static"}
 
 
-def allowed(state: QueueState) -> bool:
-    """Open in debug mode; otherwise only through the app's guard."""
+def access(state: QueueState) -> str | None:
+    """``"write"``, ``"read"`` or None (no access). Open in debug mode;
+    otherwise only through the app's guard, which returns True (or ``"write"``)
+    for full access, ``"read"`` to see everything and change nothing, and
+    anything false for none."""
     callback = state.queue.dashboard_auth_callback
     auth = state.config.dashboard_auth
     if callback is not None:
-        return bool(callback())
-    if callable(auth):
-        return bool(auth())
-    if isinstance(auth, str):
-        return _basic_auth_ok(auth)
-    return bool(current_app.debug)
+        granted: Any = callback()
+    elif callable(auth):
+        granted = auth()
+    elif isinstance(auth, str):
+        granted = _basic_auth_ok(auth)
+    else:
+        granted = current_app.debug
+    if granted == "read":
+        return "read"
+    return "write" if granted else None
+
+
+def allowed(state: QueueState) -> bool:
+    return access(state) is not None
 
 
 def _basic_auth_ok(expected: str) -> bool:
@@ -119,7 +131,9 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     def guard() -> Any:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return None
-        if not allowed(state):
+        granted = access(state)
+        g.flask_queue_access = granted
+        if granted is None:
             if isinstance(state.config.dashboard_auth, str):
                 return (
                     "Authentication required.",
@@ -134,6 +148,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
                 " QUEUE_DASHBOARD_AUTH / @queue.dashboard_auth.",
             )
         if request.method == "POST":
+            if granted != "write":
+                abort(403, "Read-only access to the job dashboard: nothing was changed.")
             try:
                 validate_csrf(request.form.get("csrf_token"))
             except (ValidationError, CSRFError) as exc:
@@ -156,6 +172,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         now = state.queue.clock()
         return {
             "csrf_token": generate_csrf,
+            "can_write": g.get("flask_queue_access") == "write",
             "now": now,
             "relative": lambda when: present.relative(when, now),
             "present": present,

@@ -348,3 +348,41 @@ def test_job_page_shows_a_priority(debug_app: Flask, queue: Queue) -> None:
     job = queue.enqueue("echo", "x", delay="1h", priority=7)
     page = debug_app.test_client().get(f"/_queue/job/{job.id}").get_data(as_text=True)
     assert "<dt>Priority</dt><dd>7 " in page
+
+
+@all_databases
+def test_a_read_only_guard_shows_everything_and_changes_nothing(
+    make_app: Any, queue: Queue, clock: Clock
+) -> None:
+    role = {"value": "read"}
+    queue.dashboard_auth(lambda: role["value"])
+    app = make_app(queue)
+    with app.app_context():
+        failed = _failed(queue, clock)
+        client = app.test_client()
+        for path in ("/_queue/", f"/_queue/job/{failed.id}", "/_queue/jobs/failed"):
+            page = client.get(path)
+            assert page.status_code == 200, path
+            assert 'method="post"' not in page.get_data(as_text=True), path
+        assert failed.id in client.get("/_queue/jobs/failed").get_data(as_text=True)
+        # A token from a page a writer saw does not help a reader.
+        role["value"] = "write"
+        token = _csrf(client, f"/_queue/job/{failed.id}")
+        role["value"] = "read"
+        before = row_snapshot(app)
+        for path, data in [
+            (f"/_queue/job/{failed.id}/retry", {"csrf_token": token}),
+            (f"/_queue/job/{failed.id}/delete", {"csrf_token": token}),
+            ("/_queue/bulk", {"action": "delete", "csrf_token": token}),
+            ("/_queue/queues/echo/pause", {"csrf_token": token}),
+        ]:
+            response = client.post(path, data=data)
+            assert response.status_code == 403, path
+            assert b"Read-only" in response.data
+        assert row_snapshot(app) == before
+        assert queue.queue_settings() == {}
+        role["value"] = "write"  # True works the same
+        response = client.post(f"/_queue/job/{failed.id}/retry", data={"csrf_token": token})
+        assert response.status_code == 303
+        role["value"] = ""  # anything false: no access
+        assert client.get("/_queue/").status_code == 403
