@@ -198,7 +198,7 @@ def list_command(status: str | None, queue_name: str | None, limit: int) -> None
     try:
         # jobs() may return an iterator over every match: read at most limit,
         # and inside the try, where its reads happen.
-        found = _queue().jobs(status=status, queue=queue_name, limit=limit)
+        found = _queue().jobs(status=status, queue=queue_name, limit=limit, payloads=False)
         jobs = list(itertools.islice(found, limit))
     except QueueError as exc:
         raise _fail(exc) from None

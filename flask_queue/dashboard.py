@@ -230,7 +230,12 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         after = _parse_after(request.args.get("after"))
         newest_first = value in NEWEST_FIRST
         rows = store.jobs(
-            status=value, queue=queue, limit=PAGE_SIZE + 1, after=after, newest_first=newest_first
+            status=value,
+            queue=queue,
+            limit=PAGE_SIZE + 1,
+            after=after,
+            newest_first=newest_first,
+            light=True,
         )
         more = len(rows) > PAGE_SIZE
         rows = rows[:PAGE_SIZE]
@@ -260,6 +265,19 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         if found is None:
             abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
         return render_template("flask_queue/job.html", job=found)
+
+    @bp.get("/job/<job_id>/payload.json")
+    def job_payload(job_id: str) -> Any:
+        found = store.get(job_id)
+        if found is None:
+            abort(404, f"No job with id {job_id!r}.")
+        # Masked like the page: the download is no way around the masking.
+        body = present.pretty_payload(found.payload)
+        return current_app.response_class(
+            body,
+            mimetype="application/json",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}-payload.json"'},
+        )
 
     @bp.post("/job/<job_id>/<action>")
     def job_action(job_id: str, action: str) -> Any:

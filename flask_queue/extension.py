@@ -597,14 +597,17 @@ class Queue:
         status: JobStatus | str | None = None,
         queue: str | None = None,
         limit: int | None = None,
+        payloads: bool = True,
     ) -> Iterator[Job[Any]]:
         """Every matching job (at most ``limit``), ordered by run time.
 
         ``status`` is the enum or its name. The iterator reads keyset pages
         as it goes, so it costs the same per job at any depth and never loads
-        the whole table at once.
+        the whole table at once. ``payloads=False`` (listings) reads no
+        payloads (``job.payload`` is None) and only the last 1,000 characters
+        of each ``reason``.
         """
-        jobs = self.store.iter_jobs(status=_status(status), queue=queue)
+        jobs = self.store.iter_jobs(status=_status(status), queue=queue, light=not payloads)
         return jobs if limit is None else itertools.islice(jobs, limit)
 
     def require(self, job_id: str) -> Job[Any]:

@@ -118,6 +118,19 @@ def pretty_payload(payload: Any) -> str:
     return json.dumps(mask(payload), indent=2, sort_keys=True, ensure_ascii=False)
 
 
+#: Characters of a payload the job page shows; the rest is a download.
+PAYLOAD_EXCERPT = 64 * 1024
+
+
+def payload_excerpt(payload: Any) -> tuple[str, int]:
+    """The pretty payload, cut at ``PAYLOAD_EXCERPT`` characters, and its full
+    length if it was cut (0 if not): a big payload's page stays small."""
+    text = pretty_payload(payload)
+    if len(text) <= PAYLOAD_EXCERPT:
+        return text, 0
+    return text[:PAYLOAD_EXCERPT], len(text)
+
+
 def limits(settings: dict[str, Any] | None) -> str:
     """A queue's stored limits in words: "one at a time", "3 at once", "10 per 1s"."""
     if not settings:

@@ -386,3 +386,59 @@ def test_a_read_only_guard_shows_everything_and_changes_nothing(
         assert response.status_code == 303
         role["value"] = ""  # anything false: no access
         assert client.get("/_queue/").status_code == 403
+
+
+@all_databases
+def test_lists_read_no_payloads_and_only_the_end_of_reasons(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    import sqlalchemy as sa
+
+    store = debug_app.extensions["queue"].store
+    queue.enqueue("echo", {"blob": "p" * 200_000}, delay="1h")
+    failed = _failed(queue, clock)
+    # A 20,000-character reason whose last line names the exception.
+    long_reason = "Traceback (most recent call last):\n" + "  frame\n" * 2500 + "KeyError: 'gone'"
+    with store.engine.begin() as c:
+        c.execute(
+            sa.update(store.table).where(store.table.c.id == failed.id).values(reason=long_reason)
+        )
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        client = debug_app.test_client()
+        scheduled = client.get("/_queue/jobs/scheduled").get_data(as_text=True)
+        failed_page = client.get("/_queue/jobs/failed").get_data(as_text=True)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    assert "p" * 1000 not in scheduled
+    assert "KeyError: &#39;gone&#39;" in failed_page or "KeyError: 'gone'" in failed_page
+    listing = [s for s in seen if "ORDER BY" in s and store.table.name in s]
+    assert listing and all(f"{store.table.name}.payload" not in s for s in listing)
+    listed = list(queue.jobs(status="FAILED", payloads=False))
+    assert listed[0].payload is None and len(listed[0].reason or "") <= 1000
+    assert queue.get(failed.id).reason == long_reason  # type: ignore[union-attr]
+
+
+def test_job_page_shows_an_excerpt_of_a_big_payload_and_offers_it_whole(
+    debug_app: Flask, queue: Queue
+) -> None:
+    import json as _json
+
+    payload = {"rows": ["r" * 100] * 2000, "api_token": "s3cret"}
+    job = queue.enqueue("echo", payload, delay="1h")
+    client = debug_app.test_client()
+    page = client.get(f"/_queue/job/{job.id}").get_data(as_text=True)
+    assert len(page) < 100_000
+    assert "Download the whole payload" in page
+    download = client.get(f"/_queue/job/{job.id}/payload.json")
+    assert download.status_code == 200
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    whole = _json.loads(download.get_data(as_text=True))
+    assert whole["rows"] == payload["rows"]
+    assert whole["api_token"] != "s3cret"  # masked like the page
+    assert client.get("/_queue/job/nope/payload.json").status_code == 404
