@@ -130,6 +130,8 @@ def _storable(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: Rounds of candidates a MySQL claim tries when other claimers locked the first ones.
+CANDIDATE_ROUNDS = 5
 #: Characters of ``reason`` a list reads: the end, where a traceback names its exception.
 REASON_TAIL = 1000
 #: Seconds between looks at the queue table while it holds no limited queue.
@@ -1179,25 +1181,7 @@ class JobStore:
                         room = limit - len(ids)
                         if room <= 0:
                             break
-                        # InnoDB locks every row a locking read looks at, and a
-                        # read sorted by priority looks at the whole due range:
-                        # pick candidates without locks, then lock just those
-                        # (still due, not taken meanwhile: the WHERE is re-checked).
-                        picked = list(
-                            c.execute(
-                                sa.select(t.c.id).where(where).order_by(*order).limit(2 * room)
-                            ).scalars()
-                        )
-                        if not picked:
-                            continue
-                        candidates = (
-                            sa.select(t.c.id)
-                            .where(where, t.c.id.in_(picked))
-                            .order_by(*order)
-                            .limit(room)
-                            .with_for_update(skip_locked=True)
-                        )
-                        ids += c.execute(candidates).scalars()
+                        ids += self._lock_candidates(c, where, order, room)
                     if not ids:
                         return []
                     c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
@@ -1209,6 +1193,49 @@ class JobStore:
                     raise
                 time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         return []  # pragma: no cover - the loop returns or raises
+
+    def _lock_candidates(
+        self, c: Connection, where: sa.ColumnElement[bool], order: list[Any], room: int
+    ) -> list[str]:
+        """MySQL: lock up to ``room`` rows matching ``where`` in ``order``.
+
+        InnoDB locks every row a locking read looks at, and a read sorted by
+        priority looks at the whole due range: so candidates are picked without
+        locks, then just those are locked (SKIP LOCKED; the WHERE is checked
+        again, so a row taken meanwhile is not). Candidates that other claimers
+        locked first are passed over for the next ones, a few rounds at most:
+        a claim must not come back empty while due jobs are free.
+        """
+        t = self.table
+        locked: list[str] = []
+        seen: list[str] = []
+        for _ in range(CANDIDATE_ROUNDS):
+            need = room - len(locked)
+            if need <= 0:
+                break
+            pick = sa.select(t.c.id).where(where).order_by(*order).limit(2 * need)
+            if seen:
+                pick = pick.where(t.c.id.not_in(seen))
+            picked = list(c.execute(pick).scalars())
+            if not picked:
+                break
+            seen += picked
+            # By primary key, unsorted: a locking read through a secondary index
+            # (with a filesort) locks every entry it scans, here every scheduled
+            # row. This one locks at most the candidates; those beyond ``need``
+            # are let go at commit.
+            free = set(
+                c.execute(
+                    sa.select(t.c.id)
+                    .with_hint(t, "FORCE INDEX (PRIMARY)", "mysql")
+                    .where(where, t.c.id.in_(picked))
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            locked += [i for i in picked if i in free][:need]
+            if len(picked) < 2 * need:
+                break  # no more candidates than these
+        return locked
 
     def _unstarted(self, job_id: Any, attempt: Any) -> sa.ColumnElement[bool]:
         """The claimed run ``attempt`` of ``job_id``, not yet started by anyone

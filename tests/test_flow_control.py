@@ -16,7 +16,7 @@ from flask import Flask
 from flask_queue import Job, Queue
 from flask_queue.errors import InvalidOptionError, UnknownQueueError
 from flask_queue.executors import ThreadExecutor
-from tests.conftest import AppFactory, Clock, Recorder, all_databases
+from tests.conftest import AppFactory, Clock, Recorder, all_databases, server_databases
 
 LEASE = timedelta(minutes=1)
 PRODUCERS = 8
@@ -353,3 +353,27 @@ def test_a_limited_queues_job_enqueued_due_is_dispatched_under_its_limit(
         queue.enqueue("solo", 1)  # inline: claimed through the limited path, runs now
         assert ran == [1]
         assert all_rows(app) == []
+
+
+@server_databases
+def test_a_claim_passes_over_rows_another_claimer_holds(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
+    # Another claimer holds the 40 best candidates (a transaction still open):
+    # this claim must take the next free ones, not come back empty.
+    store = app.extensions["queue"].store
+    best = [j.id for j in queue.enqueue_many("echo", list(range(40)), delay="1s", priority=5)]
+    rest = {j.id for j in queue.enqueue_many("echo", list(range(40, 60)), delay="1s")}
+    clock.advance(1)
+    t = store.table
+    engine = store.engine
+    if store.dialect == "mysql":
+        engine = engine.execution_options(isolation_level="READ COMMITTED")
+    with engine.connect() as other:
+        held = other.begin()
+        # One by primary key: a scan would lock every row it reads on InnoDB.
+        for job_id in best:
+            other.execute(sa.select(t.c.id).where(t.c.id == job_id).with_for_update()).all()
+        claimed = store.claim(5, LEASE)
+        held.rollback()
+    assert len(claimed) == 5 and {c.id for c in claimed} <= rest
