@@ -20,6 +20,8 @@ def main(url: str, table_name: str, batch: int, start_file: str) -> None:
         lambda: engine, job_table(sa.MetaData(), table_name), lambda: datetime.now(timezone.utc)
     )
     store.engine.connect().close()
+    # Ready (imported, connected): the test starts everyone together only then.
+    open(f"{start_file}.ready.{os.getpid()}", "w").close()
     while not os.path.exists(start_file):  # all processes start claiming together
         time.sleep(0.005)
     ids: list[str] = []

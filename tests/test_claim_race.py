@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def test_processes_claim_each_job_once(
         )
         for _ in range(PRODUCERS)
     ]
+    # Only once every process is imported and connected: a claim of the whole
+    # backlog takes ~50 ms now, less than one interpreter's start-up, so a
+    # process that started first could otherwise claim every job alone.
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go.ready.*"))) < PRODUCERS:
+        assert time.monotonic() < deadline, "the claimer processes did not start"
+        assert all(p.poll() is None for p in procs), "a claimer process died"
+        time.sleep(0.01)
     start.touch()
     claims: list[list[str]] = []
     for proc in procs:
