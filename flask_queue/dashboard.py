@@ -49,7 +49,7 @@ FAILURE_SAMPLE = 1_000
 STATUSES = [s.value for s in JobStatus]
 #: Lists of finished jobs read newest first; upcoming ones soonest first.
 NEWEST_FIRST = {JobStatus.FAILED.value, JobStatus.COMPLETED.value}
-PUBLIC_ENDPOINTS = {"queue.invoke", "queue.produce", "queue.static"}
+PUBLIC_ENDPOINTS = {"queue.invoke", "queue.produce", "queue.metrics", "queue.static"}
 
 
 def access(state: QueueState) -> str | None:

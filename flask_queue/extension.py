@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib.util
 import inspect
 import itertools
 import logging
@@ -204,6 +205,8 @@ class QueueState:
     heartbeat: Heartbeat
     finisher: Finisher
     scheduler: Any = None
+    #: Prometheus metrics, when prometheus_client is installed (``metrics.py``).
+    metrics: Any = None
 
 
 @dataclass
@@ -293,6 +296,10 @@ class Queue:
         # claim (then at every produce): claims in every process read them there.
         store.before_claim = lambda: self._store_limits(state)
         app.extensions["queue"] = state
+        if importlib.util.find_spec("prometheus_client") is not None:
+            from .metrics import Metrics
+
+            state.metrics = Metrics(state)
 
         from .views import make_blueprint
 

@@ -684,6 +684,15 @@ class JobStore:
         with _storage_errors("count jobs"), self.engine.connect() as c:
             return {(s, q): n for s, q, n in c.execute(stmt)}
 
+    def oldest_due(self, queue: str) -> datetime | None:
+        """The ``run_at`` of the queue's oldest due, unclaimed job: one probe of
+        (queue, status, run_at)."""
+        t = self.table
+        stmt = sa.select(sa.func.min(t.c.run_at)).where(t.c.queue == queue, self._due(self.now()))
+        with _storage_errors("read the queue lag"), self.engine.connect() as c:
+            value = c.execute(stmt).scalar()
+        return naive_utc(value) if value is not None else None
+
     def count_due_capped(self, cap: int, queue: str) -> int:
         """Jobs of ``queue`` that are due and not claimed (waiting on a pause or
         a limit), stopping at ``cap`` + 1: a range on (queue, status, run_at)."""

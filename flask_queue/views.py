@@ -48,6 +48,21 @@ def _read_at_most(stream: IO[bytes], limit: int) -> bytes:
     return bytes(body)
 
 
+def _bearer_denied(state: QueueState) -> Any:
+    """None if the request carries the produce bearer token; else the answer."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    try:
+        expected = state.queue.produce_token()
+    except ConfigError as exc:  # no token and no secret: nobody may
+        return _error(503, str(exc))
+    if scheme.lower() != "bearer" or not tokens_equal(given.strip(), expected):
+        response = jsonify(error="Missing or wrong bearer token.")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response, 401
+    return None
+
+
 def make_blueprint(state: QueueState) -> Blueprint:
     """A new blueprint per app, so no app's state leaks into another's."""
     bp = Blueprint(
@@ -91,17 +106,22 @@ def make_blueprint(state: QueueState) -> Blueprint:
 
     @bp.route("/produce", methods=["GET", "POST"])
     def produce() -> Any:
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        try:
-            expected = state.queue.produce_token()
-        except ConfigError as exc:  # no token and no secret: nobody may produce
-            return _error(503, str(exc))
-        if scheme.lower() != "bearer" or not tokens_equal(given.strip(), expected):
-            response = jsonify(error="Missing or wrong bearer token.")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response, 401
+        denied = _bearer_denied(state)
+        if denied is not None:
+            return denied
         return jsonify(state.queue.produce().as_dict())
+
+    @bp.get("/metrics")
+    def metrics() -> Any:
+        denied = _bearer_denied(state)
+        if denied is not None:
+            return denied
+        if state.metrics is None:
+            return _error(
+                501, "GET /metrics needs prometheus_client: pip install 'flask_queue[metrics]'."
+            )
+        body, content_type = state.metrics.exposition()
+        return Response(body, content_type=content_type)
 
     @bp.before_app_request
     def exempt_from_csrf() -> None:

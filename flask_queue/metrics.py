@@ -1,0 +1,132 @@
+"""Prometheus metrics at ``GET <prefix>/metrics`` (optional: ``flask_queue[metrics]``).
+
+Two kinds, in one registry per app:
+
+- read from the database at each scrape, the same numbers in every process:
+  ``flask_queue_jobs{queue,status}`` (capped like the dashboard's counts, so a
+  scrape never reads more than 10,001 index entries per cell) and
+  ``flask_queue_oldest_due_seconds{queue}``, how long the oldest due job of
+  each queue has waited (queue lag, one index probe per queue);
+- counted by this process from the run signals: ``flask_queue_runs_started_total``,
+  ``..._succeeded_total``, ``..._failed_total`` and the histogram
+  ``flask_queue_run_duration_seconds``, per queue. Prometheus sums them over the
+  processes it scrapes (each worker serves its own only if it serves HTTP; the
+  web processes' counters cover the ``http`` and ``thread`` executors).
+
+The endpoint takes the produce bearer token (``flask queue token``): scrapers are
+machines, like the cron that pings ``/produce``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import signals
+from .errors import ConfigError
+from .job import JobStatus
+
+if TYPE_CHECKING:
+    from .extension import QueueState
+
+#: Counts stop here, as the dashboard's queue cells do.
+CELL_CAP = 10_000
+
+
+def require_prometheus_client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConfigError(
+            "GET /metrics needs prometheus_client: pip install 'flask_queue[metrics]'."
+        ) from None
+    return prometheus_client
+
+
+class Metrics:
+    """The registry of one app and the signal receivers that feed it."""
+
+    def __init__(self, state: QueueState) -> None:
+        prom = require_prometheus_client()
+        self.state = state
+        self.registry = prom.CollectorRegistry()
+        labels = ["queue"]
+        self.started = prom.Counter(
+            "flask_queue_runs_started",
+            "Runs started in this process.",
+            labels,
+            registry=self.registry,
+        )
+        self.succeeded = prom.Counter(
+            "flask_queue_runs_succeeded",
+            "Runs whose handler returned, in this process.",
+            labels,
+            registry=self.registry,
+        )
+        self.failed = prom.Counter(
+            "flask_queue_runs_failed",
+            "Runs whose handler raised, in this process.",
+            labels,
+            registry=self.registry,
+        )
+        self.duration = prom.Histogram(
+            "flask_queue_run_duration_seconds",
+            "How long successful handlers ran.",
+            labels,
+            registry=self.registry,
+        )
+        self.registry.register(_TableCollector(state, prom))
+        # Bound methods: blinker holds receivers weakly, and the state holds this.
+        signals.job_started.connect(self._started, sender=state.app)
+        signals.job_succeeded.connect(self._succeeded, sender=state.app)
+        signals.job_failed.connect(self._failed, sender=state.app)
+
+    def _started(self, _: Any, job: Any, **__: Any) -> None:
+        self.started.labels(job.queue).inc()
+
+    def _succeeded(self, _: Any, job: Any, duration: float, **__: Any) -> None:
+        self.succeeded.labels(job.queue).inc()
+        self.duration.labels(job.queue).observe(duration)
+
+    def _failed(self, _: Any, job: Any, **__: Any) -> None:
+        self.failed.labels(job.queue).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        prom = require_prometheus_client()
+        return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
+
+
+class _TableCollector:
+    """Reads the job table at scrape time."""
+
+    def __init__(self, state: QueueState, prom: Any) -> None:
+        self.state = state
+        self.prom = prom
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily: no database read at registration
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        store = self.state.store
+        names = sorted(self.state.queue.handlers)
+        jobs = GaugeMetricFamily(
+            "flask_queue_jobs",
+            f"Jobs per queue and status (counts stop at {CELL_CAP + 1:,}).",
+            labels=["queue", "status"],
+        )
+        lag = GaugeMetricFamily(
+            "flask_queue_oldest_due_seconds",
+            "How long the oldest due, unclaimed job of the queue has waited (0: none).",
+            labels=["queue"],
+        )
+        now = store.now()
+        for name in names:
+            for status in JobStatus:
+                count = store.count_capped(CELL_CAP, status=status.value, queue=name)
+                jobs.add_metric([name, status.value], count)
+            oldest = store.oldest_due(name)
+            lag.add_metric([name], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+        yield jobs
+        yield lag
