@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -99,9 +100,22 @@ def _storage_errors(action: str) -> Iterator[None]:
             exc.hide_parameters = True
         orig = getattr(exc, "orig", None) or exc
         first_line = (str(orig).strip().splitlines() or [""])[0][:300]
-        error = StorageError(f"Could not {action}: {type(orig).__name__}: {first_line}")
+        message = f"Could not {action}: {type(orig).__name__}: {first_line}"
+        if _MISSING_SCHEMA.search(first_line):
+            message += (
+                " (the table or a column is missing: create it with db.create_all(), or"
+                " run `flask db migrate` and `flask db upgrade` after upgrading flask_queue)"
+            )
+        error = StorageError(message)
         error.transient = _is_outage(exc)
         raise error from exc
+
+
+#: The drivers' words for a table or column that is not there (SQLite, PostgreSQL,
+#: MySQL/MariaDB): a schema an upgrade has not migrated yet.
+_MISSING_SCHEMA = re.compile(
+    r"no such (table|column)|(relation|column) .* does not exist|doesn't exist|Unknown column"
+)
 
 
 def _is_dbapi_error(exc: BaseException) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_queue import JobStatus, Queue
-from tests.conftest import AppFactory, Clock, Recorder
+from tests.conftest import AppFactory, Clock, Recorder, all_databases
 
 
 def test_help_lists_every_command(runner: Any) -> None:
@@ -165,7 +165,24 @@ def test_storage_errors_are_one_line(make_app: AppFactory, queue: Queue, args: l
     with app.app_context():
         app.extensions["queue"].store.table.drop(app.extensions["queue"].store.engine)
         result = app.test_cli_runner().invoke(args=["queue", *args])
-    assert "Could not" in _one_error_line(result)
+    line = _one_error_line(result)
+    assert "Could not" in line
+    assert "flask db upgrade" in line  # says how to fix it
+
+
+@all_databases
+def test_a_queue_table_not_migrated_yet_says_how_to_fix_it(
+    make_app: AppFactory, queue: Queue
+) -> None:
+    from flask_queue import StorageError
+
+    app = make_app(queue)
+    with app.app_context():
+        store = app.extensions["queue"].store
+        store.queues.drop(store.engine)
+        with pytest.raises(StorageError, match=r"flask db migrate.*flask db upgrade"):
+            queue.produce()
+        store.queues.create(store.engine)  # for the teardown's drop_all
 
 
 @pytest.mark.parametrize(
