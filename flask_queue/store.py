@@ -652,12 +652,17 @@ class JobStore:
                 return [self.to_job(r, payload=None) for r in c.execute(stmt)]
             return [self.to_job(r) for r in c.execute(stmt)]
 
-    def _light_columns(self) -> list[Any]:
+    def _reason_tail(self) -> Any:
+        """The last ``REASON_TAIL`` characters of ``reason``, where a traceback
+        names its exception: lists and the failures overview need no more."""
         t = self.table
         if self.dialect == "sqlite":
-            tail: Any = sa.func.substr(t.c.reason, -REASON_TAIL)
-        else:
-            tail = sa.func.right(t.c.reason, REASON_TAIL)
+            return sa.func.substr(t.c.reason, -REASON_TAIL)
+        return sa.func.right(t.c.reason, REASON_TAIL)
+
+    def _light_columns(self) -> list[Any]:
+        t = self.table
+        tail = self._reason_tail()
         return [
             sa.literal(None).label("payload")
             if c.name == "payload"
@@ -738,9 +743,10 @@ class JobStore:
             return int(c.execute(stmt).scalar_one())
 
     def recent_failures(self, limit: int, queue: str | None = None) -> list[tuple[str, str | None]]:
-        """(queue, reason) of the latest ``limit`` FAILED jobs, newest first."""
+        """(queue, the end of reason) of the latest ``limit`` FAILED jobs, newest
+        first: the exception's line, not a thousand whole tracebacks."""
         t = self.table
-        stmt = sa.select(t.c.queue, t.c.reason).where(t.c.status == FAILED)
+        stmt = sa.select(t.c.queue, self._reason_tail()).where(t.c.status == FAILED)
         if queue is not None:
             stmt = stmt.where(t.c.queue == queue)
         stmt = stmt.order_by(t.c.run_at.desc()).limit(limit)

@@ -442,3 +442,22 @@ def test_job_page_shows_an_excerpt_of_a_big_payload_and_offers_it_whole(
     assert whole["rows"] == payload["rows"]
     assert whole["api_token"] != "s3cret"  # masked like the page
     assert client.get("/_queue/job/nope/payload.json").status_code == 404
+
+
+@all_databases
+def test_failures_overview_groups_long_tracebacks_by_their_last_line(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    import sqlalchemy as sa
+
+    store = debug_app.extensions["queue"].store
+    failed = _failed(queue, clock)
+    long_reason = "Traceback (most recent call last):\n" + "  frame\n" * 5000 + "TimeoutError: slow"
+    with store.engine.begin() as c:
+        c.execute(
+            sa.update(store.table).where(store.table.c.id == failed.id).values(reason=long_reason)
+        )
+    (queue_name, tail), *_ = store.recent_failures(10)
+    assert queue_name == "boom" and tail.endswith("TimeoutError: slow") and len(tail) <= 1000
+    page = debug_app.test_client().get("/_queue/").get_data(as_text=True)
+    assert "<code>TimeoutError</code>" in page
