@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self';"
     " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+log = logging.getLogger("flask_queue")
 PAGE_SIZE = 50
 #: Counts stop here and show "100,000+": a count never reads more index entries.
 TOTAL_CAP = 100_000
@@ -67,9 +69,19 @@ def access(state: QueueState) -> str | None:
         granted = _basic_auth_ok(auth)
     else:
         granted = current_app.debug
+    # Fail closed: only True or "write" may change anything. A role name the
+    # guard invented ("readonly", "viewer", "none") is no access, and says so.
+    if granted is True or granted == "write":
+        return "write"
     if granted == "read":
         return "read"
-    return "write" if granted else None
+    if granted:
+        log.warning(
+            "flask_queue: the dashboard guard returned %r; it may return True or"
+            ' "write" (full access), "read" (read-only) or False. No access given.',
+            granted,
+        )
+    return None
 
 
 def allowed(state: QueueState) -> bool:

@@ -717,8 +717,16 @@ class Queue:
                 log.warning("flask_queue: produce stopped claiming early (%s)", exc)
                 more = True
                 break
-            for job in jobs:
-                runner.submit(job)
+            for i, job in enumerate(jobs):
+                try:
+                    runner.submit(job)
+                except BaseException:
+                    # The rest of the batch will not run here: out of the
+                    # heartbeat, so their leases run out and they are claimed
+                    # again, instead of being kept alive by this process forever.
+                    for left in jobs[i:]:
+                        state.heartbeat.discard(left.id, left.attempt)
+                    raise
             claimed += len(jobs)
             if len(jobs) < room:
                 break

@@ -272,7 +272,9 @@ class Listener:
     def open(cls, conn: Any, channel: str) -> Listener | None:
         listen = 'LISTEN "' + channel.replace('"', '""') + '"'
         module = type(conn).__module__.split(".")[0]
-        if module == "psycopg" and "timeout" in getattr(conn.notifies, "__kwdefaults__", {}):
+        # psycopg 3.1's notifies() takes no timeout (its __kwdefaults__ is None).
+        takes_timeout = "timeout" in (getattr(conn.notifies, "__kwdefaults__", None) or {})
+        if module == "psycopg" and takes_timeout:
             conn.autocommit = True
             conn.execute(listen)
             return cls(conn, "psycopg")
@@ -1636,7 +1638,11 @@ class JobStore:
             # Detached: the listening connection is the worker's for its whole
             # life, not a pool slot that other code could be handed mid-LISTEN.
             raw.detach()
-            listener = Listener.open(conn, self.channel)
+            try:
+                listener = Listener.open(conn, self.channel)
+            except BaseException:
+                raw.close()
+                raise
         if listener is None:
             raw.close()
         return listener

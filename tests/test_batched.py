@@ -267,3 +267,36 @@ def test_an_idle_worker_wakes_when_a_due_job_is_enqueued(
     assert not thread.is_alive()
     assert recorder.payloads("echo")[:2] == ["one", "two"]
     assert sorted(recorder.payloads("echo")[2:]) == ["four", "three"]
+
+
+def test_a_driver_without_a_listen_timeout_makes_the_worker_poll() -> None:
+    # psycopg 3.1: notifies() takes no timeout (its __kwdefaults__ is None).
+    from flask_queue.store import Listener
+
+    class Connection:
+        def notifies(self) -> Any:
+            raise AssertionError("not called")
+
+    Connection.__module__ = "psycopg"
+    assert Listener.open(Connection(), "channel") is None
+
+
+@all_databases
+def test_a_batch_that_cannot_all_be_handed_off_leaves_no_lease_kept_alive(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
+    state = app.extensions["queue"]
+    due_jobs(app, queue, clock, "echo", [1, 2, 3])
+    executor = __import__("flask_queue.executors", fromlist=["x"]).InlineExecutor(state)
+    calls: list[Any] = []
+
+    def submit(job: Any) -> None:
+        calls.append(job)
+        if len(calls) == 2:
+            raise RuntimeError("the executor broke")
+        executor.deliver(job)
+
+    executor.submit = submit  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="the executor broke"):
+        queue.produce(executor=executor)
+    assert state.heartbeat.running() == []  # nothing claimed is kept alive by this process

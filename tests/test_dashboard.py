@@ -461,3 +461,17 @@ def test_failures_overview_groups_long_tracebacks_by_their_last_line(
     assert queue_name == "boom" and tail.endswith("TimeoutError: slow") and len(tail) <= 1000
     page = debug_app.test_client().get("/_queue/").get_data(as_text=True)
     assert "<code>TimeoutError</code>" in page
+
+
+@pytest.mark.parametrize("granted", ["readonly", "Read", "viewer", "none", "false", b"read", 1])
+def test_a_guard_value_that_is_no_known_role_gives_no_access(
+    make_app: Any, queue: Queue, granted: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue.dashboard_auth(lambda: granted)
+    app = make_app(queue)
+    with app.app_context():
+        client = app.test_client()
+        assert client.get("/_queue/").status_code == 403
+        assert client.post("/_queue/queues/echo/pause").status_code == 403
+        assert queue.queue_settings() == {}
+    assert "No access given" in caplog.text
