@@ -47,11 +47,22 @@ class Finisher:
         self.heartbeat = heartbeat
         self.size = size
         self._pending: list[tuple[Job[Any], Finish]] = []
+        #: Runs whose handlers began, to mark started (``JobStore.mark_started``).
+        self._starts: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         #: Held while a batch is written: ``flush`` waits for the writer's batch too.
         self._writing = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def started(self, job: Job[Any]) -> None:
+        """Note that a run's handler begins; marked in the database within
+        ``FLUSH_DELAY`` (a process that dies sooner costs that run no attempt:
+        a handler that kills its process faster than that is re-run each lease
+        instead of ending FAILED)."""
+        with self._lock:
+            self._starts.append((job.id, job.attempt))
+            self._ensure_thread()
 
     def add(self, job: Job[Any], outcome: Finish) -> None:
         """Queue a run's outcome; it is written within ``FLUSH_DELAY``."""
@@ -60,15 +71,31 @@ class Finisher:
             self._pending.append((job, outcome))
             if len(self._pending) >= self.size:
                 self._wake.set()
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="flask_queue-finisher", daemon=True
-                )
-                self._thread.start()
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        # Called with the lock held.
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="flask_queue-finisher", daemon=True
+            )
+            self._thread.start()
+
+    def _write_starts(self) -> None:
+        with self._lock:
+            starts, self._starts = self._starts, []
+        if not starts:
+            return
+        try:
+            self.store.mark_started(starts)
+        except Exception:
+            # Only the crash accounting is lost: a death of these runs' process
+            # would not count as an attempt. Their outcomes still get written.
+            log.warning("flask_queue: could not mark %d run(s) started", len(starts), exc_info=True)
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + len(self._starts)
 
     def flush(self, patience: float | None = None) -> None:
         """Write every pending outcome now, and wait for a batch being written.
@@ -79,6 +106,7 @@ class Finisher:
         """
         while True:
             with self._writing:
+                self._write_starts()
                 batch = self._take()
                 if batch:
                     self._write(batch, patience)
@@ -95,11 +123,13 @@ class Finisher:
             self._wake.wait(FLUSH_DELAY)
             self._wake.clear()
             with self._writing:
+                had_starts = bool(self._starts)
+                self._write_starts()
                 batch = self._take()
                 if batch:
                     self._write(batch)
             with self._lock:
-                if not self._pending and not batch:
+                if not self._pending and not self._starts and not batch and not had_starts:
                     self._thread = None  # idle for a whole delay: the next add restarts it
                     return
 

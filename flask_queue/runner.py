@@ -80,6 +80,10 @@ def run_claimed(state: QueueState, job: Job[Any], finisher: Finisher | None) -> 
     """
     with state.app.app_context():
         try:
+            if finisher is not None:
+                finisher.started(job)
+            else:
+                state.store.mark_started([(job.id, job.attempt)])
             outcome = decide(state, job)
         except BaseException:
             state.heartbeat.discard(job.id, job.attempt)

@@ -916,12 +916,15 @@ class JobStore:
     def claim_started(
         self, limit: int, lease: timedelta, *, ids: Sequence[str] | None = None
     ) -> list[Job[Any]]:
-        """``claim`` for a runner in this process: the claim also starts the runs.
+        """``claim`` for a runner in this process: full jobs come back, ready to run.
 
         The thread executor and the worker run what they claim themselves; no
-        request can be replayed on the way, so the start needs no statement of
-        its own. Full jobs come back, ready to run. A row this release cannot
-        read is failed here, with the reason (see ``start``).
+        request can be replayed on the way, so no statement per job starts the
+        run: the runner reports each start to its ``Finisher``, which marks them
+        in batches (``mark_started``). Until then a run is claimed, not started:
+        a process that dies with claimed runs still queued costs them no
+        attempt. A row this release cannot read is failed here, with the
+        reason (see ``start``).
         """
         jobs: list[Job[Any]] = []
         for row in self._claim(limit, lease, ids, start=True):
@@ -1185,7 +1188,7 @@ class JobStore:
             (t.c.status, RUNNING),
             (t.c.attempt, t.c.attempt + 1),
             (t.c.lease_until, lease_until),
-            (t.c.started_at, now if start else None),
+            (t.c.started_at, None),  # set when a runner begins it (start, mark_started)
             (t.c.updated_at, now),
         ]
 
@@ -1423,6 +1426,25 @@ class JobStore:
                     )
                 )
             return True
+
+    def mark_started(self, runs: Sequence[tuple[str, int]]) -> None:
+        """Record that these claimed runs (id, attempt) began their handlers, in
+        one statement per chunk: from then on a death of their process counts
+        as a failed attempt (see ``_claim_values``). Only a run still RUNNING
+        and unstarted is touched: an outcome written first stays as it is."""
+        t = self.table
+        now = self.now()
+        with _storage_errors("mark runs started"), self._one_statement() as c:
+            for chunk in _chunks(list(runs)):
+                c.execute(
+                    sa.update(t)
+                    .where(
+                        t.c.status == RUNNING,
+                        t.c.started_at.is_(None),
+                        sa.tuple_(t.c.id, t.c.attempt).in_(chunk),
+                    )
+                    .values(started_at=now)
+                )
 
     def finish_many(self, runs: Sequence[tuple[Job[Any], Finish]]) -> int:
         """Apply many runs' outcomes, one statement per kind of outcome; return

@@ -60,35 +60,45 @@ def rows(app: Flask) -> dict[Any, Any]:
 
 
 @all_databases
-def test_claim_started_starts_the_runs_it_claims(app: Flask, queue: Queue, clock: Clock) -> None:
+def test_claim_started_claims_whole_jobs_in_one_statement(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
     store = app.extensions["queue"].store
     due_jobs(app, queue, clock, "echo", [{"n": i} for i in range(5)])
     with statements(app) as seen:
         jobs = store.claim_started(10, LEASE)
     assert sorted(j.payload["n"] for j in jobs) == list(range(5))  # whole jobs, ready to run
-    assert all(j.started_at == clock() and j.attempt == 1 for j in jobs)
+    assert all(j.attempt == 1 for j in jobs)
     writes = [s for s in seen if f"UPDATE {store.table.name} SET" in s]
-    assert len(writes) == 1  # one statement claims and starts the batch
+    assert len(writes) == 1  # one statement claims the batch
     for row in rows(app).values():
-        assert row.status == "RUNNING" and row.started_at is not None
+        # Claimed, not started: the runner marks each start when it begins.
+        assert row.status == "RUNNING" and row.started_at is None
     assert store.claim_started(10, LEASE) == []
-    # A started run is not the invoke endpoint's to start again.
-    job = jobs[0]
-    assert store.start(job.id, job.attempt, LEASE) == (None, "stale")
+    store.mark_started([(j.id, j.attempt) for j in jobs[:2]])
+    started = [r for r in rows(app).values() if r.started_at is not None]
+    assert sorted(r.id for r in started) == sorted(j.id for j in jobs[:2])
 
 
 @all_databases
-def test_a_killed_claimed_run_is_reclaimed_after_its_lease_as_a_failed_attempt(
+def test_a_run_killed_before_its_handler_began_costs_no_attempt(
     app: Flask, queue: Queue, clock: Clock
 ) -> None:
-    # The claim started it: a process that died right after the claim counts
-    # as a run that died (one attempt used), like any run killed mid-handler.
+    # Claimed and queued in a process that died before a thread took it: the
+    # job is claimed again after the lease, with no attempt used (retry=0
+    # jobs must not end FAILED without having run).
     store = app.extensions["queue"].store
-    due_jobs(app, queue, clock, "flaky", ["x"])
+    queue.enqueue("flaky", "x", delay="1s", retry=0)
+    clock.advance(1)
     (job,) = store.claim_started(1, LEASE)
     clock.advance(61)
     (again,) = store.claim_started(1, LEASE)
-    assert again.id == job.id and again.attempt == 2 and again.errors == 1
+    assert again.id == job.id and again.attempt == 2 and again.errors == 0
+    # Once its start is marked, a death counts (crash loops end FAILED).
+    store.mark_started([(again.id, again.attempt)])
+    clock.advance(61)
+    (third,) = store.claim_started(1, LEASE)
+    assert third.attempt == 3 and third.errors == 1
 
 
 @all_databases

@@ -307,9 +307,11 @@ def test_rate_limit_holds_in_every_window_across_eight_producers(
 ) -> None:
     queue = Queue()  # the real clock: the limit is over real seconds
 
+    claimed_at: list[Any] = []
+
     @queue.handler("api", rate="10/s")
     def api(job: Job[int]) -> None:
-        return None
+        claimed_at.append(job.updated_at)  # the claim's time: the rate gates claims
 
     first = make_app(queue, QUEUE_KEEP_COMPLETED="1h")  # keep started_at to check
     apps = [first] + [
@@ -330,7 +332,8 @@ def test_rate_limit_holds_in_every_window_across_eight_producers(
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
-    starts = sorted(r.started_at for r in all_rows(first))
+    starts = sorted(claimed_at)
+    assert len(starts) == 25
     for i, begin in enumerate(starts):
         in_window = [s for s in starts[i:] if s - begin < timedelta(seconds=1)]
         assert len(in_window) <= 10, " ".join(str(s)[17:] for s in starts)
