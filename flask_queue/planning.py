@@ -156,7 +156,10 @@ def parse_rate(rate: object) -> tuple[int, timedelta]:
             window = None
     if (
         window is None
-        or window <= timedelta(0)
+        # Stored as whole milliseconds: a shorter or finer window would round to
+        # another one (0 ms: no limit at all).
+        or window < timedelta(milliseconds=1)
+        or window % timedelta(milliseconds=1)
         or not count.strip().isdigit()
         or not 1 <= int(count) <= MAX_RATE
     ):

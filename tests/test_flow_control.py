@@ -161,6 +161,8 @@ def test_cli_pause_and_resume(app: Flask, queue: Queue, runner: Any, clock: Cloc
         ({"concurrency": 2, "exclusive": True}, "contradicts concurrency=2"),
         ({"rate": "10/q"}, "Invalid rate '10/q'"),
         ({"rate": "0/s"}, "Invalid rate '0/s'"),
+        ({"rate": "1/0.0001s"}, "Invalid rate '1/0.0001s'"),
+        ({"rate": "5/1.0005s"}, "Invalid rate '5/1.0005s'"),
         ({"rate": "20000/s"}, "at most 10,000 per period"),
         ({"priority": 500}, "Invalid priority 500"),
     ],
