@@ -383,9 +383,10 @@ class Queue:
 
         return decorator
 
-    def _store_limits(self, state: QueueState) -> None:
+    def _store_limits(self, state: QueueState, *, prune: bool = False) -> None:
         state.store.sync_limits(
-            {n: (h.limits.concurrency, h.limits.rate) for n, h in self.handlers.items()}
+            {n: (h.limits.concurrency, h.limits.rate) for n, h in self.handlers.items()},
+            prune=prune,
         )
         state.store.before_claim = None
 
@@ -651,7 +652,11 @@ class Queue:
             )
 
         declared = {c.name: (c.expr, c.tz) for c in crons.values()}
-        return state.store.sync_crons(declared, row_for, prune=prune)
+        result = state.store.sync_crons(declared, row_for, prune=prune)
+        if prune:
+            # The deploy-time sync also clears the limits this release dropped.
+            self._store_limits(state, prune=True)
+        return result
 
     def produce(
         self,

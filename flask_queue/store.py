@@ -1586,18 +1586,27 @@ class JobStore:
         self._write_queue(name, {"paused": paused}, action="pause a queue")
 
     def sync_limits(
-        self, declared: dict[str, tuple[int | None, tuple[int, timedelta] | None]]
+        self,
+        declared: dict[str, tuple[int | None, tuple[int, timedelta] | None]],
+        *,
+        prune: bool = False,
     ) -> int:
         """Store the limits the code declares, per queue it has a handler for:
         ``{name: (concurrency, (rate, window) or None)}``. A queue this release
         does not know is left alone (another release may); pause state and the
-        rate log are never touched. Writes only what differs; returns how many."""
+        rate log are never touched. A limit this release does not declare is
+        cleared only with ``prune`` (``flask queue sync-crons``, at deploy).
+        Writes only what differs; returns how many."""
         stored = self.queue_settings()
         changed = 0
         for name, (concurrency, rate) in declared.items():
             have = stored.get(name)
             want = {"concurrency": concurrency, "rate": rate}
-            if have is None and concurrency is None and rate is None:
+            if concurrency is None and rate is None and (have is None or not prune):
+                # Only the deploy-time sync clears a limit: during a rolling
+                # deploy the release that still declares it would write it back
+                # at its next produce, and between the two writes the queue
+                # would run unlimited.
                 continue
             if have is not None and {k: have[k] for k in want} == want:
                 continue

@@ -382,3 +382,32 @@ def test_a_claim_passes_over_rows_another_claimer_holds(
         claimed = store.claim(5, LEASE)
         held.rollback()
     assert len(claimed) == 5 and {c.id for c in claimed} <= rest
+
+
+@all_databases
+def test_a_release_without_the_limit_does_not_clear_it_until_the_deploy_sync(
+    make_app: AppFactory, clock: Clock
+) -> None:
+    # Rolling deploy: the old release declares `exclusive`, the new one has the
+    # same handler without it. The new release's produce must not lift the
+    # limit (the old one would write it back: between the two, no limit).
+    old, new = Queue(clock=clock), Queue(clock=clock)
+
+    @old.handler("export", exclusive=True)
+    def export_old(job: Job[Any]) -> None:
+        return None
+
+    @new.handler("export")
+    def export_new(job: Job[Any]) -> None:
+        return None
+
+    old_app = make_app(old)
+    new_app = make_app(new, QUEUE_TABLE_NAME=old_app.config["QUEUE_TABLE_NAME"])
+    with old_app.app_context():
+        old.produce()
+    with new_app.app_context():
+        new.produce()
+        assert new.queue_settings()["export"]["concurrency"] == 1  # kept
+        result = new_app.test_cli_runner().invoke(args=["queue", "sync-crons"])
+        assert result.exit_code == 0, result.output
+        assert new.queue_settings()["export"]["concurrency"] is None  # the deploy's sync
