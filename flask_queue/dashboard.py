@@ -221,7 +221,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         settings = store.queue_settings()
         # Due but not claimed: what a pause or a limit holds back right now.
         waiting = {
-            q: store.count_due_capped(CELL_CAP, q)
+            q: store.count_capped(CELL_CAP, queue=q, due=True)
             for q, s in settings.items()
             if s["paused"] or s["concurrency"] is not None or s["rate"] is not None
         }

@@ -146,7 +146,7 @@ class _PoolExecutor(Executor):
         #: Notified whenever a submitted task ends (see ``wait_for_room``).
         self._freed = threading.Condition()
         #: Seconds per delivery (a run, or a send), recently: sizes the claims
-        #: (see ``_paced_room``). Starts high: until deliveries are seen, two per thread.
+        #: (see ``capacity``). Starts high: until deliveries are seen, two per thread.
         self._run_seconds = 1.0
 
     def submit(self, job: Deliverable) -> None:
@@ -175,22 +175,27 @@ class _PoolExecutor(Executor):
         if future.exception() is not None:
             log.error("flask_queue: executor task failed", exc_info=future.exception())
 
-    def capacity(self) -> int:
-        # Claim only what the pool can start (or send) soon: a claimed job queued
-        # behind busy threads holds a lease that nothing is using. Two per thread
-        # keeps each thread's next job at hand.
-        return self._room(2 * self.workers)
-
-    def _delivered(self, started: float) -> None:
-        """Note how long a delivery begun at ``started`` (``perf_counter``) took:
-        a moving average of the last ones (races between threads lose an
-        update, never the average)."""
+    def deliver(self, job: Deliverable) -> None:
+        started = time.perf_counter()
+        self._deliver(job)
+        # A moving average of the last deliveries' durations (races between
+        # threads lose an update, never the average): the pace ``capacity`` uses.
         self._run_seconds += (time.perf_counter() - started - self._run_seconds) * 0.1
 
-    def _paced_room(self) -> int:
-        """Room for as many deliveries as the pool makes within ``HORIZON`` at
-        the recent pace (at least two per thread, at most ``QUEUE_BATCH_SIZE``),
-        claimed when the pool is down to half of that."""
+    def _deliver(self, job: Deliverable) -> None:
+        raise NotImplementedError
+
+    def capacity(self) -> int:
+        """Room for as many deliveries (runs, or sends: a send lasts until the
+        endpoint answers) as the pool makes within ``HORIZON`` at the recent
+        pace — at least two per thread, at most ``QUEUE_BATCH_SIZE`` — claimed
+        when the pool is down to half of that.
+
+        Quick jobs are claimed a batch at a time (one claim statement per
+        hundred no-op jobs, not per four); slow ones two per thread, so no
+        claimed job waits long in the pool's queue holding a lease nothing uses,
+        and a worker does not sit on jobs another worker could start now.
+        """
         fits = self.workers * HORIZON / max(self._run_seconds, 1e-6)
         return self._room(max(2 * self.workers, min(self.state.config.batch_size, int(fits))))
 
@@ -250,22 +255,8 @@ class ThreadExecutor(_PoolExecutor, _RunsHere):
         # The claim happens on the pool too: enqueue returns at once.
         self._submit(self._claim_and_submit, [job_id])
 
-    def deliver(self, job: Deliverable) -> None:
-        started = time.perf_counter()
+    def _deliver(self, job: Deliverable) -> None:
         run_claimed(self.state, job, self.state.finisher)  # type: ignore[arg-type]
-        self._delivered(started)
-
-    def capacity(self) -> int:
-        """Room for more claimed runs: as many as the pool starts within
-        ``HORIZON`` at the recent pace of runs (at least two per thread, at most
-        ``QUEUE_BATCH_SIZE``), claimed when the pool is down to half of that.
-
-        Fast jobs are claimed a batch at a time (one claim statement per hundred
-        no-op jobs, not per eight); slow ones two per thread, so a worker does
-        not sit on jobs that another worker could start now. Refilling at half
-        rather than at every free slot keeps claims from shrinking to one job.
-        """
-        return self._paced_room()
 
     def flush(self, timeout: float) -> None:
         # Runs are not hand-offs: produce must not wait for handlers to finish.
@@ -298,23 +289,8 @@ class HttpExecutor(_PoolExecutor):
         # the signed token to wherever it points.
         self._opener = urllib.request.build_opener(_NoRedirect)
 
-    def deliver(self, job: Deliverable) -> None:
-        started = time.perf_counter()
+    def _deliver(self, job: Deliverable) -> None:
         self.send(job.id, job.attempt)
-        self._delivered(started)
-
-    def capacity(self) -> int:
-        """Room for as many sends as the pool makes within ``HORIZON`` at the
-        recent pace of sends (a send lasts until the endpoint answers, so the
-        pace is the run's), claimed when the pool is down to half of that.
-
-        Quick runs are claimed a batch at a time: at two per sender, a drain of
-        no-op jobs spent about 0.4 ms of the producer's CPU per job on claim
-        statements of four jobs each. Slow ones (or sends that wait out
-        ``QUEUE_DISPATCH_TIMEOUT``) stay at two per sender, so no claimed job
-        waits long for a free sender.
-        """
-        return self._paced_room()
 
     def send(self, job_id: str, attempt: int) -> str:
         config = self.state.config

@@ -503,7 +503,7 @@ class Queue:
             job, created = state.store.to_job(row, payload=payload), True
         if created:
             signals.send(signals.job_enqueued, state.app, job=job)
-        if created and job.run_at <= self.clock():
+        if created and due:
             self._dispatch_after_commit(state, [job.id], session)
         return job
 

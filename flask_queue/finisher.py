@@ -81,17 +81,18 @@ class Finisher:
             )
             self._thread.start()
 
-    def _write_starts(self) -> None:
+    def _write_starts(self) -> bool:
         with self._lock:
             starts, self._starts = self._starts, []
         if not starts:
-            return
+            return False
         try:
             self.store.mark_started(starts)
         except Exception:
             # Only the crash accounting is lost: a death of these runs' process
             # would not count as an attempt. Their outcomes still get written.
             log.warning("flask_queue: could not mark %d run(s) started", len(starts), exc_info=True)
+        return True
 
     def pending(self) -> int:
         with self._lock:
@@ -104,32 +105,26 @@ class Finisher:
         (default: two leases), then writes what it can one by one and logs the
         rest, whose runs will run again after their leases.
         """
-        while True:
-            with self._writing:
-                self._write_starts()
-                batch = self._take()
-                if batch:
-                    self._write(batch, patience)
-            if not self.pending():
-                return
+        while self._write_some(patience) or self.pending():
+            pass
 
-    def _take(self) -> list[tuple[Job[Any], Finish]]:
-        with self._lock:
-            batch, self._pending = self._pending[: self.size], self._pending[self.size :]
-            return batch
+    def _write_some(self, patience: float | None = None) -> bool:
+        """Write the pending starts and a batch of outcomes; whether there were any."""
+        with self._writing:
+            wrote = self._write_starts()
+            with self._lock:
+                batch, self._pending = self._pending[: self.size], self._pending[self.size :]
+            if batch:
+                self._write(batch, patience)
+            return wrote or bool(batch)
 
     def _loop(self) -> None:
         while True:
             self._wake.wait(FLUSH_DELAY)
             self._wake.clear()
-            with self._writing:
-                had_starts = bool(self._starts)
-                self._write_starts()
-                batch = self._take()
-                if batch:
-                    self._write(batch)
+            wrote = self._write_some()
             with self._lock:
-                if not self._pending and not self._starts and not batch and not had_starts:
+                if not wrote and not self._pending and not self._starts:
                     self._thread = None  # idle for a whole delay: the next add restarts it
                     return
 

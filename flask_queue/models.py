@@ -30,15 +30,22 @@ _LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 _ExactString = sa.String(255).with_variant(mysql.VARBINARY(4 * 255), "mysql", "mariadb")
 
 
+def _declared(metadata: sa.MetaData, name: str, kind: str) -> sa.Table | None:
+    """Our table ``name`` if ``metadata`` already declares it; an error if the
+    app declares a table of its own by that name."""
+    existing = metadata.tables.get(name)
+    if existing is not None and not existing.info.get("flask_queue"):
+        raise ValueError(
+            f"Table {name!r} already exists on this metadata and is not a flask_queue"
+            f" {kind} table; set QUEUE_TABLE_NAME to another name."
+        )
+    return existing
+
+
 def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table:
     """Return the job table called ``name`` on ``metadata``, declaring it once."""
-    existing = metadata.tables.get(name)
+    existing = _declared(metadata, name, "job")
     if existing is not None:
-        if not existing.info.get("flask_queue"):
-            raise ValueError(
-                f"Table {name!r} already exists on this metadata and is not a flask_queue"
-                " job table; set QUEUE_TABLE_NAME to another name."
-            )
         return existing
     return sa.Table(
         name,
@@ -97,13 +104,8 @@ def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
     and the limits the code declares (synced by each produce), one row per queue
     that has any. Named after the job table (``<job table>_queues``)."""
     name = f"{job_table_name}_queues"
-    existing = metadata.tables.get(name)
+    existing = _declared(metadata, name, "queue")
     if existing is not None:
-        if not existing.info.get("flask_queue"):
-            raise ValueError(
-                f"Table {name!r} already exists on this metadata and is not a flask_queue"
-                " queue table; set QUEUE_TABLE_NAME to another name."
-            )
         return existing
     return sa.Table(
         name,

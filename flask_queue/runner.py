@@ -63,17 +63,16 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
         state.heartbeat.add(job.id, job.attempt)
         try:
             outcome = decide(state, job)
-            state.heartbeat.finishing(job.id, job.attempt)
-            owned = _finish(state, job, outcome)
-            return RunResult(_describe(outcome) if owned else "lost", job.id, attempt)
-        finally:
+        except BaseException:
             state.heartbeat.discard(job.id, job.attempt)
+            raise
+        return _finish_now(state, job, outcome)
 
 
 def run_claimed(state: QueueState, job: Job[Any], finisher: Finisher | None) -> RunResult:
-    """Run a job that ``JobStore.claim_started`` claimed and started (the
-    thread executor and the worker), in a fresh app context; its outcome goes
-    to ``finisher`` to be written with others', or is written now without one.
+    """Run a job that ``JobStore.claim_started`` claimed (the thread executor
+    and the worker), in a fresh app context; its start and outcome go to
+    ``finisher`` to be written with others', or are written now without one.
 
     The claim put the run in the heartbeat; it leaves once its outcome is
     written (by the finisher, or here).
@@ -91,12 +90,17 @@ def run_claimed(state: QueueState, job: Job[Any], finisher: Finisher | None) -> 
         if finisher is not None:
             finisher.add(job, outcome)
             return RunResult(_describe(outcome), job.id, job.attempt)
-        try:
-            state.heartbeat.finishing(job.id, job.attempt)
-            owned = _finish(state, job, outcome)
-        finally:
-            state.heartbeat.discard(job.id, job.attempt)
-        return RunResult(_describe(outcome) if owned else "lost", job.id, job.attempt)
+        return _finish_now(state, job, outcome)
+
+
+def _finish_now(state: QueueState, job: Job[Any], outcome: Finish) -> RunResult:
+    """Write a run's outcome at once; the run leaves the heartbeat after."""
+    try:
+        state.heartbeat.finishing(job.id, job.attempt)
+        owned = _finish(state, job, outcome)
+    finally:
+        state.heartbeat.discard(job.id, job.attempt)
+    return RunResult(_describe(outcome) if owned else "lost", job.id, job.attempt)
 
 
 def decide(state: QueueState, job: Job[Any]) -> Finish:

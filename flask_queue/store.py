@@ -161,19 +161,17 @@ def _epoch_us(when: datetime) -> int:
 _EPOCH = datetime(1970, 1, 1)
 
 
-def _last_start(stored: str | None) -> datetime:
-    if not stored:
-        return _EPOCH
-    return _EPOCH + timedelta(microseconds=max(json.loads(stored), default=0))
+def _last_start(log: list[int]) -> datetime:
+    return _EPOCH + timedelta(microseconds=max(log, default=0))
 
 
-def _recent_starts(stored: str | None, now: datetime, window_ms: int | None) -> list[int]:
-    """The start times (epoch microseconds) of a rate-limited queue within its
-    window ending at ``now``."""
-    if not stored or not window_ms:
+def _recent_starts(log: list[int], now: datetime, window_ms: int | None) -> list[int]:
+    """The start times (epoch microseconds) of a rate-limited queue's log within
+    its window ending at ``now``."""
+    if not window_ms:
         return []
     since = _epoch_us(now) - window_ms * 1000
-    return [t for t in json.loads(stored) if t > since]
+    return [t for t in log if t > since]
 
 
 #: Runs per statement of ``finish_many``: an IN list of pairs stays well inside
@@ -714,20 +712,14 @@ class JobStore:
             value = c.execute(stmt).scalar()
         return naive_utc(value) if value is not None else None
 
-    def count_due_capped(self, cap: int, queue: str) -> int:
-        """Jobs of ``queue`` that are due and not claimed (waiting on a pause or
-        a limit), stopping at ``cap`` + 1: a range on (queue, status, run_at)."""
-        t = self.table
-        inner = (
-            sa.select(sa.literal(1).label("one"))
-            .where(t.c.queue == queue, self._due(self.now()))
-            .limit(cap + 1)
-        )
-        stmt = sa.select(sa.func.count()).select_from(inner.subquery())
-        with _storage_errors("count jobs"), self.engine.connect() as c:
-            return int(c.execute(stmt).scalar_one())
-
-    def count_capped(self, cap: int, *, status: str | None = None, queue: str | None = None) -> int:
+    def count_capped(
+        self,
+        cap: int,
+        *,
+        status: str | None = None,
+        queue: str | None = None,
+        due: bool = False,
+    ) -> int:
         """Count matching jobs, stopping at ``cap`` + 1 (shown as "cap+").
 
         A capped count reads at most cap + 1 index entries, so the dashboard's
@@ -740,6 +732,8 @@ class JobStore:
             inner = inner.where(t.c.status == status)
         if queue is not None:
             inner = inner.where(t.c.queue == queue)
+        if due:  # due and unclaimed: what a pause or a limit holds back
+            inner = inner.where(self._due(self.now()))
         stmt = sa.select(sa.func.count()).select_from(inner.limit(cap + 1).subquery())
         with _storage_errors("count jobs"), self.engine.connect() as c:
             return int(c.execute(stmt).scalar_one())
@@ -871,6 +865,29 @@ class JobStore:
             (self._expired(now), [t.c.lease_until]),
         ]
 
+    def _phases(self, now: Any, ids: Any | None) -> list[tuple[sa.ColumnElement[bool], list[Any]]]:
+        """``_due_phases``, or only its due range restricted to ``ids`` (values
+        or an expanding ``bindparam``): the dispatch of jobs just enqueued."""
+        phases = self._due_phases(now)
+        if ids is None:
+            return phases
+        where, order = phases[0]
+        return [(sa.and_(where, self.table.c.id.in_(ids)), order)]
+
+    def _columns(self, whole: bool) -> list[Any]:
+        """What a claim returns: whole rows to run here, or just enough to deliver."""
+        t = self.table
+        return list(t.c) if whole else [t.c.id, t.c.attempt, t.c.queue]
+
+    def _take(
+        self, c: Connection, ids: list[str], values: list[tuple[Any, Any]], columns: list[Any]
+    ) -> list[Any]:
+        """Claim the rows ``ids`` (already locked in ``c``'s transaction) and read
+        them back: MySQL has no UPDATE … RETURNING."""
+        t = self.table
+        c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
+        return list(c.execute(sa.select(*columns).where(t.c.id.in_(ids)).order_by(t.c.run_at)))
+
     def _unrestricted(self) -> sa.ColumnElement[bool]:
         """A job of a queue that is neither paused nor limited: any claim may
         take it. The others are claimed only by ``_claim_limited``, one claimer
@@ -910,7 +927,7 @@ class JobStore:
         ``ids`` limits the claim to those jobs, if they are due: the dispatch of
         jobs just enqueued as due, as one statement for the batch.
         """
-        rows = self._claim(limit, lease, ids, start=False)
+        rows = self._claim(limit, lease, ids, whole=False)
         return [Claimed(r.id, r.attempt, r.queue) for r in rows]
 
     def claim_started(
@@ -927,14 +944,14 @@ class JobStore:
         reason (see ``start``).
         """
         jobs: list[Job[Any]] = []
-        for row in self._claim(limit, lease, ids, start=True):
+        for row in self._claim(limit, lease, ids, whole=True):
             job = self._readable(row)
             if job is not None:
                 jobs.append(job)
         return jobs
 
     def _claim(
-        self, limit: int, lease: timedelta, ids: Sequence[str] | None, *, start: bool
+        self, limit: int, lease: timedelta, ids: Sequence[str] | None, *, whole: bool
     ) -> list[Any]:
         if self.before_claim is not None:
             self.before_claim()  # stores the declared limits; unset once it succeeded
@@ -943,9 +960,9 @@ class JobStore:
             claimed: list[Any] = []
             # Limited queues first: a backlog in free queues must not starve them.
             if self._limited or time.monotonic() >= self._limited_recheck:
-                claimed = self._claim_limited(limit, now, lease, ids, start=start)
+                claimed = self._claim_limited(limit, now, lease, ids, whole=whole)
             if len(claimed) < limit:
-                claimed += self._claim_free(limit - len(claimed), now, lease, ids, start=start)
+                claimed += self._claim_free(limit - len(claimed), now, lease, ids, whole=whole)
             return claimed
 
     def _claim_free(
@@ -955,26 +972,22 @@ class JobStore:
         lease: timedelta,
         ids: Sequence[str] | None,
         *,
-        start: bool,
+        whole: bool,
     ) -> list[Any]:
         """Claim from the queues that are neither paused nor limited."""
-        t = self.table
         if self.dialect in ("postgresql", "sqlite"):
-            stmt = self._claim_statement(start=start, by_id=ids is not None)
+            stmt = self._claim_statement(whole=whole, by_id=ids is not None)
             params: dict[str, Any] = {"now": now, "lease_until": now + lease, "limit": limit}
             if ids is not None:
                 params["ids"] = list(ids)
             with self._one_statement() as c:
                 return list(c.execute(stmt, params))
-        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
-        values = self._claim_values(now, now + lease, start=start)
         phases = [
-            (sa.and_(where, self._unrestricted()), order) for where, order in self._due_phases(now)
+            (sa.and_(where, self._unrestricted()), order)
+            for where, order in self._phases(now, None if ids is None else list(ids))
         ]
-        if ids is not None:
-            phases = phases[:1]
-            phases[0] = (sa.and_(phases[0][0], t.c.id.in_(list(ids))), phases[0][1])
-        return self._claim_mysql(phases, limit, values, columns)
+        values = self._claim_values(now, now + lease)
+        return self._claim_mysql(phases, limit, values, self._columns(whole))
 
     def _claim_limited(
         self,
@@ -983,7 +996,7 @@ class JobStore:
         lease: timedelta,
         ids: Sequence[str] | None,
         *,
-        start: bool,
+        whole: bool,
     ) -> list[Any]:
         """Claim from the queues with a concurrency or rate limit, one claimer at
         a time: the transaction first writes the limited queues' rows, which
@@ -1007,7 +1020,8 @@ class JobStore:
                     # and never earlier than a start already logged (a claimer
                     # whose clock lags): the logs stay in order, so a window
                     # counted from this claim's time holds every start in it.
-                    now = max([self.now(), *(_last_start(r.starts) for r in rows)])
+                    logs = {r.name: json.loads(r.starts) if r.starts else [] for r in rows}
+                    now = max([self.now(), *(_last_start(log) for log in logs.values())])
                     self._limited = bool(rows)
                     if not rows:
                         # Look again in a while: a limit declared meanwhile is
@@ -1031,12 +1045,12 @@ class JobStore:
                         room = limit - len(claimed)
                         if row.concurrency is not None:
                             room = min(room, row.concurrency - running.get(row.name, 0))
-                        starts = _recent_starts(row.starts, now, row.rate_window_ms)
+                        starts = _recent_starts(logs[row.name], now, row.rate_window_ms)
                         if row.rate_limit is not None:
                             room = min(room, row.rate_limit - len(starts))
                         if room <= 0:
                             continue
-                        got = self._claim_queue(c, row.name, room, now, lease, ids, start=start)
+                        got = self._claim_queue(c, row.name, room, now, lease, ids, whole=whole)
                         if got and row.rate_limit is not None:
                             starts += [_epoch_us(now)] * len(got)
                             c.execute(
@@ -1061,16 +1075,13 @@ class JobStore:
         lease: timedelta,
         ids: Sequence[str] | None,
         *,
-        start: bool,
+        whole: bool,
     ) -> list[Any]:
         """Claim up to ``room`` of one limited queue's due jobs, inside
         ``_claim_limited``'s transaction."""
         t = self.table
         found: list[str] = []
-        phases = self._due_phases(now)
-        if ids is not None:
-            phases = [(sa.and_(phases[0][0], t.c.id.in_(list(ids))), phases[0][1])]
-        for where, order in phases:
+        for where, order in self._phases(now, None if ids is None else list(ids)):
             need = room - len(found)
             if need <= 0:
                 break
@@ -1084,12 +1095,9 @@ class JobStore:
             found += c.execute(candidates).scalars()
         if not found:
             return []
-        values = self._claim_values(now, now + lease, start=start)
-        c.execute(sa.update(t).where(t.c.id.in_(found)).ordered_values(*values))
-        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
-        return list(c.execute(sa.select(*columns).where(t.c.id.in_(found))))
+        return self._take(c, found, self._claim_values(now, now + lease), self._columns(whole))
 
-    def _claim_statement(self, *, start: bool, by_id: bool) -> Any:
+    def _claim_statement(self, *, whole: bool, by_id: bool) -> Any:
         """The claim of PostgreSQL and SQLite, built once per kind and reused
         with new bound values (building it was half the cost of an empty claim).
 
@@ -1102,17 +1110,13 @@ class JobStore:
         may re-evaluate the subquery per row and update more rows). Rows the
         second phase locked beyond the limit are let go when the statement ends.
         """
-        key = (start, by_id)
-        cached = self._statements.get(key)
-        if cached is not None:
-            return cached
+        return self._prebuilt(("claim", whole, by_id), lambda: self._build_claim(whole, by_id))
+
+    def _build_claim(self, whole: bool, by_id: bool) -> Any:
         t = self.table
         now = sa.bindparam("now", type_=t.c.run_at.type)
         limit = sa.bindparam("limit", type_=sa.Integer)
-        phases = self._due_phases(now)
-        if by_id:
-            ids: Any = sa.bindparam("ids", expanding=True)
-            phases = [(sa.and_(phases[0][0], t.c.id.in_(ids)), phases[0][1])]
+        phases = self._phases(now, sa.bindparam("ids", expanding=True) if by_id else None)
         ctes = [
             sa.select(t.c.id)
             .where(where, self._unrestricted())
@@ -1128,15 +1132,12 @@ class JobStore:
         else:
             chosen = sa.select(ctes[0].c.id)
         lease_until = sa.bindparam("lease_until", type_=t.c.lease_until.type)
-        columns = list(t.c) if start else [t.c.id, t.c.attempt, t.c.queue]
-        stmt = (
+        return (
             sa.update(t)
             .where(t.c.id.in_(chosen.scalar_subquery()))
-            .ordered_values(*self._claim_values(now, lease_until, start=start))
-            .returning(*columns)
+            .ordered_values(*self._claim_values(now, lease_until))
+            .returning(*self._columns(whole))
         )
-        self._statements[key] = stmt
-        return stmt
 
     def claim_one(self, job_id: str, lease: timedelta) -> Claimed | None:
         """Claim one just-enqueued job by id, if it is still due (a producer may
@@ -1149,7 +1150,7 @@ class JobStore:
         if self._limited:
             # A limited queue's job is claimed under its limits, or not now.
             with _storage_errors("claim a job"):
-                limited = self._claim_limited(1, now, lease, [job_id], start=False)
+                limited = self._claim_limited(1, now, lease, [job_id], whole=False)
             if limited:
                 return Claimed(limited[0].id, limited[0].attempt, limited[0].queue)
         stmt = (
@@ -1157,7 +1158,7 @@ class JobStore:
             .where(t.c.id == job_id, self._due(now), self._unrestricted())
             .ordered_values(*self._claim_values(now, now + lease))
         )
-        claimed_cols = (t.c.id, t.c.attempt, t.c.queue)
+        claimed_cols = self._columns(False)
         with _storage_errors("claim a job"):
             if self.engine.dialect.update_returning:
                 with self._one_statement() as c:
@@ -1168,9 +1169,7 @@ class JobStore:
                     return None
                 return Claimed(*c.execute(sa.select(*claimed_cols).where(t.c.id == job_id)).one())
 
-    def _claim_values(
-        self, now: Any, lease_until: Any, *, start: bool = False
-    ) -> list[tuple[Any, Any]]:
+    def _claim_values(self, now: Any, lease_until: Any) -> list[tuple[Any, Any]]:
         """The SET clause of a claim, in order.
 
         A RUNNING row whose run had *started* and whose lease expired lost its
@@ -1201,7 +1200,6 @@ class JobStore:
     ) -> list[Any]:
         # No UPDATE ... RETURNING: lock the ids, update them as one set, read them
         # back, all in one transaction; retry the whole of it on an InnoDB deadlock.
-        t = self.table
         # READ COMMITTED: under InnoDB's default REPEATABLE READ a locking read
         # also locks the gaps it scans, and every claimer's UPDATE inserts index
         # entries into the RUNNING range the others scan: deadlocks by the dozen
@@ -1216,12 +1214,7 @@ class JobStore:
                         if room <= 0:
                             break
                         ids += self._lock_candidates(c, where, order, room)
-                    if not ids:
-                        return []
-                    c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
-                    return list(
-                        c.execute(sa.select(*columns).where(t.c.id.in_(ids)).order_by(t.c.run_at))
-                    )
+                    return self._take(c, ids, values, columns) if ids else []
             except sa.exc.DBAPIError as exc:
                 if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
                     raise
