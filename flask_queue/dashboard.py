@@ -31,6 +31,7 @@ from wtforms import ValidationError
 
 from . import present
 from .errors import InvalidStatusError, JobNotFoundError, UnknownQueueError
+from .history import HISTORY_SIZE
 from .job import JobStatus
 from .signing import tokens_equal
 
@@ -193,6 +194,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             "totals": {s: store.count_capped(TOTAL_CAP, status=s) for s in STATUSES},
             "total_cap": TOTAL_CAP,
             "keep_completed": bool(state.config.keep_completed),
+            "history_size": HISTORY_SIZE,
         }
 
     @bp.errorhandler(400)

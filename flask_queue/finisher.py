@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import StorageError
+from .store import Progress
 
 if TYPE_CHECKING:
     from .heartbeat import Heartbeat
@@ -162,9 +163,10 @@ class Finisher:
         if patience is None:
             patience = 2 * self.heartbeat.lease.total_seconds()
         give_up = time.monotonic() + patience
+        progress = Progress()  # a retry writes only what the failed try did not
         while True:
             try:
-                return self.store.finish_many(batch)
+                return self.store.finish_many(batch, progress)
             except StorageError as exc:
                 if not exc.transient or time.monotonic() + delay > give_up:
                     raise

@@ -64,6 +64,10 @@ class Job(Generic[T]):
     status: JobStatus
     custom_id: str | None = None
     reason: str | None = None
+    #: The last error in one line (``"ValueError: bad card"``); None after a success.
+    error: str | None = None
+    #: The latest attempts, oldest first (see ``history.Attempt``); None before any.
+    history: list[dict[str, Any]] | None = None
     count: int = 0
     schedule_type: ScheduleType | None = None
     schedule: str | None = None

@@ -62,6 +62,12 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Column("run_at", _DateTime, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("reason", _LongText, nullable=True),
+        # The last error in one line ("ValueError: bad card"), set with reason:
+        # lists and the failures overview read this, never the traceback.
+        sa.Column("error", sa.String(255), nullable=True),
+        # The last HISTORY_SIZE attempts (JSON list: number, start, duration,
+        # outcome, error line), appended by each outcome written row by row.
+        sa.Column("history", sa.Text, nullable=True),
         sa.Column("count", sa.Integer, nullable=False, default=0),
         sa.Column("schedule_type", sa.String(8), nullable=True),
         sa.Column("schedule", sa.String(255), nullable=True),
@@ -121,5 +127,25 @@ def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
         # limit's sliding log, rewritten under the row lock by each claim.
         sa.Column("starts", sa.Text, nullable=True),
         sa.Column("updated_at", _DateTime, nullable=False),
+        info={"flask_queue": True},
+    )
+
+
+def stats_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """Runs finished per minute and queue (``<job table>_stats``), for the
+    dashboard's charts: each process adds its counts in one statement per
+    interval (see ``stats.Tally``), so the run path writes no row per job."""
+    name = f"{job_table_name}_stats"
+    existing = _declared(metadata, name, "stats")
+    if existing is not None:
+        return existing
+    return sa.Table(
+        name,
+        metadata,
+        # The minute's start, UTC; with queue, the key each flush adds to.
+        sa.Column("minute", _DateTime, primary_key=True),
+        sa.Column("queue", sa.String(255), primary_key=True),
+        sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
         info={"flask_queue": True},
     )

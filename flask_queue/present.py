@@ -97,12 +97,83 @@ def error_type(reason: str | None) -> str:
     return "unknown"
 
 
+def error_line(job: Job[Any]) -> str:
+    """The job's last error in one line: its ``error``, or for a row written
+    before that column existed, the end of its traceback."""
+    return job.error or error_summary(job.reason)
+
+
 def error_summary(reason: str | None) -> str:
     """The last line of a traceback: ``RuntimeError: boom``."""
     if not reason:
         return ""
     lines = [line for line in reason.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""
+
+
+def attempts(job: Job[Any]) -> list[dict[str, Any]]:
+    """The job's attempt history for its page, newest first.
+
+    Each row: ``first``/``last`` attempt numbers (equal but for a gap),
+    ``at`` (aware datetime or None), ``ms``, ``outcome``, ``error``. Numbers
+    with no entry become one "no outcome" row: a claim that was released
+    undelivered, or a run whose process died (the job's error says which last
+    happened). The current attempt of a RUNNING job is shown as running.
+    """
+    rows: list[dict[str, Any]] = []
+    seen = 0
+    for item in sorted(job.history or [], key=lambda e: int(e.get("n", 0))):
+        n = int(item.get("n", 0))
+        if seen and n > seen + 1:
+            rows.append(_gap(seen + 1, n - 1))
+        try:
+            at: datetime | None = datetime.fromisoformat(item["at"])
+        except (KeyError, TypeError, ValueError):
+            at = None
+        rows.append(
+            {
+                "first": n,
+                "last": n,
+                "at": at,
+                "ms": item.get("ms"),
+                "outcome": str(item.get("outcome", "")),
+                "error": item.get("error"),
+            }
+        )
+        seen = max(seen, n)
+    running = job.status.value == "RUNNING"
+    current = job.attempt - 1 if running else job.attempt
+    if seen and current > seen:
+        rows.append(_gap(seen + 1, current))
+    if running:
+        rows.append(
+            {
+                "first": job.attempt,
+                "last": job.attempt,
+                "at": job.started_at,
+                "ms": None,
+                "outcome": "running" if job.started_at else "claimed",
+                "error": None,
+            }
+        )
+    rows.reverse()
+    return rows
+
+
+def _gap(first: int, last: int) -> dict[str, Any]:
+    return {"first": first, "last": last, "at": None, "ms": None, "outcome": "no outcome", "error": None}
+
+
+def milliseconds(ms: int | None) -> str:
+    """ "250 ms", "1.5 s", "2 min 5 s"; "—" for None."""
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.3g} s"
+    minutes, seconds = divmod(ms // 1000, 60)
+    return f"{minutes} min {seconds} s"
 
 
 def mask(value: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
-from . import signals
+from . import history, signals
 from .errors import StorageError
 from .job import Job
 from .scheduling import Schedule
@@ -120,7 +120,21 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
             + "".join(traceback.format_exception(exc))
         )
         log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
-        return Finish(status=FAILED, reason=reason, errors=job.errors + 1)
+        outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
+        return _recorded(job, outcome, now(), None, history.FAILED, history.line(reason))
+
+
+def _recorded(
+    job: Job[Any],
+    outcome: Finish,
+    at: datetime,
+    seconds: float | None,
+    result: str,
+    error: str | None,
+) -> Finish:
+    """``outcome`` with this attempt added to the job's history, and its error line."""
+    entry = history.entry(job.attempt, at, seconds, result, error)
+    return dataclasses.replace(outcome, error=error, history=history.appended(job.history, entry))
 
 
 #: Backoff of a finish that the database refused: doubling from FINISH_RETRY_FIRST
@@ -178,19 +192,21 @@ def _no_handler(job: Job[Any], grace: timedelta, now: datetime) -> Finish:
             f" has one until {deadline:%Y-%m-%d %H:%M:%S} UTC (QUEUE_HANDLER_GRACE)."
         )
         log.warning("flask_queue: job %s: %s", job.id, reason)
-        return Finish(
+        outcome = Finish(
             status=SCHEDULED,
             run_at=min(now + NO_HANDLER_RECHECK, deadline),
             occurrence_at=due_since,
             reason=reason,
             errors=job.errors,
         )
+        return _recorded(job, outcome, now, None, history.NO_HANDLER, history.line(reason))
     reason = (
         f"No handler is registered for queue {job.queue!r} (the code changed since this"
         " job was enqueued). Register one and retry this job."
     )
     log.error("flask_queue: job %s: %s", job.id, reason)
-    return Finish(status=FAILED, reason=reason, errors=job.errors)
+    outcome = Finish(status=FAILED, reason=reason, errors=job.errors)
+    return _recorded(job, outcome, now, None, history.NO_HANDLER, history.line(reason))
 
 
 def refuse_delivery(state: QueueState, job_id: str, attempt: int, reason: str) -> str:
@@ -209,7 +225,9 @@ def refuse_delivery(state: QueueState, job_id: str, attempt: int, reason: str) -
             return "ignored"
         handler = state.queue.handlers.get(job.queue)
         default = handler.retry if handler and handler.retry is not None else state.config.retry
-        outcome = after_failure(job, reason, default, state.store.clock())
+        now = state.store.clock()
+        outcome = after_failure(job, reason, default, now)
+        outcome = _recorded(job, outcome, now, None, history.REFUSED, history.line(reason))
         if not state.store.finish(job, outcome, unstarted=True):
             return "ignored"  # started or finished meanwhile: nothing failed
         _log_failure(job, reason, outcome, len(_delays(job, default)))
@@ -230,22 +248,28 @@ def _run(
         # retries are used up, so fail the job instead of running it again.
         reason = job.reason or "The run's process died."
         earlier = dataclasses.replace(job, errors=job.errors - 1)
-        outcome = after_failure(earlier, reason, default_retry, now())
+        at = now()
+        outcome = after_failure(earlier, reason, default_retry, at)
         _log_failure(earlier, reason.strip().splitlines()[-1], outcome, len(delays))
         signals.send(signals.job_failed, app, job=job, error=None, will_retry=False)
-        return outcome
+        error = job.error or history.line(reason)
+        return _recorded(job, outcome, at, None, history.FAILED, error)
     signals.send(signals.job_started, app, job=job)
+    at = now()
     started = time.perf_counter()
     try:
         func(job)
     except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure
+        seconds = time.perf_counter() - started
         outcome = after_failure(job, "".join(traceback.format_exception(exc)), default_retry, now())
         _log_failure(job, repr(exc), outcome, len(delays))
         retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
         signals.send(signals.job_failed, app, job=job, error=exc, will_retry=retrying)
-        return outcome
-    signals.send(signals.job_succeeded, app, job=job, duration=time.perf_counter() - started)
-    return after_success(job, keep_completed, now())
+        return _recorded(job, outcome, at, seconds, history.FAILED, history.error_line(exc))
+    seconds = time.perf_counter() - started
+    signals.send(signals.job_succeeded, app, job=job, duration=seconds)
+    outcome = after_success(job, keep_completed, now())
+    return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None)
 
 
 def _delays(job: Job[Any], default_retry: list[timedelta]) -> list[timedelta]:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .errors import InvalidStatusError, JobNotFoundError, StorageError
 from .job import Job, JobStatus, ScheduleType, new_id
-from .models import queue_table
+from .models import queue_table, stats_table
 
 UTC = timezone.utc
 Row = dict[str, Any]
@@ -54,6 +54,7 @@ LEASE_EXPIRED = (
     "The run did not finish within its lease (QUEUE_LEASE): its process died or"
     " was stopped, or the handler ran longer than the lease."
 )
+LEASE_EXPIRED_LINE = "LeaseExpired: the run's process died or outlived its lease"
 _UNSET: Any = object()
 
 
@@ -184,6 +185,10 @@ def _chunks(pairs: list[tuple[str, int]]) -> Iterator[list[tuple[str, int]]]:
         yield pairs[i : i + FINISH_CHUNK]
 
 
+def _history_json(history: list[dict[str, Any]] | None) -> str | None:
+    return json.dumps(history, separators=(",", ":")) if history else None
+
+
 def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
     """One row's bound values for ``finish_many``'s per-row UPDATE: what the
     outcome sets, else what the row holds (the claim returned it whole)."""
@@ -192,6 +197,8 @@ def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
         "b_attempt": job.attempt,
         "b_errors": outcome.errors,
         "b_reason": _storable(outcome.reason),
+        "b_error": _storable(outcome.row_error),
+        "b_history": _history_json(outcome.history if outcome.history is not None else job.history),
         "b_run_at": naive_utc(outcome.run_at or job.run_at),
         "b_occurrence_at": naive_utc(outcome.occurrence_at)
         if outcome.occurrence_at is not None
@@ -251,6 +258,24 @@ class Finish:
     count: int | None = None
     errors: int = 0
     failed_copy_reason: str | None = None  # a failed run of a repeating job, kept apart
+    #: The run's error in one line: the row's when it keeps ``reason``, the
+    #: failed copy's when there is one.
+    error: str | None = None
+    #: The job's attempt history with this run added (None: left as it is).
+    history: list[dict[str, Any]] | None = None
+
+    @property
+    def row_error(self) -> str | None:
+        return self.error if self.reason is not None else None
+
+
+@dataclass
+class Progress:
+    """What a ``finish_many`` call wrote before it failed: the ids it wrote and
+    how many of them still owned their row."""
+
+    written: set[str] = field(default_factory=set)
+    owned: int = 0
 
 
 class Listener:
@@ -323,6 +348,8 @@ class JobStore:
         self.table = table
         #: Per-queue pause state and limits (``models.queue_table``).
         self.queues = queue_table(table.metadata, table.name)
+        #: Runs finished per minute and queue (``models.stats_table``).
+        self.stats = stats_table(table.metadata, table.name)
         self.clock = clock
         self._statements: dict[Any, Any] = {}
         #: Whether the queue table held limited queues at the last look, and when
@@ -394,6 +421,8 @@ class JobStore:
             status=JobStatus(m["status"]),
             custom_id=_text(m["custom_id"]),
             reason=m["reason"],
+            error=m["error"],
+            history=json.loads(m["history"]) if m["history"] else None,
             count=m["count"],
             schedule_type=ScheduleType(m["schedule_type"]) if m["schedule_type"] else None,
             schedule=m["schedule"],
@@ -418,6 +447,8 @@ class JobStore:
             "custom_id": None,
             "live_custom_id": None,
             "reason": None,
+            "error": None,
+            "history": None,
             "count": 0,
             "schedule_type": None,
             "schedule": None,
@@ -653,20 +684,24 @@ class JobStore:
             return [self.to_job(r) for r in c.execute(stmt)]
 
     def _reason_tail(self) -> Any:
-        """The last ``REASON_TAIL`` characters of ``reason``, where a traceback
-        names its exception: lists and the failures overview need no more."""
+        """The last ``REASON_TAIL`` characters of ``reason`` for a row written
+        before the ``error`` column was (NULL there), where a traceback names
+        its exception; NULL for every other row, whose ``error`` says it."""
         t = self.table
         if self.dialect == "sqlite":
-            return sa.func.substr(t.c.reason, -REASON_TAIL)
-        return sa.func.right(t.c.reason, REASON_TAIL)
+            tail = sa.func.substr(t.c.reason, -REASON_TAIL)
+        else:
+            tail = sa.func.right(t.c.reason, REASON_TAIL)
+        return sa.case((t.c.error.is_(None), tail), else_=None)
 
     def _light_columns(self) -> list[Any]:
+        """What a list reads: no payload, no history, no traceback."""
         t = self.table
-        tail = self._reason_tail()
+        skipped = {"payload", "history"}
         return [
-            sa.literal(None).label("payload")
-            if c.name == "payload"
-            else tail.label("reason")
+            sa.literal(None).label(c.name)
+            if c.name in skipped
+            else self._reason_tail().label("reason")
             if c.name == "reason"
             else c
             for c in t.c
@@ -739,10 +774,12 @@ class JobStore:
             return int(c.execute(stmt).scalar_one())
 
     def recent_failures(self, limit: int, queue: str | None = None) -> list[tuple[str, str | None]]:
-        """(queue, the end of reason) of the latest ``limit`` FAILED jobs, newest
-        first: the exception's line, not a thousand whole tracebacks."""
+        """(queue, error line) of the latest ``limit`` FAILED jobs, newest first:
+        the exception's line, not a thousand whole tracebacks (the end of the
+        traceback for rows older than the ``error`` column)."""
         t = self.table
-        stmt = sa.select(t.c.queue, self._reason_tail()).where(t.c.status == FAILED)
+        error = sa.func.coalesce(t.c.error, self._reason_tail())
+        stmt = sa.select(t.c.queue, error).where(t.c.status == FAILED)
         if queue is not None:
             stmt = stmt.where(t.c.queue == queue)
         stmt = stmt.order_by(t.c.run_at.desc()).limit(limit)
@@ -1184,6 +1221,7 @@ class JobStore:
         return [
             (t.c.errors, sa.case((died, t.c.errors + 1), else_=t.c.errors)),
             (t.c.reason, sa.case((died, sa.literal(LEASE_EXPIRED)), else_=t.c.reason)),
+            (t.c.error, sa.case((died, sa.literal(LEASE_EXPIRED_LINE)), else_=t.c.error)),
             (t.c.status, RUNNING),
             (t.c.attempt, t.c.attempt + 1),
             (t.c.lease_until, lease_until),
@@ -1343,6 +1381,7 @@ class JobStore:
                     .values(
                         status=FAILED,
                         reason=reason,
+                        error=f"UnreadableRow: {exc!r}"[:255],
                         lease_until=None,
                         live_custom_id=None,
                         updated_at=self.now(),
@@ -1376,7 +1415,10 @@ class JobStore:
                 "lease_until": None,
                 "updated_at": now,
                 "reason": _storable(outcome.reason),
+                "error": _storable(outcome.row_error),
             }
+            if outcome.history is not None:
+                values["history"] = _history_json(outcome.history)
             if outcome.status == SCHEDULED:
                 values["started_at"] = None  # the next run has not started
             else:
@@ -1412,6 +1454,8 @@ class JobStore:
                             run_at=job.run_at,
                             status=FAILED,
                             reason=_storable(outcome.failed_copy_reason),
+                            error=_storable(outcome.error),
+                            history=_history_json(outcome.history),
                             retry=json.dumps(job.retry) if job.retry is not None else None,
                             attempt=job.attempt,
                             errors=job.errors + 1,
@@ -1439,67 +1483,59 @@ class JobStore:
                     .values(started_at=now)
                 )
 
-    def finish_many(self, runs: Sequence[tuple[Job[Any], Finish]]) -> int:
+    def finish_many(
+        self, runs: Sequence[tuple[Job[Any], Finish]], progress: Progress | None = None
+    ) -> int:
         """Apply many runs' outcomes, one statement per kind of outcome; return
         how many runs still owned their row.
 
-        The runs that ended their job are one DELETE (or one UPDATE to COMPLETED,
-        stamped with this call's time) for the whole batch; retries and next
-        occurrences are one UPDATE executed for each of them, and failures
-        another. Every row is guarded by its attempt, as in ``finish``. A
+        Each statement commits on its own: no transaction holds one kind's row
+        locks while it waits for another's (a heartbeat locking the same rows in
+        another order deadlocked with that). ``progress`` records what committed,
+        so a call repeated after an outage writes only the rest and counts the
+        runs that owned their row across both calls.
+
+        The runs that ended their job are one DELETE for the whole batch; a kept
+        completion, a retry or next occurrence, and a failure are one UPDATE
+        per kind executed for each of its rows (each row's own values: its
+        history, its error). Every row is guarded by its attempt, as in ``finish``. A
         repeating job's final failure, whose failed run is kept as a row of its
         own, goes through ``finish``.
         """
         t = self.table
         now = self.now()
+        progress = progress if progress is not None else Progress()
         deleted: list[tuple[str, int]] = []
-        completed: list[tuple[str, int]] = []
-        by_status: dict[str, list[dict[str, Any]]] = {SCHEDULED: [], FAILED: []}
+        by_status: dict[str, list[dict[str, Any]]] = {SCHEDULED: [], FAILED: [], COMPLETED: []}
         apart: list[tuple[Job[Any], Finish]] = []
-        for job, outcome in runs:
+        # Id order: concurrent writers of the same rows lock them in one order.
+        for job, outcome in sorted(runs, key=lambda run: run[0].id):
+            if job.id in progress.written:
+                continue
             if outcome.status == "DELETE":
                 deleted.append((job.id, job.attempt))
-            elif outcome.status == COMPLETED and outcome == Finish(
-                status=COMPLETED, run_at=outcome.run_at, count=job.count + 1
-            ):
-                completed.append((job.id, job.attempt))
             elif outcome.failed_copy_reason is None and outcome.status in by_status:
                 by_status[outcome.status].append(_finish_params(job, outcome))
             else:
                 apart.append((job, outcome))
-        owned = sum(self.finish(job, outcome) for job, outcome in apart)
-        if not (deleted or completed or by_status[SCHEDULED] or by_status[FAILED]):
-            return owned
+        for job, outcome in apart:
+            progress.owned += self.finish(job, outcome)
+            progress.written.add(job.id)
+        if not (deleted or any(by_status.values())):
+            return progress.owned
         mine = t.c.status == RUNNING
-        statements: list[tuple[Any, Any]] = []
+        statements: list[tuple[Any, Any, list[str]]] = []
         for chunk in _chunks(deleted):
-            statements.append(
-                (sa.delete(t).where(mine, sa.tuple_(t.c.id, t.c.attempt).in_(chunk)), None)
-            )
-        for chunk in _chunks(completed):
-            statements.append(
-                (
-                    sa.update(t)
-                    .where(mine, sa.tuple_(t.c.id, t.c.attempt).in_(chunk))
-                    .values(
-                        status=COMPLETED,
-                        run_at=now,  # see runner._done: a kept job's run_at is its finish
-                        count=t.c.count + 1,
-                        errors=0,
-                        reason=None,
-                        lease_until=None,
-                        live_custom_id=None,
-                        updated_at=now,
-                    ),
-                    None,
-                )
-            )
+            where = sa.tuple_(t.c.id, t.c.attempt).in_(chunk)
+            statements.append((sa.delete(t).where(mine, where), None, [i for i, _ in chunk]))
         by_row = sa.and_(
             mine, t.c.id == sa.bindparam("b_id"), t.c.attempt == sa.bindparam("b_attempt")
         )
         common: dict[str, Any] = {
             "errors": sa.bindparam("b_errors"),
             "reason": sa.bindparam("b_reason"),
+            "error": sa.bindparam("b_error"),
+            "history": sa.bindparam("b_history"),
             "run_at": sa.bindparam("b_run_at"),
             "occurrence_at": sa.bindparam("b_occurrence_at"),
             "count": sa.bindparam("b_count"),
@@ -1509,22 +1545,26 @@ class JobStore:
         if by_status[SCHEDULED]:
             # A retry or the next occurrence: not started, still holding its id.
             stmt = sa.update(t).where(by_row).values(status=SCHEDULED, started_at=None, **common)
-            statements.append((stmt, by_status[SCHEDULED]))
-        if by_status[FAILED]:
-            stmt = sa.update(t).where(by_row).values(status=FAILED, live_custom_id=None, **common)
-            statements.append((stmt, by_status[FAILED]))
+            statements.append(
+                (stmt, by_status[SCHEDULED], [p["b_id"] for p in by_status[SCHEDULED]])
+            )
+        for ended in (FAILED, COMPLETED):  # a finished job releases its custom id
+            if by_status[ended]:
+                stmt = (
+                    sa.update(t).where(by_row).values(status=ended, live_custom_id=None, **common)
+                )
+                statements.append((stmt, by_status[ended], [p["b_id"] for p in by_status[ended]]))
         sane = self.engine.dialect.supports_sane_multi_rowcount
-        with (
-            _storage_errors("finish jobs"),
-            self._one_statement() if len(statements) == 1 else self.engine.begin() as c,
-        ):
-            for stmt, params in statements:
+        for stmt, params, ids in statements:
+            with _storage_errors("finish jobs"), self._one_statement() as c:
                 if params is None:
-                    owned += c.execute(stmt).rowcount
+                    owned = c.execute(stmt).rowcount
                 else:
                     result = c.execute(stmt, params)
-                    owned += result.rowcount if sane else len(params)
-        return owned
+                    owned = result.rowcount if sane else len(params)
+            progress.owned += owned
+            progress.written.update(ids)
+        return progress.owned
 
     def extend_leases(
         self, runs: Sequence[tuple[str, int]], lease: timedelta

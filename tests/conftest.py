@@ -175,6 +175,15 @@ def app(make_app: AppFactory, queue: Queue) -> Iterator[Flask]:
 
 
 @pytest.fixture
+def debug_app(make_app: AppFactory, queue: Queue) -> Iterator[Flask]:
+    """An app whose dashboard is open (debug mode, no guard), keeping completed jobs."""
+    app = make_app(queue, QUEUE_KEEP_COMPLETED="1 day")
+    app.debug = True
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
 def client(app: Flask) -> Any:
     return app.test_client()
 

@@ -310,3 +310,48 @@ def test_a_batch_that_cannot_all_be_handed_off_leaves_no_lease_kept_alive(
     with pytest.raises(RuntimeError, match="the executor broke"):
         queue.produce(executor=executor)
     assert state.heartbeat.running() == []  # nothing claimed is kept alive by this process
+
+
+@all_databases
+def test_a_batch_cut_between_its_statements_writes_the_rest_and_warns_of_nothing(
+    app: Flask, queue: Queue, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each kind of outcome commits on its own (no transaction holds one kind's
+    # locks while waiting on another's, which deadlocked with the heartbeat);
+    # an outage after the first leaves the retry to write only the rest, and
+    # every run still owned its row, so none is reported as having lost it.
+    state = app.extensions["queue"]
+    store = state.store
+    due_jobs(app, queue, clock, "echo", ["d1", "d2"])
+    due_jobs(app, queue, clock, "boom", ["r1", "r2"])
+    jobs = store.claim_started(10, LEASE)
+    finisher = Finisher(store, state.heartbeat, size=10)
+    for job in jobs:
+        state.heartbeat.add(job.id, job.attempt)
+        if job.queue == "echo":
+            outcome = after_success(job, timedelta(0), clock())
+        else:
+            outcome = after_failure(job, "boom", [timedelta(seconds=10)], clock())
+        finisher.add(job, outcome)
+    engine = store.engine
+    cut = {"left": 1}
+
+    def cut_the_update(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE") and cut["left"]:
+            cut["left"] -= 1
+            conn.invalidate()  # the connection dies under the second statement
+            raise sa.exc.OperationalError(statement, {}, Exception("server closed the connection"))
+
+    sa.event.listen(engine, "before_cursor_execute", cut_the_update)
+    try:
+        with caplog.at_level("WARNING", logger="flask_queue"), statements(app) as seen:
+            finisher.flush()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", cut_the_update)
+    assert cut["left"] == 0
+    assert len([s for s in seen if s.startswith("DELETE")]) == 1  # written once, not again
+    left = rows(app)
+    assert sorted(r.status for r in left.values()) == ["SCHEDULED", "SCHEDULED"]
+    assert all(r.errors == 1 for r in left.values())
+    assert "lost their lease" not in caplog.text
+    assert "retrying in" in caplog.text

@@ -15,14 +15,6 @@ from tests.conftest import Clock, all_databases, row_snapshot
 XSS = "<script>window.__pwned=1</script>"
 
 
-@pytest.fixture
-def debug_app(make_app: Any, queue: Queue) -> Any:
-    app = make_app(queue, QUEUE_KEEP_COMPLETED="1 day")
-    app.debug = True
-    with app.app_context():
-        yield app
-
-
 def _csrf(client: Any, path: str) -> str:
     page = client.get(path).get_data(as_text=True)
     match = re.search(r'name="csrf_token" value="([^"]+)"', page)
@@ -397,12 +389,18 @@ def test_lists_read_no_payloads_and_only_the_end_of_reasons(
     store = debug_app.extensions["queue"].store
     queue.enqueue("echo", {"blob": "p" * 200_000}, delay="1h")
     failed = _failed(queue, clock)
-    # A 20,000-character reason whose last line names the exception.
+    # A 20,000-character reason whose last line names the exception, on a row
+    # written before the error column (NULL there): the list reads its end.
     long_reason = "Traceback (most recent call last):\n" + "  frame\n" * 2500 + "KeyError: 'gone'"
     with store.engine.begin() as c:
         c.execute(
-            sa.update(store.table).where(store.table.c.id == failed.id).values(reason=long_reason)
+            sa.update(store.table)
+            .where(store.table.c.id == failed.id)
+            .values(reason=long_reason, error=None)
         )
+    # A row of this release: its error line is what the list shows.
+    newer = _failed(queue, clock)
+    assert newer.error == "RuntimeError: boom x" and "Traceback" in (newer.reason or "")
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -419,8 +417,10 @@ def test_lists_read_no_payloads_and_only_the_end_of_reasons(
     assert "KeyError: &#39;gone&#39;" in failed_page or "KeyError: 'gone'" in failed_page
     listing = [s for s in seen if "ORDER BY" in s and store.table.name in s]
     assert listing and all(f"{store.table.name}.payload" not in s for s in listing)
-    listed = list(queue.jobs(status="FAILED", payloads=False))
-    assert listed[0].payload is None and len(listed[0].reason or "") <= 1000
+    assert "RuntimeError: boom x" in failed_page
+    listed = {j.id: j for j in queue.jobs(status="FAILED", payloads=False)}
+    assert listed[failed.id].payload is None and len(listed[failed.id].reason or "") <= 1000
+    assert listed[newer.id].reason is None and listed[newer.id].history is None
     assert queue.get(failed.id).reason == long_reason  # type: ignore[union-attr]
 
 
@@ -445,22 +445,31 @@ def test_job_page_shows_an_excerpt_of_a_big_payload_and_offers_it_whole(
 
 
 @all_databases
-def test_failures_overview_groups_long_tracebacks_by_their_last_line(
+def test_failures_overview_groups_by_the_stored_error_line(
     debug_app: Flask, queue: Queue, clock: Clock
 ) -> None:
     import sqlalchemy as sa
 
     store = debug_app.extensions["queue"].store
-    failed = _failed(queue, clock)
+    current = _failed(queue, clock)
+    legacy = _failed(queue, clock, payload="y")
     long_reason = "Traceback (most recent call last):\n" + "  frame\n" * 5000 + "TimeoutError: slow"
     with store.engine.begin() as c:
+        # A traceback that says otherwise: the overview must go by the error line.
         c.execute(
-            sa.update(store.table).where(store.table.c.id == failed.id).values(reason=long_reason)
+            sa.update(store.table).where(store.table.c.id == current.id).values(reason=long_reason)
         )
-    (queue_name, tail), *_ = store.recent_failures(10)
-    assert queue_name == "boom" and tail.endswith("TimeoutError: slow") and len(tail) <= 1000
+        # A row written before the error column: its traceback's end is read.
+        c.execute(
+            sa.update(store.table)
+            .where(store.table.c.id == legacy.id)
+            .values(reason=long_reason, error=None)
+        )
+    (_, tail), (_, line) = store.recent_failures(10)  # newest first
+    assert line == "RuntimeError: boom x"
+    assert tail.endswith("TimeoutError: slow") and len(tail) <= 1000
     page = debug_app.test_client().get("/_queue/").get_data(as_text=True)
-    assert "<code>TimeoutError</code>" in page
+    assert "<code>RuntimeError</code>" in page and "<code>TimeoutError</code>" in page
 
 
 @pytest.mark.parametrize("granted", ["readonly", "Read", "viewer", "none", "false", b"read", 1])
