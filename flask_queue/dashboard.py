@@ -227,8 +227,11 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             for q, s in settings.items()
             if s["paused"] or s["concurrency"] is not None or s["rate"] is not None
         }
+        now = state.queue.clock()
+        charts = present.run_charts(store.run_stats(present.charts_since(now)), now)
         return render_template(
             "flask_queue/index.html",
+            charts=charts,
             grid=grid,
             settings=settings,
             waiting=waiting,

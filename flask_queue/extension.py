@@ -42,6 +42,7 @@ from .planning import (
     plan,
 )
 from .scheduling import next_cron, retry_delays, validate_cron, zone
+from .stats import Tally
 from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row, naive_utc
 
 if TYPE_CHECKING:
@@ -205,6 +206,8 @@ class QueueState:
     heartbeat: Heartbeat
     finisher: Finisher
     scheduler: Any = None
+    #: Runs counted for the charts, written once per interval (``stats.py``).
+    tally: Tally = None  # type: ignore[assignment]
     #: Prometheus metrics, when prometheus_client is installed (``metrics.py``).
     metrics: Any = None
 
@@ -290,6 +293,7 @@ class Queue:
             executor=None,  # type: ignore[arg-type]
             heartbeat=heartbeat,
             finisher=Finisher(store, heartbeat, size=config.batch_size),
+            tally=Tally(store),
         )
         state.executor = make_executor(state)
         # The limits the handlers declare are stored before this process's first
@@ -688,6 +692,9 @@ class Queue:
                 crons = self.sync_crons(prune=False)
             if housekeeping and config.keep_completed:
                 purged = state.store.purge_completed(self.clock() - config.keep_completed)
+            if housekeeping:
+                state.tally.flush_if_due()
+                state.tally.prune_if_due(self.clock())
         except QueueError as exc:
             # One line, no traceback. An outage is logged once by the loops that
             # retry it (the claim below fails too): here it would repeat per retry.
@@ -797,6 +804,7 @@ def _shutdown_at_exit(ref: weakref.ref[QueueState]) -> None:
     state = ref()
     if state is not None:
         state.executor.shutdown(wait=False)
+        state.tally.flush()
 
 
 def _dispatch(state: QueueState, job_ids: list[str]) -> None:

@@ -161,7 +161,14 @@ def attempts(job: Job[Any]) -> list[dict[str, Any]]:
 
 
 def _gap(first: int, last: int) -> dict[str, Any]:
-    return {"first": first, "last": last, "at": None, "ms": None, "outcome": "no outcome", "error": None}
+    return {
+        "first": first,
+        "last": last,
+        "at": None,
+        "ms": None,
+        "outcome": "no outcome",
+        "error": None,
+    }
 
 
 def milliseconds(ms: int | None) -> str:
@@ -174,6 +181,82 @@ def milliseconds(ms: int | None) -> str:
         return f"{ms / 1000:.3g} s"
     minutes, seconds = divmod(ms // 1000, 60)
     return f"{minutes} min {seconds} s"
+
+
+#: The charts' drawing box (SVG user units); the page scales it to its width.
+CHART_WIDTH = 600
+CHART_HEIGHT = 120
+
+
+def _minute(when: datetime) -> datetime:
+    return when.replace(second=0, microsecond=0)
+
+
+def charts_since(now: datetime) -> datetime:
+    """The first minute the overview's charts show: the day chart's first hour."""
+    return _minute(now).replace(minute=0) - timedelta(hours=23)
+
+
+def run_charts(minutes: list[tuple[datetime, int, int]], now: datetime) -> list[dict[str, Any]]:
+    """The overview's two charts from (minute, succeeded, failed) counts: the
+    last hour per minute and the last 24 hours per hour, each bar a stack of
+    succeeded under failed, the current minute (or hour) last."""
+    by_minute = {_minute(m): (ok, bad) for m, ok, bad in minutes}
+    end = _minute(now)
+    hour = [end - timedelta(minutes=i) for i in range(59, -1, -1)]
+    by_hour: dict[datetime, list[int]] = {}
+    for m, (ok, bad) in by_minute.items():
+        pair = by_hour.setdefault(m.replace(minute=0), [0, 0])
+        pair[0] += ok
+        pair[1] += bad
+    last_hour = end.replace(minute=0)
+    day = [last_hour - timedelta(hours=i) for i in range(23, -1, -1)]
+    return [
+        _chart("Last hour", "per minute", [(t, *by_minute.get(t, (0, 0))) for t in hour], "%H:%M"),
+        _chart(
+            "Last 24 hours",
+            "per hour",
+            [(t, *by_hour.get(t, (0, 0))) for t in day],
+            "%H:00",
+        ),
+    ]
+
+
+def _chart(
+    title: str, unit: str, points: list[tuple[datetime, int, int]], fmt: str
+) -> dict[str, Any]:
+    peak = max((ok + bad for _, ok, bad in points), default=0)
+    scale = (CHART_HEIGHT - 2) / peak if peak else 0.0
+    width = CHART_WIDTH / len(points)
+    bars = []
+    for i, (start, ok, bad) in enumerate(points):
+        # A count of one stays visible beside a peak of thousands.
+        h_ok = max(ok * scale, 1.0) if ok else 0.0
+        h_bad = max(bad * scale, 1.0) if bad else 0.0
+        bars.append(
+            {
+                "x": round(i * width + width * 0.1, 2),
+                "w": round(width * 0.8, 2),
+                "ok": ok,
+                "bad": bad,
+                "y_ok": round(CHART_HEIGHT - h_ok, 2),
+                "h_ok": round(h_ok, 2),
+                "y_bad": round(CHART_HEIGHT - h_ok - h_bad, 2),
+                "h_bad": round(h_bad, 2),
+                "label": f"{start.strftime(fmt)} UTC: {ok:,} succeeded, {bad:,} failed",
+            }
+        )
+    return {
+        "title": title,
+        "unit": unit,
+        "bars": bars,
+        "peak": peak,
+        "succeeded": sum(ok for _, ok, _ in points),
+        "failed": sum(bad for _, _, bad in points),
+        "first": points[0][0].strftime(fmt),
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+    }
 
 
 def mask(value: Any) -> Any:

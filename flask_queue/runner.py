@@ -112,7 +112,7 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
     # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
     default = handler.retry if handler.retry is not None else state.config.retry
     try:
-        return _run(job, handler.run, default, state.config.keep_completed, now)
+        outcome = _run(job, handler.run, default, state.config.keep_completed, now)
     except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
         reason = (
             "flask_queue could not work out what comes after this run from the"
@@ -122,6 +122,10 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
         log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
         outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
         return _recorded(job, outcome, now(), None, history.FAILED, history.line(reason))
+    if outcome.history:
+        ran = outcome.history[-1]["outcome"]
+        state.tally.count(job.queue, ran == history.SUCCEEDED, now())
+    return outcome
 
 
 def _recorded(

@@ -1711,6 +1711,63 @@ class JobStore:
             raw.close()
         return listener
 
+    # -- run counts for the charts ---------------------------------------------
+
+    def add_stats(self, rows: Sequence[tuple[datetime, str, int, int]]) -> None:
+        """Add (minute, queue, succeeded, failed) counts to the stats table, in
+        one upsert: the row of a minute that another process already wrote
+        is added to, not replaced."""
+        st = self.stats
+        values = [
+            {"minute": naive_utc(m), "queue": q, "succeeded": ok, "failed": bad}
+            for m, q, ok, bad in rows
+        ]
+        stmt: Any
+        if self.dialect == "mysql":
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+            mine = mysql_insert(st).values(values)
+            stmt = mine.on_duplicate_key_update(
+                succeeded=st.c.succeeded + mine.inserted.succeeded,
+                failed=st.c.failed + mine.inserted.failed,
+            )
+        else:
+            # PostgreSQL's and SQLite's ON CONFLICT are spelled alike.
+            dialect_insert: Any
+            if self.dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            ins = dialect_insert(st).values(values)
+            stmt = ins.on_conflict_do_update(
+                index_elements=[st.c.minute, st.c.queue],
+                set_={
+                    "succeeded": st.c.succeeded + ins.excluded.succeeded,
+                    "failed": st.c.failed + ins.excluded.failed,
+                },
+            )
+        with _storage_errors("count runs"), self._one_statement() as c:
+            c.execute(stmt)
+
+    def run_stats(self, since: datetime) -> list[tuple[datetime, int, int]]:
+        """(minute, succeeded, failed) of every minute from ``since`` with runs,
+        summed over queues, oldest first: a range of the stats table's key,
+        whatever the job table holds."""
+        st = self.stats
+        stmt = (
+            sa.select(st.c.minute, sa.func.sum(st.c.succeeded), sa.func.sum(st.c.failed))
+            .where(st.c.minute >= naive_utc(since))
+            .group_by(st.c.minute)
+            .order_by(st.c.minute)
+        )
+        with _storage_errors("read run counts"), self.engine.connect() as c:
+            return [(aware_utc(m), int(ok), int(bad)) for m, ok, bad in c.execute(stmt)]  # type: ignore[misc]
+
+    def prune_stats(self, before: datetime) -> int:
+        st = self.stats
+        with _storage_errors("prune run counts"), self._one_statement() as c:
+            return c.execute(sa.delete(st).where(st.c.minute < naive_utc(before))).rowcount
+
     def purge_completed(self, older_than: datetime) -> int:
         t = self.table
         with _storage_errors("purge completed jobs"), self.engine.begin() as c:

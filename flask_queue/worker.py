@@ -203,6 +203,7 @@ def work(
     finally:
         idle.close()
         executor.shutdown(wait=True)
+        state.tally.flush()
     report(f"worker stopped after {total} job(s)")
     return total
 

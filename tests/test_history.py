@@ -71,9 +71,7 @@ def test_a_retrying_job_shows_its_last_error_line_and_keeps_the_traceback(
 
 
 @all_databases
-def test_history_is_bounded_to_the_newest_attempts(
-    app: Flask, queue: Queue, clock: Clock
-) -> None:
+def test_history_is_bounded_to_the_newest_attempts(app: Flask, queue: Queue, clock: Clock) -> None:
     runs = HISTORY_SIZE + 5
     job = queue.enqueue("boom", "x", delay="1s", retry=["1s"] * runs)
     for _ in range(runs):
@@ -119,7 +117,11 @@ def test_the_job_page_lists_attempts_newest_first_with_gaps_named(
     page = debug_app.test_client().get(f"/_queue/job/{job.id}").get_data(as_text=True)
     section = page[page.index("<h2>Attempts</h2>") :]
     rows = section[: section.index("</tbody>")].split("<tr class=")[1:]
-    assert [r.split('"')[1] for r in rows] == ["outcome-failed", "outcome-no-outcome", "outcome-failed"]
+    assert [r.split('"')[1] for r in rows] == [
+        "outcome-failed",
+        "outcome-no-outcome",
+        "outcome-failed",
+    ]
     assert ">3<" in rows[0] and ">2<" in rows[1] and ">1<" in rows[2]
     assert "RuntimeError: boom x" in rows[0] and "Released undelivered" in rows[1]
 
