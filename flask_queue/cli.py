@@ -304,3 +304,14 @@ def sync_crons_command() -> None:
     except QueueError as exc:
         raise _fail(exc) from None
     click.echo(", ".join(f"{k} {v}" for k, v in stats.items()))
+
+
+@queue_cli.command("rotate-keys")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
+def rotate_keys_command(batch: int) -> None:
+    """Re-encrypt every payload with the newest of QUEUE_ENCRYPTION_KEYS."""
+    try:
+        count = _queue().rotate_keys(batch=batch)
+    except QueueError as exc:
+        raise _fail(exc) from None
+    click.echo(f"{count} payload(s) encrypted with the newest key")

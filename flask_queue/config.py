@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .crypto import read_keys
 from .durations import to_timedelta
 from .errors import ConfigError, QueueError
 from .models import DEFAULT_TABLE_NAME
@@ -37,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_INVOKE_MAX_AGE": "5m",
     "QUEUE_DISPATCH_TIMEOUT": "2s",
     "QUEUE_MAX_PAYLOAD": 1024 * 1024,  # bytes of JSON; None: no limit
+    "QUEUE_ENCRYPTION_KEYS": None,  # Fernet keys, newest first: payloads encrypted at rest
 }
 
 
@@ -62,6 +64,7 @@ class QueueConfig:
     invoke_max_age: timedelta
     dispatch_timeout: timedelta
     max_payload: int | None
+    encryption_keys: list[str] | None
 
     @property
     def secret(self) -> str | None:
@@ -149,4 +152,5 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         max_payload=None
         if config["QUEUE_MAX_PAYLOAD"] is None
         else _positive_int(config, "QUEUE_MAX_PAYLOAD"),
+        encryption_keys=read_keys(config["QUEUE_ENCRYPTION_KEYS"]),
     )

@@ -280,6 +280,10 @@ class Queue:
             require_apscheduler()
         table = job_table(db.metadata, config.table_name)
         store = JobStore(_engine_getter(app, db), table, lambda: self.clock())
+        if config.encryption_keys:
+            from .crypto import PayloadCipher
+
+            store.cipher = PayloadCipher(config.encryption_keys)
 
         from .executors import make_executor
 
@@ -627,6 +631,18 @@ class Queue:
         if job is None:
             raise JobNotFoundError(f"No job with id {job_id!r}.")
         return job
+
+    def rotate_keys(self, *, batch: int = 500) -> int:
+        """Encrypt every stored payload with the newest of ``QUEUE_ENCRYPTION_KEYS``
+        (plain ones too); return how many rows were rewritten. Once it has run,
+        the older keys can be dropped from the setting."""
+        state = self.state()
+        if state.store.cipher is None:
+            raise ConfigError(
+                "Set QUEUE_ENCRYPTION_KEYS (a list of Fernet keys, newest first) to"
+                " encrypt payloads; there is nothing to rotate to."
+            )
+        return state.store.reseal_payloads(batch)
 
     # -- producing -----------------------------------------------------------------
 

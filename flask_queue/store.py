@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from .crypto import PayloadCipher, plain_open
 from .errors import InvalidStatusError, JobNotFoundError, StorageError
 from .job import Job, JobStatus, ScheduleType, new_id
 from .models import queue_table, stats_table
@@ -358,6 +359,8 @@ class JobStore:
         self._limited_recheck = 0.0
         #: Called before the first claim: the extension stores the declared limits.
         self.before_claim: Callable[[], None] | None = None
+        #: Encrypts payloads at rest when QUEUE_ENCRYPTION_KEYS is set (``crypto.py``).
+        self.cipher: PayloadCipher | None = None
 
     @property
     def engine(self) -> Engine:
@@ -416,7 +419,7 @@ class JobStore:
         return Job(
             id=m["id"],
             queue=m["queue"],
-            payload=json.loads(m["payload"]) if payload is _UNSET else payload,
+            payload=json.loads(self._opened(m["payload"])) if payload is _UNSET else payload,
             run_at=aware_utc(m["run_at"]),  # type: ignore[arg-type]
             status=JobStatus(m["status"]),
             custom_id=_text(m["custom_id"]),
@@ -438,6 +441,19 @@ class JobStore:
             created_at=aware_utc(m["created_at"]),
             updated_at=aware_utc(m["updated_at"]),
         )
+
+    def _opened(self, text: str) -> str:
+        return self.cipher.open(text) if self.cipher is not None else plain_open(text)
+
+    def _sealed(self, row: Row) -> Row:
+        """``row`` as it is written: its payload encrypted when a cipher is set.
+        Every INSERT and payload UPDATE goes through here."""
+        if self.cipher is None or row.get("payload") is None:
+            return row
+        return {**row, "payload": self.cipher.seal(row["payload"])}
+
+    def _sealed_new_row(self, **values: Any) -> Row:
+        return self._sealed(self.new_row(**values))
 
     def new_row(self, **values: Any) -> Row:
         """A complete row with defaults; callers pass what differs."""
@@ -495,7 +511,12 @@ class JobStore:
         if not rows:
             return
         if notify and conn is None and len(rows) == 1 and self.dialect == "postgresql":
-            ins = sa.insert(self.table).values(rows[0]).returning(self.table.c.id).cte("ins")
+            ins = (
+                sa.insert(self.table)
+                .values(self._sealed(rows[0]))
+                .returning(self.table.c.id)
+                .cte("ins")
+            )
             notifying = sa.select(sa.func.pg_notify(self.channel, "")).where(
                 sa.exists(sa.select(ins.c.id))
             )
@@ -505,6 +526,8 @@ class JobStore:
         if notify and self.dialect == "postgresql":
             raise ValueError("notify=True takes one row on its own connection")
         stmt = sa.insert(self.table)
+        if self.cipher is not None:
+            rows = [self._sealed(r) for r in rows]
         single = len(rows) <= INSERT_CHUNK
         with _storage_errors("insert jobs"), self._begin(conn, single=single) as c:
             for start in range(0, len(rows), INSERT_CHUNK):
@@ -534,7 +557,7 @@ class JobStore:
                         return replaced, True
                 try:
                     with self._begin(conn, nested=self.dialect == "postgresql") as c:
-                        c.execute(sa.insert(self.table).values(**row))
+                        c.execute(sa.insert(self.table).values(**self._sealed(row)))
                     return self.to_job(row), True
                 except sa.exc.IntegrityError:
                     pass  # a live job holds the id: read (or replace) it next round
@@ -563,7 +586,7 @@ class JobStore:
         t = self.table
         values = {
             k: v
-            for k, v in row.items()
+            for k, v in self._sealed(row).items()
             if k not in ("id", "custom_id", "live_custom_id", "attempt", "created_at")
         }
         values.update(errors=0, lease_until=None, started_at=None)
@@ -1448,7 +1471,7 @@ class JobStore:
                 # holds no custom id.
                 c.execute(
                     sa.insert(t).values(
-                        **self.new_row(
+                        **self._sealed_new_row(
                             queue=job.queue,
                             payload=json.dumps(job.payload),
                             run_at=job.run_at,
@@ -1711,6 +1734,46 @@ class JobStore:
             raw.close()
         return listener
 
+    # -- encryption at rest ------------------------------------------------------
+
+    def reseal_payloads(self, batch: int = 500) -> int:
+        """Encrypt every payload not yet encrypted with the newest key (rows
+        written in plain text before encryption, or with an older key); return
+        how many were rewritten. Reads and writes ``batch`` rows at a time in
+        primary-key order, each batch its own transaction, so it can run beside
+        the app and be stopped and run again. A payload changed meanwhile (an
+        ``override``) is left as it is: it was written with the newest key."""
+        if self.cipher is None:
+            raise ValueError("QUEUE_ENCRYPTION_KEYS is not set: there is no key to encrypt with")
+        t = self.table
+        rewritten = 0
+        last = ""
+        update = (
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("b_id"), t.c.payload == sa.bindparam("b_old"))
+            .values(payload=sa.bindparam("b_new"))
+        )
+        while True:
+            with _storage_errors("read payloads to re-encrypt"), self.engine.connect() as c:
+                rows = c.execute(
+                    sa.select(t.c.id, t.c.payload)
+                    .where(t.c.id > last)
+                    .order_by(t.c.id)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return rewritten
+            last = rows[-1][0]
+            changes = []
+            for job_id, text in rows:
+                new = self.cipher.resealed(text)
+                if new is not None:
+                    changes.append({"b_id": job_id, "b_old": text, "b_new": new})
+            if changes:
+                with _storage_errors("re-encrypt payloads"), self.engine.begin() as c:
+                    c.execute(update, changes)
+                rewritten += len(changes)
+
     # -- run counts for the charts ---------------------------------------------
 
     def add_stats(self, rows: Sequence[tuple[datetime, str, int, int]]) -> None:
@@ -1821,7 +1884,7 @@ class JobStore:
                 if current is None:
                     try:
                         with self.engine.begin() as c:
-                            c.execute(sa.insert(t).values(**row_for(name)))
+                            c.execute(sa.insert(t).values(**self._sealed(row_for(name))))
                         stats["created"] += 1
                     except sa.exc.IntegrityError:
                         pass  # another producer created it first
