@@ -57,6 +57,19 @@ LEASE_EXPIRED = (
 )
 LEASE_EXPIRED_LINE = "LeaseExpired: the run's process died or outlived its lease"
 _UNSET: Any = object()
+#: Columns ``_replace_live`` keeps from the row it replaces, or sets itself.
+_KEPT_BY_OVERRIDE = frozenset(
+    {
+        "id",
+        "custom_id",
+        "live_custom_id",
+        "attempt",
+        "created_at",
+        "lease_until",
+        "errors",
+        "started_at",
+    }
+)
 
 
 def naive_utc(value: datetime) -> datetime:
@@ -582,15 +595,22 @@ class JobStore:
         The attempt number is kept and the status set to SCHEDULED, so a run of
         the old content that is still going owns the row no longer: its finish
         matches nothing, and the next claim starts a new attempt.
+
+        A job never runs twice at once, and a queue's concurrency limit counts
+        that old run: a RUNNING row keeps its lease, which the old run's
+        heartbeat goes on extending (``extend_leases``), and a SCHEDULED row
+        with a lease is not due (``_due``) until the old run has ended (its
+        finish clears the lease, see ``_let_go``) or died (the lease ran out).
         """
         t = self.table
-        values = {
-            k: v
-            for k, v in self._sealed(row).items()
-            if k not in ("id", "custom_id", "live_custom_id", "attempt", "created_at")
-        }
-        values.update(errors=0, lease_until=None, started_at=None)
-        stmt = sa.update(t).where(t.c.live_custom_id == row["custom_id"]).values(values)
+        values = [
+            # First: MySQL applies SET assignments left to right, on new values.
+            (t.c.lease_until, sa.case((t.c.status == RUNNING, t.c.lease_until), else_=None)),
+            *((t.c[k], v) for k, v in self._sealed(row).items() if k not in _KEPT_BY_OVERRIDE),
+            (t.c.errors, 0),
+            (t.c.started_at, None),
+        ]
+        stmt = sa.update(t).where(t.c.live_custom_id == row["custom_id"]).ordered_values(*values)
         returning = self.engine.dialect.update_returning
         with self._begin(conn, single=returning) as c:
             if returning:
@@ -966,7 +986,10 @@ class JobStore:
         repeating job's next occurrence before its time.
         """
         t = self.table
-        return sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now)
+        # A lease on a SCHEDULED row: replaced (override) while it ran, and
+        # that run has not ended yet (see _replace_live).
+        free = sa.or_(t.c.lease_until.is_(None), t.c.lease_until <= now)
+        return sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now, free)
 
     def _expired(self, now: Any) -> sa.ColumnElement[bool]:
         """A RUNNING job whose lease ran out: its runner is presumed dead."""
@@ -1094,7 +1117,9 @@ class JobStore:
                             sa.select(t.c.queue, sa.func.count())
                             .where(
                                 t.c.queue.in_([r.name for r in rows]),
-                                t.c.status == RUNNING,
+                                # SCHEDULED with a lease: replaced while running,
+                                # and that run still goes on (_replace_live).
+                                t.c.status.in_(LIVE),
                                 t.c.lease_until > now,
                             )
                             .group_by(t.c.queue)
@@ -1431,7 +1456,10 @@ class JobStore:
                 stmt = self._prebuilt(
                     ("finish-delete", unstarted), lambda: sa.delete(t).where(self._owned(unstarted))
                 )
-                return c.execute(stmt, guard).rowcount == 1
+                if c.execute(stmt, guard).rowcount == 1:
+                    return True
+                self._let_go(c, [(job.id, job.attempt)])
+                return False
             values: dict[str, Any] = {
                 "status": outcome.status,
                 "errors": outcome.errors,
@@ -1464,6 +1492,7 @@ class JobStore:
             )
             params = {f"v_{k}": v for k, v in values.items()}
             if c.execute(stmt, {**guard, **params}).rowcount != 1:
+                self._let_go(c, [(job.id, job.attempt)])
                 return False
             if outcome.failed_copy_reason is not None:
                 # The failed run's record is a plain one-off row: retrying it
@@ -1486,6 +1515,21 @@ class JobStore:
                     )
                 )
             return True
+
+    def _let_go(self, c: Connection, runs: list[tuple[str, int]]) -> None:
+        """Runs that ended without owning their row: if their job was replaced
+        while they ran (override), its new content may start now, not a lease
+        later (see _replace_live)."""
+        t = self.table
+        c.execute(
+            sa.update(t)
+            .where(
+                t.c.status == SCHEDULED,
+                t.c.lease_until.is_not(None),
+                sa.tuple_(t.c.id, t.c.attempt).in_(runs),
+            )
+            .values(lease_until=None)
+        )
 
     def mark_started(self, runs: Sequence[tuple[str, int]]) -> None:
         """Record that these claimed runs (id, attempt) began their handlers, in
@@ -1587,6 +1631,9 @@ class JobStore:
                     owned = result.rowcount if sane else len(params)
             progress.owned += owned
             progress.written.update(ids)
+            if owned < len(ids):
+                with _storage_errors("finish jobs"), self._one_statement() as c:
+                    self._let_go(c, [(j.id, j.attempt) for j, _ in runs if j.id in set(ids)])
         return progress.owned
 
     def extend_leases(
@@ -1596,7 +1643,13 @@ class JobStore:
         the (id, attempt) pairs that still owned their row."""
         t = self.table
         now = self.now()
-        owned = sa.and_(t.c.status == RUNNING, sa.tuple_(t.c.id, t.c.attempt).in_(list(runs)))
+        # A run whose job was replaced (override) while it ran keeps the
+        # replaced row's lease alive until it ends: see _replace_live.
+        replaced = sa.and_(t.c.status == SCHEDULED, t.c.lease_until.is_not(None))
+        owned = sa.and_(
+            sa.or_(t.c.status == RUNNING, replaced),
+            sa.tuple_(t.c.id, t.c.attempt).in_(list(runs)),
+        )
         stmt = sa.update(t).where(owned).values(lease_until=now + lease)
         with _storage_errors("extend leases"):
             if self.engine.dialect.update_returning:
