@@ -562,3 +562,39 @@ def test_produce_counts_what_it_claimed_before_a_cut(outage: Outage, queue: Queu
     with outage.direct.app_context():
         running = queue.jobs(status="RUNNING")
     assert sorted(j.id for j in running) == sorted(executor.submitted)
+
+
+@server_databases
+def test_cut_mid_enqueue_many_stores_nothing_and_a_retry_stores_all(
+    outage: Outage, queue: Queue, clock: Clock, recorder: Recorder
+) -> None:
+    # 2,500 rows go as three INSERTs in one transaction: the connection dies
+    # after the first, so the call raises and the database keeps none of them
+    # (no half batch a retry would then duplicate).
+    store = outage.app.extensions["queue"].store
+    inserts: list[str] = []
+
+    def cut_on_second_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+            if len(inserts) == 2:
+                outage.proxy.cut()
+
+    sa.event.listen(store.engine, "before_cursor_execute", cut_on_second_insert)
+    payloads = [{"n": i, "token": "s3cret-value"} for i in range(2500)]
+    try:
+        with outage.app.app_context(), pytest.raises(StorageError) as info:
+            queue.enqueue_many("echo", payloads, delay="1s")
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", cut_on_second_insert)
+        outage.proxy.restore()
+    assert len(inserts) == 2 and info.value.transient
+    assert "s3cret-value" not in str(info.value)
+    assert outage.rows() == 0
+    with outage.app.app_context():
+        queue.enqueue_many("echo", payloads, delay="1s")
+        assert outage.rows() == 2500
+        clock.advance(1)
+        while queue.produce().claimed:
+            pass
+    assert sorted(p["n"] for p in recorder.payloads("echo")) == list(range(2500))
