@@ -7,6 +7,9 @@ Settings come from ``EXAMPLE_*`` environment variables, e.g.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import os
 import random
 import time
@@ -14,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, redirect, render_template, request, url_for
+from flask import Flask, Response, abort, redirect, render_template, request, url_for
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_queue import Job, Queue
@@ -55,6 +58,10 @@ def booking_reminder(job: Job[int]) -> None:
 @queue.handler("chargeCard", retry=["2s", "5s", "10s"])
 def charge_card(job: Job[int]) -> None:
     """A handler that fails sometimes: retried with growing delays, then FAILED."""
+    _charge(job)
+
+
+def _charge(job: Job[Any]) -> None:
     if random.random() < float(os.environ.get("EXAMPLE_FAILURE_RATE", "0.4")):
         raise ConnectionError(f"payment gateway timed out for booking {job.payload}")
     _log(job)
@@ -89,6 +96,32 @@ def noop(job: Job[None]) -> None:
     """Does nothing: the benchmark measures delivery itself with it."""
 
 
+def _basic_credentials() -> str | None:
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def dashboard_roles(writer: str | None, reader: str) -> Any:
+    """A dashboard guard with two HTTP Basic users: ``writer`` ("user:password")
+    gets full access, ``reader`` sees everything and changes nothing (its POSTs
+    get 403). Anyone else is asked for credentials."""
+
+    def guard() -> Any:
+        given = _basic_credentials() or ""
+        if writer and hmac.compare_digest(given.encode(), writer.encode()):
+            return "write"
+        if hmac.compare_digest(given.encode(), reader.encode()):
+            return "read"
+        abort(Response("Authentication required.", 401, {"WWW-Authenticate": 'Basic realm="jobs"'}))
+
+    return guard
+
+
 def create_app(**overrides: Any) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
@@ -102,6 +135,17 @@ def create_app(**overrides: Any) -> Flask:
     )
     app.config.from_prefixed_env("EXAMPLE")
     app.config.update(overrides)
+    if app.config.get("DASHBOARD_READER"):
+        # EXAMPLE_DASHBOARD_READER="viewer:pw": a read-only dashboard user
+        # beside the full-access one of EXAMPLE_QUEUE_DASHBOARD_AUTH.
+        app.config["QUEUE_DASHBOARD_AUTH"] = dashboard_roles(
+            app.config.get("QUEUE_DASHBOARD_AUTH"), app.config["DASHBOARD_READER"]
+        )
+    # EXAMPLE_EXTRA_QUEUES='["name", ...]': more queues handled like chargeCard
+    # (the browser tests use one with a 200-character name).
+    for name in app.config.get("EXTRA_QUEUES", []):
+        if name not in queue.handlers:
+            queue.handler(name)(_charge)
     db.init_app(app)
     queue.init_app(app)
     try:

@@ -5,9 +5,13 @@ Screenshots land in test-artifacts/ (desktop 1440 px and phone 375 px).
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,8 @@ import pytest
 
 from flask_queue import JobStatus
 from tests.servers import REPO, Server, isolated_database
+
+DOCS = REPO / "docs"
 
 CHROMIUM = os.environ.get("QUEUE_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -51,7 +57,7 @@ def running(db_url: str, tmp_path: Path) -> Iterator[tuple[Server, Any]]:
             server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
@@ -132,26 +138,6 @@ def test_dashboard_in_chromium(running: tuple[Server, Any], browser: Any) -> Non
     assert page.evaluate("window.__pwned") is None
 
 
-def test_dashboard_on_a_phone(running: tuple[Server, Any], browser: Any) -> None:
-    server, reader = running
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = _page(browser, 375, 812)
-    for name, path in [
-        ("overview", "/_queue/"),
-        ("failed", "/_queue/jobs/failed"),
-        ("scheduled", "/_queue/jobs/scheduled"),
-    ]:
-        page.goto(server.base + path)
-        # Nothing wider than the screen but the tables' own scroll boxes.
-        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 0, (name, overflow)
-        page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}-375.png"), full_page=True)
-    failed = _failed(reader)[0]
-    page.goto(f"{server.base}/_queue/job/{failed.id}")
-    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
-    page.screenshot(path=str(ARTIFACTS / "dashboard-job-375.png"), full_page=True)
-
-
 def test_dashboard_without_javascript(running: tuple[Server, Any], browser: Any) -> None:
     from example_app import queue
 
@@ -174,3 +160,326 @@ def test_closed_dashboard_in_browser(running: tuple[Server, Any], browser: Any) 
     response = context.request.get(f"{server.base}/_queue/")
     assert response.status == 401
     assert response.headers["www-authenticate"].startswith("Basic")
+
+
+# --- Layout at 375 and 1440 px with the longest things a row can hold -----------
+
+PHONE = (375, 812)
+DESKTOP = (1440, 900)
+#: A 200-character queue name with no space or hyphen to break at.
+LONG_QUEUE = ("tenant_acme_eu_west_billing_invoices_monthly_reconciliation_" * 4)[:200]
+#: 255-character custom ids (the most a custom id may have), unbreakable too.
+LONG_ID = ("order_2024_" + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" * 4)[
+    :255
+]
+RETRIED_ID = "retried_" + LONG_ID[8:]
+#: Makes chargeCard's error line longer than the 255 characters the row keeps.
+LONG_CARD = (
+    "9921 (card ending 4242, declined by the issuer after three attempts; the gateway said"
+    " insufficient funds or a limit exceeded on https://gateway.example/v1/charges/"
+    + "ch_3OqYk2LkdIwHu7ix0xN1x2Yz" * 6
+    + ")"
+)
+LONG_PAYLOAD = {
+    "booking": 9921,
+    "guest": {"name": "Ada Lovelace", "email": "ada@example.com", "notes": "late arrival " * 40},
+    "token": "tok_" + "A1b2C3d4E5" * 60,
+    "lines": [{"sku": f"ROOM-{i:04d}", "nights": i % 7 + 1} for i in range(40)],
+}
+
+
+def _traceback(size: int = 10_000) -> str:
+    frame = (
+        '  File "/srv/app/billing/gateway.py", line {n}, in charge\n'
+        "    response = session.post(url, json=body, timeout=settings.GATEWAY_TIMEOUT)\n"
+    )
+    lines = ["Traceback (most recent call last):"]
+    n = 0
+    while sum(len(x) + 1 for x in lines) < size - 700:
+        n += 1
+        lines.append(frame.format(n=n).rstrip("\n"))
+    lines.append("    raise ConnectionError(" + "x" * 500 + ")")  # one unbreakable line
+    text = "\n".join(lines) + "\n"
+    last = "ConnectionError: payment gateway timed out for booking 9921"
+    return (text + " " * (size - len(text) - len(last) - 1))[: size - len(last) - 1] + "\n" + last
+
+
+#: Counts per minute seeded into the stats table: minutes ago -> (succeeded, failed).
+HOUR_COUNTS = {m: (12 + (m * 7) % 23, 3 if m % 9 == 0 else 0) for m in range(1, 60)}
+#: And per hour for the day chart: hours ago -> (succeeded, failed).
+DAY_COUNTS = {h: (300 + (h * 53) % 400, 20 if h % 5 == 0 else 1) for h in range(2, 24)}
+
+
+def _auth(user: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
+
+
+def _wait(check: Any, timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A server with a read-only user beside the admin, jobs with the longest
+    queue names, ids, errors, payloads and tracebacks, and an hour and a day of
+    run counts for the charts. Layout does not depend on the database: SQLite."""
+    import sqlalchemy as sa
+
+    from example_app import create_app, queue
+
+    with isolated_database("sqlite://", tmp_path_factory.mktemp("layout")) as url:
+        server = Server(
+            url,
+            QUEUE_DASHBOARD_AUTH="admin:pw",
+            DASHBOARD_READER="viewer:pw",
+            QUEUE_KEEP_COMPLETED="1 day",
+            FAILURE_RATE="1",
+            EXTRA_QUEUES=[LONG_QUEUE],
+        ).start()
+        try:
+            server.enqueue("bookingReminder", 1, delay="1 hour")
+            server.enqueue("record", {"report": "weekly"}, cron="0 9 * * 1", tz="Europe/Paris")
+            server.enqueue(LONG_QUEUE, 7, delay="2 hours", id=LONG_ID)
+            server.enqueue("chargeCard", LONG_CARD, retry=0)
+            server.enqueue("chargeCard", 41, retry=0)
+            server.enqueue(LONG_QUEUE, LONG_CARD, retry=0)
+            retried = server.enqueue(LONG_QUEUE, LONG_PAYLOAD, retry=["0s", "0s"], id=RETRIED_ID)[
+                "id"
+            ]
+            server.enqueue("record", "done-now")
+            server.wait_for_runs(lambda r: any(x["payload"] == "'done-now'" for x in r))
+            reader = create_app(SQLALCHEMY_DATABASE_URI=url, QUEUE_SCHEDULER=False)
+
+            def failed_for_good() -> bool:
+                with reader.app_context():
+                    job = queue.get(retried)
+                if job is not None and job.status is JobStatus.FAILED:
+                    return True
+                server.ping()  # runs the retry that is due
+                return False
+
+            assert _wait(failed_for_good, 30), "the retried job never failed for good"
+            with reader.app_context():
+                store = reader.extensions["queue"].store
+                with store.engine.begin() as c:
+                    c.execute(
+                        sa.update(store.table)
+                        .where(store.table.c.id == retried)
+                        .values(reason=_traceback())
+                    )
+                now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+                rows = [
+                    (now - timedelta(minutes=m), "record", ok, bad)
+                    for m, (ok, bad) in HOUR_COUNTS.items()
+                ]
+                rows += [
+                    (now.replace(minute=0) - timedelta(hours=h), "chargeCard", ok, bad)
+                    for h, (ok, bad) in DAY_COUNTS.items()
+                ]
+                store.add_stats(rows)
+            yield {"server": server, "reader": reader, "retried": retried, "seeded_at": now}
+        finally:
+            server.stop()
+
+
+def _context(browser: Any, size: tuple[int, int], user: str = "admin:pw") -> Any:
+    width, height = size
+    # Sent with every request: the two-user guard answers 401 only to strangers.
+    return browser.new_context(
+        viewport={"width": width, "height": height}, extra_http_headers=_auth(user)
+    )
+
+
+MEASURE = """() => {
+  const visible = (el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden";
+  const cells = [...document.querySelectorAll("td, th")].filter(visible);
+  return {
+    page: document.documentElement.scrollWidth,
+    viewport: window.innerWidth,
+    cells: cells.length,
+    overflowing: cells
+      .filter((el) => el.scrollWidth > el.clientWidth + 1)
+      .map((el) => [el.tagName, el.getAttribute("data-label"), el.clientWidth, el.scrollWidth,
+                    el.textContent.trim().slice(0, 40)]),
+  };
+}"""
+
+
+def _check_layout(page: Any, name: str, width: int) -> dict[str, Any]:
+    """No page wider than the screen, no table cell whose content spills out."""
+    m = page.evaluate(MEASURE)
+    assert m["viewport"] == width
+    assert m["page"] <= m["viewport"], (name, width, m["page"])
+    assert not m["overflowing"], (name, width, m["overflowing"])
+    page.screenshot(path=str(ARTIFACTS / f"layout-{name}-{width}.png"), full_page=True)
+    return m  # type: ignore[no-any-return]
+
+
+BAR = re.compile(r"^(\d\d:\d\d) UTC: ([\d,]+) succeeded, ([\d,]+) failed$")
+
+
+def _check_charts(page: Any, seeded_at: datetime) -> None:
+    charts = page.locator("figure.chart")
+    assert charts.count() == 2
+    expected = [
+        {(seeded_at - timedelta(minutes=m)).strftime("%H:%M"): v for m, v in HOUR_COUNTS.items()},
+        {
+            (seeded_at.replace(minute=0) - timedelta(hours=h)).strftime("%H:00"): v
+            for h, v in DAY_COUNTS.items()
+            if h >= 3  # the hour of the seeded minutes has them too
+        },
+    ]
+    for chart, bars, seeded in zip(charts.all(), (60, 24), expected, strict=True):
+        assert chart.is_visible()
+        box = chart.evaluate(
+            """(fig) => {
+              const s = getComputedStyle(fig), svg = fig.querySelector("svg").getBoundingClientRect();
+              return {content: fig.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight),
+                      svg: svg.width, height: svg.height, right: svg.right,
+                      fig: fig.getBoundingClientRect().right};
+            }"""
+        )
+        # preserveAspectRatio="none": the drawing stretches to its box, exactly.
+        assert abs(box["svg"] - box["content"]) < 0.5, box
+        assert box["height"] > 50 and box["right"] <= box["fig"], box
+        titles = chart.locator("svg g > title").all_text_contents()
+        assert len(titles) == bars
+        parsed = []
+        for title in titles:
+            match = BAR.match(title)
+            assert match, title
+            at, ok, bad = match[1], int(match[2].replace(",", "")), int(match[3].replace(",", ""))
+            if at in seeded:
+                assert (ok, bad) == seeded[at], (at, ok, bad)
+            parsed.append((ok, bad))
+        assert chart.locator("svg rect.ok").count() == sum(1 for ok, _ in parsed if ok)
+        assert chart.locator("svg rect.bad").count() == sum(1 for _, bad in parsed if bad)
+        assert chart.locator("svg rect.ok").count() >= len(seeded) - 1  # one may have aged out
+        assert chart.locator("svg rect.bad").count() >= 1
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["375", "1440"])
+def test_layout_with_long_names(
+    seeded: dict[str, Any], browser: Any, size: tuple[int, int]
+) -> None:
+    from urllib.parse import quote
+
+    server, retried = seeded["server"], seeded["retried"]
+    width = size[0]
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = _context(browser, size)
+    page = context.new_page()
+    base = f"{server.base}/_queue"
+
+    page.goto(f"{base}/")
+    _check_layout(page, "overview", width)
+    _check_charts(page, seeded["seeded_at"])
+    assert page.get_by_text(LONG_QUEUE).first.is_visible()
+    if width == 1440:
+        page.screenshot(path=str(DOCS / "dashboard.png"))
+
+    for status in ("scheduled", "running", "failed", "completed"):
+        page.goto(f"{base}/jobs/{status}")
+        _check_layout(page, status, width)
+
+    page.goto(f"{base}/jobs/failed")
+    errors = page.locator("table.jobs td.error")
+    assert errors.count() == 4
+    widths = [
+        e.evaluate("(el) => el.querySelector('.error-line').getBoundingClientRect().width")
+        for e in errors.all()
+    ]
+    if width == 375:
+        # Cards: the error line has the card's width (a plain table left it ~70 px).
+        assert min(widths) >= 250, widths
+        page.screenshot(path=str(DOCS / "dashboard-phone.png"), full_page=True)
+    else:
+        assert min(widths) >= 300, widths
+
+    page.goto(f"{base}/jobs/failed?queue={quote(LONG_QUEUE)}")
+    _check_layout(page, "failed-long-queue", width)
+    page.goto(f"{base}/jobs/scheduled?queue={quote(LONG_QUEUE)}")
+    _check_layout(page, "scheduled-long-queue", width)
+
+    # The job page: long queue, long custom id, attempts, a long payload and a
+    # 10,000-character traceback that scrolls inside its own box.
+    page.goto(f"{base}/search?q={quote(RETRIED_ID)}")
+    assert page.url.endswith(f"/job/{retried}")
+    _check_layout(page, "job", width)
+    rows = page.locator("table.attempts tbody tr")
+    assert rows.count() == 3
+    assert [r.locator(".outcome").inner_text() for r in rows.all()] == ["Failed"] * 3
+    assert rows.first.locator(".error-line").inner_text().startswith("ConnectionError: payment")
+    reason = page.locator("pre.reason").evaluate(
+        """(el) => ({client: el.clientWidth, scroll: el.scrollWidth, height: el.clientHeight,
+                     full: el.scrollHeight, right: el.getBoundingClientRect().right,
+                     main: document.querySelector("main").getBoundingClientRect().right,
+                     overflow: getComputedStyle(el).overflow})"""
+    )
+    assert reason["full"] > reason["height"] <= 600, reason  # scrolls, in a bounded box
+    assert reason["scroll"] > reason["client"], reason  # the long line scrolls sideways
+    assert reason["right"] <= reason["main"], reason
+    assert len(page.locator("pre.reason").inner_text()) >= 9_990
+    if width == 375:
+        page.screenshot(path=str(DOCS / "dashboard-job-phone.png"), full_page=True)
+
+    # A search that finds nothing echoes the 255-character id it was given.
+    page.goto(f"{base}/search?q={quote(LONG_ID + 'x')}")
+    _check_layout(page, "search", width)
+    context.close()
+
+
+def test_read_only_user(seeded: dict[str, Any], browser: Any) -> None:
+    from example_app import queue
+
+    server, reader, retried = seeded["server"], seeded["reader"], seeded["retried"]
+    base = f"{server.base}/_queue"
+    for size in (PHONE, DESKTOP):
+        context = _context(browser, size, user="viewer:pw")
+        page = context.new_page()
+        for name, path in [
+            ("overview", "/"),
+            ("failed", "/jobs/failed"),
+            ("scheduled", "/jobs/scheduled"),
+            ("job", f"/job/{retried}"),
+        ]:
+            page.goto(base + path)
+            assert page.locator("main h1").is_visible()
+            assert page.locator("form[method=post]").count() == 0, name
+            for label in (
+                "Retry",
+                "Delete",
+                "Run now",
+                "Pause",
+                "Resume",
+                "Retry all",
+                "Delete all",
+            ):
+                assert page.get_by_role("button", name=label).count() == 0, (name, label)
+            _check_layout(page, f"read-only-{name}", size[0])
+        # Everything is shown, but nothing can be changed: a forged POST is refused.
+        assert page.locator("table.attempts tbody tr").count() == 3
+        for path, form in [
+            (f"/job/{retried}/retry", {}),
+            (f"/job/{retried}/delete", {}),
+            ("/bulk", {"action": "delete"}),
+            (f"/queues/{LONG_QUEUE}/pause", {}),
+        ]:
+            response = context.request.post(base + path, form=form)
+            assert response.status == 403, (path, response.status)
+            assert "Read-only" in response.text()
+        context.close()
+    with reader.app_context():
+        assert queue.get(retried).status is JobStatus.FAILED  # type: ignore[union-attr]
+        assert len(list(queue.jobs(status="FAILED"))) == 4
+    # The admin on the same server still sees the buttons.
+    context = _context(browser, DESKTOP)
+    page = context.new_page()
+    page.goto(f"{base}/job/{retried}")
+    assert page.get_by_role("button", name="Retry").is_visible()
+    context.close()
