@@ -622,6 +622,81 @@ def test_heartbeat_keeps_a_long_run_to_one_run_and_releases_a_dead_one(make_app:
         assert [(c.id, c.attempt) for c in again] == [(dead.id, stuck.attempt + 1)]
 
 
+@pytest.mark.parametrize("path", ["worker", "invoke"])
+def test_heartbeats_keep_long_runs_once_on_the_worker_and_invoke_paths_in_one_statement_a_beat(
+    make_app: Any, path: str
+) -> None:
+    # Real clock: the lease is 300 ms and five handlers run 1.2 s each while
+    # other producers claim all along. The worker (flask queue work) and the
+    # invoke endpoint's run_job share the heartbeat: each beat extends every
+    # run in flight with one statement, not one per job.
+    from flask_queue.runner import run_job
+    from flask_queue.worker import work
+
+    queue = Queue()
+    runs: list[Any] = []
+    lock = threading.Lock()
+
+    @queue.handler("slow")
+    def slow(job: Job[Any]) -> None:
+        with lock:
+            runs.append(job.id)
+        threading.Event().wait(1.2)
+
+    app = make_app(queue, QUEUE_EXECUTOR="worker", QUEUE_LEASE="300ms")
+    store = _store(app)
+    lease = timedelta(milliseconds=300)
+    beats: list[int] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE") and "SET lease_until" in statement:
+            beats.append(len(params) if isinstance(params, (list, tuple, dict)) else 0)
+
+    with app.app_context():
+        jobs = queue.enqueue_many("slow", list(range(5)))
+        sa.event.listen(store.engine, "before_cursor_execute", record)
+        threads: list[threading.Thread] = []
+        try:
+            if path == "worker":
+                stop = threading.Event()
+
+                def serve() -> None:
+                    with app.app_context():
+                        work(queue, concurrency=5, interval=0.05, stop=stop, report=lambda _: None)
+
+                threads.append(threading.Thread(target=serve))
+            else:
+                claimed = store.claim(5, lease)
+                assert len(claimed) == 5
+                state = app.extensions["queue"]
+                for c in claimed:
+                    threads.append(threading.Thread(target=run_job, args=(state, c.id, c.attempt)))
+            for t in threads:
+                t.start()
+            waited = threading.Event()
+            for _ in range(100):
+                if len(runs) == 5:
+                    break
+                waited.wait(0.02)
+            for _ in range(24):  # 1.2 s of claims by other producers
+                assert store.claim(10, lease) == []
+                waited.wait(0.05)
+            if path == "worker":
+                deadline = 50
+                while any(queue.get(j.id) is not None for j in jobs) and deadline:
+                    waited.wait(0.1)
+                    deadline -= 1
+                stop.set()
+            for t in threads:
+                t.join(10)
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", record)
+        assert sorted(runs) == sorted(j.id for j in jobs)  # each once
+        assert all(queue.get(j.id) is None for j in jobs)
+    # One statement per beat (every 100 ms over about 1.2 s), not one per job per beat.
+    assert 3 <= len(beats) <= 30, beats
+
+
 # -- review findings (issue 7/8 follow-ups) ------------------------------------------------
 
 
