@@ -30,6 +30,7 @@ from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from wtforms import ValidationError
 
 from . import present
+from .crypto import UnreadablePayload
 from .errors import InvalidStatusError, JobNotFoundError, UnknownQueueError
 from .history import HISTORY_SIZE
 from .job import JobStatus
@@ -204,6 +205,13 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return exc
         return render_template("flask_queue/error.html", error=exc), exc.code
+
+    @bp.errorhandler(UnreadablePayload)
+    def unreadable(exc: UnreadablePayload) -> Any:
+        # A row whose payload no configured key opens: say so, not a bare 500.
+        from werkzeug.exceptions import Conflict
+
+        return error(Conflict(f"This job cannot be shown: {exc}."))
 
     @bp.errorhandler(403)
     def forbidden(exc: Any) -> Any:

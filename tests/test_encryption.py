@@ -118,6 +118,10 @@ def test_a_payload_no_key_opens_fails_its_job_visibly(
     unset = make_app(queue, QUEUE_TABLE_NAME=table)
     with unset.app_context(), pytest.raises(ValueError, match="is not set"):
         queue.get(job.id)
+    unset.debug = True
+    page = unset.test_client().get(f"/_queue/job/{job.id}")
+    assert page.status_code == 409
+    assert "QUEUE_ENCRYPTION_KEYS is not set" in page.get_data(as_text=True)
 
 
 @pytest.mark.parametrize(
