@@ -48,6 +48,7 @@ include bench/peers.mk
 # The benchmarks with tiny N: do they all still run? (CI runs this after the tests.)
 bench-smoke: $(BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.drain --jobs 50 --db sqlite --db postgresql --db mysql
+	$(BIN)/python -m bench.wakeup --jobs 2 --interval 0.2
 	$(BENCH_BIN)/python -m bench.peers --smoke
 
 clean:
