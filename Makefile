@@ -45,6 +45,9 @@ chaos: $(BIN)/.installed
 # Peers (Procrastinate, RQ) side by side, in a virtualenv of their own: bench/peers.mk.
 include bench/peers.mk
 
+# Many app hosts on one database (network namespaces; root): scaling figures.
+include bench/scale.mk
+
 # The benchmarks with tiny N: do they all still run? (CI runs this after the tests.)
 bench-smoke: $(BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.drain --jobs 50 --db sqlite --db postgresql --db mysql

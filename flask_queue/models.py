@@ -47,7 +47,7 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
     existing = _declared(metadata, name, "job")
     if existing is not None:
         return existing
-    return sa.Table(
+    table = sa.Table(
         name,
         metadata,
         sa.Column("id", sa.String(32), primary_key=True),
@@ -89,10 +89,9 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Column("started_at", _DateTime, nullable=True),
         sa.Column("created_at", _DateTime, nullable=False),
         sa.Column("updated_at", _DateTime, nullable=False),
-        # The producer's claim: due SCHEDULED rows by run_at (priority included,
-        # so ordering the due range by it reads no table rows), expired RUNNING
-        # leases.
-        sa.Index(f"ix_{name}_status_run_at", "status", "run_at", "priority"),
+        # Lists by status in run_at order, and the purge of kept history.
+        sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
+        # The claim of expired RUNNING leases.
         sa.Index(f"ix_{name}_status_lease_until", "status", "lease_until"),
         # Lookups and counts by queue, and the dashboard's per-queue lists in
         # run_at order (keyset pages without a sort), per-queue bulk actions.
@@ -103,6 +102,14 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Index(f"ix_{name}_schedule_type", "schedule_type"),
         info={"flask_queue": True},
     )
+    # The claim of due jobs, highest priority then oldest first, walks this in
+    # order and stops at its LIMIT: a due backlog of any size costs a claim the
+    # same (ordering the due range of (status, run_at) by priority read all of
+    # it: 80 ms per claim with 100,000 due on PostgreSQL, 430 ms on MariaDB).
+    # What it walks past are future jobs of higher priorities than the ones it
+    # takes. MariaDB before 10.8 and MySQL before 8 ignore DESC here and sort.
+    sa.Index(f"ix_{name}_claim", table.c.status, table.c.priority.desc(), table.c.run_at)
+    return table
 
 
 def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:

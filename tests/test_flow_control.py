@@ -466,3 +466,58 @@ def test_override_of_a_running_job_starts_the_new_content_only_after_that_run(
         wait_until(lambda: ran == ["old", "new"], "the new content to run")
         wait_until(lambda: store.get(replaced.id) is None, "the new content's end")
     assert max(overlap) == 1
+
+
+def _rows_read_by(app: Flask, stmt: Any) -> int:
+    """Index entries and rows the database reads to answer ``stmt``: PostgreSQL's
+    EXPLAIN ANALYZE (rows out of every scan node), MariaDB's session handler
+    counters."""
+    engine = app.extensions["queue"].store.engine
+    with engine.connect() as c:
+        if engine.dialect.name == "postgresql":
+            c.exec_driver_sql(f"ANALYZE {app.config['QUEUE_TABLE_NAME']}")
+            sql = stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+            (plan,) = c.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}").scalar()
+
+            def scanned(node: dict[str, Any]) -> int:
+                own = node["Actual Rows"] if "Scan" in node["Node Type"] else 0
+                own += node.get("Rows Removed by Filter", 0) if "Scan" in node["Node Type"] else 0
+                return own + sum(scanned(child) for child in node.get("Plans", []))
+
+            return scanned(plan["Plan"])
+        c.exec_driver_sql("FLUSH STATUS")
+        c.execute(stmt).all()
+        counters = dict(c.exec_driver_sql("SHOW SESSION STATUS LIKE 'Handler_read%%'").all())
+        return sum(
+            int(counters[k])
+            for k in (
+                "Handler_read_next",
+                "Handler_read_prev",
+                "Handler_read_rnd_next",
+                "Handler_read_key",
+                "Handler_read_first",
+            )
+        )
+
+
+@server_databases
+def test_a_claim_reads_what_it_takes_not_the_whole_due_backlog(
+    make_app: AppFactory, queue: Queue, clock: Clock
+) -> None:
+    # The claim takes the highest priority, then the oldest: it used to read the
+    # whole due range of (status, run_at) and sort it by priority, so a queue
+    # that fell behind claimed slower the further behind it was (80 ms per claim
+    # of 100 at 100,000 due on PostgreSQL, 430 ms on MariaDB). It now walks
+    # (status, priority DESC, run_at) and stops at its LIMIT.
+    app = make_app(queue)
+    store = app.extensions["queue"].store
+    t = store.table
+    with app.app_context():
+        queue.enqueue_many("echo", [None] * 4000, delay="1s")
+        queue.enqueue_many("echo", [None] * 20, delay="1s", priority=5)
+    clock.advance(1)
+    # The claim's own due range and order (every claim path builds it here).
+    where, order = store._due_phases(store.now())[0]
+    candidates = sa.select(t.c.id).where(where).order_by(*order).limit(100)
+    read = _rows_read_by(app, candidates)
+    assert read <= 400, read

@@ -41,6 +41,7 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
         script = version.read_text()
         assert "op.create_table('queue_job'" in script
         assert "op.create_table('queue_job_queues'" in script
+        assert "op.create_table('queue_job_stats'" in script
         engine = sa.create_engine(url)
         try:
             inspector = sa.inspect(engine)
@@ -62,6 +63,8 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
                 "occurrence_at",
                 "attempt",
                 "errors",
+                "error",
+                "history",
                 "priority",
                 "retry",
                 "lease_until",
@@ -70,7 +73,9 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
                 "updated_at",
             } <= columns
             indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("queue_job")}
-            assert indexes["ix_queue_job_status_run_at"] == ["status", "run_at", "priority"]
+            assert indexes["ix_queue_job_status_run_at"] == ["status", "run_at"]
+            # The claim walks (status, priority DESC, run_at) in order.
+            assert indexes["ix_queue_job_claim"] == ["status", "priority", "run_at"]
             assert indexes["ix_queue_job_status_lease_until"] == ["status", "lease_until"]
             assert indexes["ix_queue_job_queue_status_run_at"] == ["queue", "status", "run_at"]
             uniques = inspector.get_unique_constraints("queue_job")
