@@ -222,6 +222,29 @@ def test_retrying_a_repeating_jobs_failed_record_starts_no_second_schedule(
     assert [j.id for j in repeating] == [job.id]
 
 
+@all_databases
+@pytest.mark.parametrize("action", ["run_now", "retry_all"])
+def test_run_now_or_retry_all_of_a_repeating_jobs_failed_record_runs_it_once(
+    app: Flask, queue: Queue, clock: Clock, recorder: Recorder, action: str
+) -> None:
+    job = queue.enqueue("boom", "r", every="1h", times=5, retry=[])
+    clock.advance(hours=1)
+    queue.produce()  # fails with no retries: a FAILED record, the schedule goes on
+    (record,) = list(queue.jobs(status="FAILED"))
+    if action == "run_now":
+        queue.run_now(record.id)
+    else:
+        assert _store(app).retry_failed() == 1
+    queue.produce()
+    assert recorder.payloads("boom") == ["r", "r"]  # the schedule's run, then the record's
+    for _ in range(3):  # nothing of the record repeats
+        clock.advance(minutes=10)
+        queue.produce()
+    assert recorder.payloads("boom") == ["r", "r"]
+    repeating = [j for j in queue.jobs() if j.schedule_type is not None]
+    assert [j.id for j in repeating] == [job.id]
+
+
 # -- 7. a retry delay that cannot be added to now --------------------------------------
 
 

@@ -83,7 +83,13 @@ def test_rotation_reads_old_keys_and_rotate_keys_rewrites_to_the_newest(
         queue.enqueue_many("echo", ["o1", "o2", "o3"], delay="1s")
     both = make_app(queue, QUEUE_TABLE_NAME=table, QUEUE_ENCRYPTION_KEYS=f"{NEW},{OLD}")
     with both.app_context():
-        assert sorted(j.payload for j in queue.jobs()) == ["o1", "o2", "o3", "plain-one", "plain-two"]
+        assert sorted(j.payload for j in queue.jobs()) == [
+            "o1",
+            "o2",
+            "o3",
+            "plain-one",
+            "plain-two",
+        ]
         runner = both.test_cli_runner()
         result = runner.invoke(args=["queue", "rotate-keys", "--batch", "2"])
         assert result.exit_code == 0, result.output

@@ -223,3 +223,43 @@ def test_produce_claims_only_what_it_can_hand_off_and_keeps_going(
             assert result.claimed == 40 and not result.more
     finally:
         handler.release.set()
+
+
+@all_databases
+def test_a_connect_timeout_releases_the_job(
+    make_app: Any, queue: Queue, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs, so
+    # the dispatch's connect times out. Nothing was sent: the claim is released
+    # without costing an attempt, as for a refused connection.
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue (its length is backlog + 1)
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        app = _http_app(
+            make_app,
+            queue,
+            f"http://127.0.0.1:{port}/_queue/invoke",
+            QUEUE_DISPATCH_TIMEOUT="0.5s",
+        )
+        with app.app_context():
+            job = queue.enqueue("echo", "x")
+            app.extensions["queue"].executor.flush(10)
+            stored = queue.get(job.id)
+            assert stored is not None
+            assert (stored.status, stored.errors, stored.attempt) == (JobStatus.SCHEDULED, 0, 1)
+        assert "timed out" in caplog.text and "released for retry" in caplog.text
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
