@@ -1,7 +1,10 @@
 """Run-path correctness (issue 7): each test names the defect it guards against.
 
-Every test here failed on the code before the fix (see the CHANGELOG); storage
-behaviours run on every configured database.
+Each defect's test failed on the code before its fix, on the database where the
+defect lives (items 10 and 11 on MariaDB, 13 on SQLite); a few guards pass on the
+old code by design (they keep a fix from overreaching: the hourly cron over a
+fall-back, a runner clock behind the claimer's). Storage behaviours run on every
+configured database.
 """
 
 from __future__ import annotations
