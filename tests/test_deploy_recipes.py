@@ -99,6 +99,7 @@ class Recipes:
         self.monkeypatch = monkeypatch
         self.tmp_path = tmp_path
         self.apps: list[Flask] = []
+        self.contexts: list[click.Context] = []
         self.modules: set[str] = set()
         # Flask's prepare_import inserts the recipe folder into sys.path itself.
         monkeypatch.setattr(sys, "path", list(sys.path))
@@ -142,12 +143,16 @@ class Recipes:
         self._enter(folder, argv[1], env)
         group = FlaskGroup()
         ctx = group.make_context("flask", list(argv))
+        # FlaskGroup pushes the app's context on the context that resolves a
+        # command; closing them pops it (else it leaks into later tests).
+        self.contexts.append(ctx)
         cmd: click.Command = group
         rest = _rest(ctx)
         while isinstance(cmd, click.Group):
             name, sub, rest = cmd.resolve_command(ctx, rest)
             assert name is not None and sub is not None
             ctx = sub.make_context(name, rest, parent=ctx)
+            self.contexts.append(ctx)
             cmd, rest = sub, _rest(ctx)
         info = ctx.find_object(ScriptInfo)
         assert info is not None
@@ -155,6 +160,8 @@ class Recipes:
         return ctx
 
     def close(self) -> None:
+        for ctx in reversed(self.contexts):
+            ctx.close()
         for app in self.apps:
             state = app.extensions["queue"]
             state.executor.shutdown(wait=True)
