@@ -45,9 +45,11 @@ CSP = (
 )
 log = logging.getLogger("flask_queue")
 PAGE_SIZE = 50
-#: Counts stop here and show "100,000+": a count never reads more index entries.
-TOTAL_CAP = 100_000
-CELL_CAP = 10_000
+#: Counts stop here and show "10,000+": a count never reads more index entries
+#: (at 100,000 per status and 10,000 per queue cell, the overview's counts alone
+#: took 70 ms on PostgreSQL and 216 ms on MariaDB with a million jobs).
+TOTAL_CAP = 10_000
+CELL_CAP = 1_000
 #: Failures are grouped over this many of the most recent ones.
 FAILURE_SAMPLE = 1_000
 STATUSES = [s.value for s in JobStatus]
