@@ -194,7 +194,13 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             "present": present,
             "statuses": STATUSES,
             "queues": queue_names(),
-            "totals": {s: store.count_capped(TOTAL_CAP, status=s) for s in STATUSES},
+            "totals": dict(
+                zip(
+                    STATUSES,
+                    store.counts_capped(TOTAL_CAP, [(s, None) for s in STATUSES]),
+                    strict=True,
+                )
+            ),
             "total_cap": TOTAL_CAP,
             "keep_completed": bool(state.config.keep_completed),
             "history_size": HISTORY_SIZE,
@@ -222,11 +228,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
 
     @bp.get("/")
     def index() -> Any:
-        grid = {
-            (s, q): store.count_capped(CELL_CAP, status=s, queue=q)
-            for q in queue_names()
-            for s in STATUSES
-        }
+        cells = [(s, q) for q in queue_names() for s in STATUSES]
+        grid = dict(zip(cells, store.counts_capped(CELL_CAP, cells), strict=True))
         failures = Counter(
             (q, present.error_type(r)) for q, r in store.recent_failures(FAILURE_SAMPLE)
         )
@@ -238,7 +241,10 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             if s["paused"] or s["concurrency"] is not None or s["rate"] is not None
         }
         now = state.queue.clock()
-        charts = present.run_charts(store.run_stats(present.charts_since(now)), now)
+        hour_from, day_from = present.charts_since(now)
+        charts = present.run_charts(
+            store.run_stats(hour_from), store.run_stats(day_from, by_hour=True), now
+        )
         return render_template(
             "flask_queue/index.html",
             charts=charts,

@@ -192,23 +192,24 @@ def _minute(when: datetime) -> datetime:
     return when.replace(second=0, microsecond=0)
 
 
-def charts_since(now: datetime) -> datetime:
-    """The first minute the overview's charts show: the day chart's first hour."""
-    return _minute(now).replace(minute=0) - timedelta(hours=23)
+def charts_since(now: datetime) -> tuple[datetime, datetime]:
+    """The first minute of the hour chart and the first hour of the day chart."""
+    minute = _minute(now)
+    return minute - timedelta(minutes=59), minute.replace(minute=0) - timedelta(hours=23)
 
 
-def run_charts(minutes: list[tuple[datetime, int, int]], now: datetime) -> list[dict[str, Any]]:
-    """The overview's two charts from (minute, succeeded, failed) counts: the
+def run_charts(
+    minutes: list[tuple[datetime, int, int]],
+    hours: list[tuple[datetime, int, int]],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The overview's two charts from (start, succeeded, failed) counts: the
     last hour per minute and the last 24 hours per hour, each bar a stack of
     succeeded under failed, the current minute (or hour) last."""
     by_minute = {_minute(m): (ok, bad) for m, ok, bad in minutes}
+    by_hour = {_minute(h).replace(minute=0): (ok, bad) for h, ok, bad in hours}
     end = _minute(now)
     hour = [end - timedelta(minutes=i) for i in range(59, -1, -1)]
-    by_hour: dict[datetime, list[int]] = {}
-    for m, (ok, bad) in by_minute.items():
-        pair = by_hour.setdefault(m.replace(minute=0), [0, 0])
-        pair[0] += ok
-        pair[1] += bad
     last_hour = end.replace(minute=0)
     day = [last_hour - timedelta(hours=i) for i in range(23, -1, -1)]
     return [

@@ -103,26 +103,55 @@ def test_produce_prunes_counts_older_than_two_days(
     assert [row[2] for row in _stats(debug_app)] == [1]
 
 
-def test_charts_bucket_minutes_and_hours_and_scale_to_the_peak() -> None:
+def test_charts_place_minutes_and_hours_and_scale_to_the_peak() -> None:
     now = datetime(2026, 3, 1, 12, 30, 20, tzinfo=UTC)
     minutes = [
         (datetime(2026, 3, 1, 12, 30, tzinfo=UTC), 40, 10),  # this minute: last bar
         (datetime(2026, 3, 1, 11, 31, tzinfo=UTC), 1, 0),  # 59 minutes ago: first bar
-        (datetime(2026, 3, 1, 11, 5, tzinfo=UTC), 7, 3),  # outside the hour, inside the day
     ]
-    hour, day = present.run_charts(minutes, now)
+    hours = [
+        (datetime(2026, 3, 1, 12, 0, tzinfo=UTC), 41, 10),  # this hour: last bar
+        (datetime(2026, 3, 1, 11, 0, tzinfo=UTC), 8, 3),
+        (datetime(2026, 2, 28, 13, 0, tzinfo=UTC), 2, 0),  # 23 hours ago: first bar
+    ]
+    hour, day = present.run_charts(minutes, hours, now)
     assert len(hour["bars"]) == 60 and len(day["bars"]) == 24
     assert (hour["bars"][-1]["ok"], hour["bars"][-1]["bad"]) == (40, 10)
     assert (hour["bars"][0]["ok"], hour["bars"][0]["bad"]) == (1, 0)
     assert (hour["succeeded"], hour["failed"], hour["peak"]) == (41, 10, 50)
-    assert (day["bars"][-1]["ok"], day["bars"][-2]["ok"]) == (40, 8)
-    assert (day["succeeded"], day["failed"]) == (48, 13)
+    assert [b["ok"] for b in day["bars"][-2:]] == [8, 41] and day["bars"][0]["ok"] == 2
+    assert (day["succeeded"], day["failed"]) == (51, 13)
     top = hour["bars"][-1]
     assert top["y_bad"] == pytest.approx(2.0) and top["y_ok"] + top["h_ok"] == 120
     assert hour["bars"][0]["h_ok"] == pytest.approx(118 / 50)
-    (busy, _) = present.run_charts([(now, 10_000, 1)], now)
+    (busy, _) = present.run_charts([(now, 10_000, 1)], [], now)
     assert busy["bars"][-1]["h_bad"] == 1.0  # a count of one stays visible beside 10,000
     assert hour["bars"][-1]["label"] == "12:30 UTC: 40 succeeded, 10 failed"
+
+
+@all_databases
+def test_run_stats_sums_minutes_or_hours_in_the_database(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    store = debug_app.extensions["queue"].store
+    base = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    store.add_stats(
+        [
+            (base + timedelta(minutes=5), "a", 1, 0),
+            (base + timedelta(minutes=5), "b", 2, 1),
+            (base + timedelta(minutes=59), "a", 3, 0),
+            (base + timedelta(hours=1, minutes=1), "a", 4, 2),
+        ]
+    )
+    assert store.run_stats(base) == [
+        (base + timedelta(minutes=5), 3, 1),
+        (base + timedelta(minutes=59), 3, 0),
+        (base + timedelta(hours=1, minutes=1), 4, 2),
+    ]
+    assert store.run_stats(base, by_hour=True) == [
+        (base, 6, 1),
+        (base + timedelta(hours=1), 4, 2),
+    ]
 
 
 @all_databases
