@@ -22,3 +22,12 @@ scale: $(BIN)/.installed
 	QUEUE_TEST_POSTGRES_URL=$${QUEUE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test} \
 	QUEUE_TEST_MYSQL_URL=$${QUEUE_TEST_MYSQL_URL:-mysql+pymysql://root@127.0.0.1:3306/test} \
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+
+# The multi-host test itself at ten times its CI size (3,000 jobs, three hosts, one
+# killed and brought back), on PostgreSQL and MariaDB.
+.PHONY: multihost
+multihost: $(BIN)/.installed
+	QUEUE_TEST_POSTGRES_URL=$${QUEUE_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test} \
+	QUEUE_TEST_MYSQL_URL=$${QUEUE_TEST_MYSQL_URL:-mysql+pymysql://root@127.0.0.1:3306/test} \
+	MULTIHOST_JOBS=3000 MULTIHOST_DEADLINE=900 \
+	$(BIN)/pytest -s -p no:cacheprovider -o timeout=1800 tests/test_multihost.py
