@@ -12,6 +12,7 @@ from .errors import (
     QueueError,
     StorageError,
     UnknownQueueError,
+    UnreadablePayloadError,
 )
 from .extension import Handler, ProduceResult, Queue
 from .job import Job, JobStatus, ScheduleType
@@ -36,4 +37,5 @@ __all__ = [
     "ScheduleType",
     "StorageError",
     "UnknownQueueError",
+    "UnreadablePayloadError",
 ]

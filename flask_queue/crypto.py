@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UnreadablePayloadError
 
 #: How every Fernet token starts (version byte 0x80, then the timestamp's zeros).
 TOKEN_PREFIX = "gAAAAA"
@@ -31,10 +31,6 @@ TOKEN_PREFIX = "gAAAAA"
 
 def is_sealed(text: str) -> bool:
     return text.startswith(TOKEN_PREFIX)
-
-
-class UnreadablePayload(ValueError):
-    """A stored payload that cannot be read with the configured keys."""
 
 
 class PayloadCipher:
@@ -75,7 +71,7 @@ class PayloadCipher:
         try:
             return self._all.decrypt(text.encode("ascii")).decode("utf-8")
         except (InvalidToken, UnicodeError):
-            raise UnreadablePayload(
+            raise UnreadablePayloadError(
                 "this job's payload is encrypted with a key that is not in"
                 " QUEUE_ENCRYPTION_KEYS (or was altered in the database)"
             ) from None
@@ -111,7 +107,7 @@ def read_keys(value: Any) -> list[str] | None:
 def plain_open(text: str) -> str:
     """Reading payloads with no keys configured."""
     if is_sealed(text):
-        raise UnreadablePayload(
+        raise UnreadablePayloadError(
             "this job's payload is encrypted, and QUEUE_ENCRYPTION_KEYS is not set"
         )
     return text

@@ -30,8 +30,12 @@ from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from wtforms import ValidationError
 
 from . import present
-from .crypto import UnreadablePayload
-from .errors import InvalidStatusError, JobNotFoundError, UnknownQueueError
+from .errors import (
+    InvalidStatusError,
+    JobNotFoundError,
+    UnknownQueueError,
+    UnreadablePayloadError,
+)
 from .history import HISTORY_SIZE
 from .job import JobStatus
 from .signing import tokens_equal
@@ -214,8 +218,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             return exc
         return render_template("flask_queue/error.html", error=exc), exc.code
 
-    @bp.errorhandler(UnreadablePayload)
-    def unreadable(exc: UnreadablePayload) -> Any:
+    @bp.errorhandler(UnreadablePayloadError)
+    def unreadable(exc: UnreadablePayloadError) -> Any:
         # A row whose payload no configured key opens: say so, not a bare 500.
         from werkzeug.exceptions import Conflict
 

@@ -58,3 +58,7 @@ class StorageError(QueueError):
     #: missing table, a permission, a constraint): only the first kind passes by
     #: itself, so only it is worth retrying.
     transient: bool = False
+
+
+class UnreadablePayloadError(QueueError, ValueError):
+    """A stored payload cannot be read with the configured QUEUE_ENCRYPTION_KEYS."""

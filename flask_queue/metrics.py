@@ -3,7 +3,7 @@
 Two kinds, in one registry per app:
 
 - read from the database at each scrape, the same numbers in every process:
-  ``flask_queue_jobs{queue,status}`` (capped like the dashboard's counts, so a
+  ``flask_queue_jobs{queue,status}`` (each count stops, like the dashboard's, so a
   scrape never reads more than 10,001 index entries per cell) and
   ``flask_queue_oldest_due_seconds{queue}``, how long the oldest due job of
   each queue has waited (queue lag, one index probe per queue);

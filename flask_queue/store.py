@@ -955,15 +955,13 @@ class JobStore:
     # -- the run path ----------------------------------------------------------
 
     def _due_phases(self, now: Any) -> list[tuple[sa.ColumnElement[bool], list[Any]]]:
-        """What is due, as two index ranges: SCHEDULED with ``run_at`` reached, on
-        (status, run_at, priority), highest priority first, then oldest; then
+        """What is due, in two phases: SCHEDULED with ``run_at`` reached, highest
+        priority first, then oldest, walked on (status, priority DESC, run_at) up
+        to the LIMIT, so a due backlog of any size costs the same (what it walks
+        past are future jobs of higher priorities than the ones it takes); then
         RUNNING with an expired lease, on (status, lease_until), oldest first.
-
-        The first range is read whole and sorted by priority: O(due), whatever
-        the number of future jobs (an index in priority order would make every
-        claim walk the future jobs of the higher priorities). The second walks
-        its index in order and stops at the LIMIT. (One ``OR`` of both would make
-        every database read both ranges; InnoDB would also lock every row it read.)"""
+        (One ``OR`` of both would make every database read both ranges; InnoDB
+        would also lock every row it read.)"""
         t = self.table
         return [
             (self._due(now), [t.c.priority.desc(), t.c.run_at]),

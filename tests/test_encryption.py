@@ -124,6 +124,11 @@ def test_a_payload_no_key_opens_fails_its_job_visibly(
     unset = make_app(queue, QUEUE_TABLE_NAME=table)
     with unset.app_context(), pytest.raises(ValueError, match="is not set"):
         queue.get(job.id)
+    # rotate-keys meets a payload no listed key opens: one line, non-zero exit.
+    with stranger.app_context():
+        result = stranger.test_cli_runner().invoke(args=["queue", "rotate-keys"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.startswith("Error:") and "QUEUE_ENCRYPTION_KEYS" in result.output
     unset.debug = True
     page = unset.test_client().get(f"/_queue/job/{job.id}")
     assert page.status_code == 409
