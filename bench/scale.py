@@ -51,7 +51,8 @@ from flask_sqlalchemy import SQLAlchemy
 
 from bench.common import URLS, print_table
 from tests import multihost_app
-from tests.multihost import REPO, Forwarder, Host, Network
+from tests.faultproxy import FaultProxy
+from tests.multihost import REPO, Host, Network
 
 PG_COUNTERS = ["xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted"]
 MY_COUNTERS = [
@@ -206,7 +207,12 @@ def run_hosts(kind: str, url: str, admin: sa.Engine, name: str, hosts: int, jobs
     with tempfile.TemporaryDirectory() as tmp, Network(hosts) as network:
         stats = Path(tmp) / "stats"
         stats.mkdir()
-        with Forwarder(network.bridge_ip, target.hostname or "127.0.0.1", target.port or 0) as fwd:
+        with FaultProxy(
+            target.hostname or "127.0.0.1",
+            target.port or 0,
+            listen_host=network.bridge_ip,
+            max_connections=1000,
+        ) as fwd:
             procs = [
                 Host(
                     f"h{i}",

@@ -92,10 +92,6 @@ def access(state: QueueState) -> str | None:
     return None
 
 
-def allowed(state: QueueState) -> bool:
-    return access(state) is not None
-
-
 def _basic_auth_ok(expected: str) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, encoded = header.partition(" ")
@@ -239,11 +235,18 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         )
         settings = store.queue_settings()
         # Due but not claimed: what a pause or a limit holds back right now.
-        waiting = {
-            q: store.count_capped(CELL_CAP, queue=q, due=True)
+        held = [
+            q
             for q, s in settings.items()
             if s["paused"] or s["concurrency"] is not None or s["rate"] is not None
-        }
+        ]
+        waiting = dict(
+            zip(
+                held,
+                store.counts_capped(CELL_CAP, [(None, q) for q in held], due=True),
+                strict=True,
+            )
+        )
         now = state.queue.clock()
         hour_from, day_from = present.charts_since(now)
         charts = present.run_charts(

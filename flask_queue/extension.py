@@ -205,9 +205,9 @@ class QueueState:
     executor: Executor
     heartbeat: Heartbeat
     finisher: Finisher
-    scheduler: Any = None
     #: Runs counted for the charts, written once per interval (``stats.py``).
-    tally: Tally = None  # type: ignore[assignment]
+    tally: Tally
+    scheduler: Any = None
     #: Prometheus metrics, when prometheus_client is installed (``metrics.py``).
     metrics: Any = None
 
@@ -704,11 +704,10 @@ class Queue:
         try:
             if housekeeping:
                 self._store_limits(state)
-            if housekeeping and self.crons:
-                crons = self.sync_crons(prune=False)
-            if housekeeping and config.keep_completed:
-                purged = state.store.purge_completed(self.clock() - config.keep_completed)
-            if housekeeping:
+                if self.crons:
+                    crons = self.sync_crons(prune=False)
+                if config.keep_completed:
+                    purged = state.store.purge_completed(self.clock() - config.keep_completed)
                 state.tally.flush_if_due()
                 state.tally.prune_if_due(self.clock())
         except QueueError as exc:

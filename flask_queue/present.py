@@ -125,50 +125,34 @@ def attempts(job: Job[Any]) -> list[dict[str, Any]]:
     for item in sorted(job.history or [], key=lambda e: int(e.get("n", 0))):
         n = int(item.get("n", 0))
         if seen and n > seen + 1:
-            rows.append(_gap(seen + 1, n - 1))
+            rows.append(_attempt_row(seen + 1, n - 1, "no outcome"))
         try:
             at: datetime | None = datetime.fromisoformat(item["at"])
         except (KeyError, TypeError, ValueError):
             at = None
-        rows.append(
-            {
-                "first": n,
-                "last": n,
-                "at": at,
-                "ms": item.get("ms"),
-                "outcome": str(item.get("outcome", "")),
-                "error": item.get("error"),
-            }
-        )
+        outcome = str(item.get("outcome", ""))
+        rows.append(_attempt_row(n, n, outcome, at, item.get("ms"), item.get("error")))
         seen = max(seen, n)
     running = job.status.value == "RUNNING"
     current = job.attempt - 1 if running else job.attempt
     if seen and current > seen:
-        rows.append(_gap(seen + 1, current))
+        rows.append(_attempt_row(seen + 1, current, "no outcome"))
     if running:
-        rows.append(
-            {
-                "first": job.attempt,
-                "last": job.attempt,
-                "at": job.started_at,
-                "ms": None,
-                "outcome": "running" if job.started_at else "claimed",
-                "error": None,
-            }
-        )
+        state = "running" if job.started_at else "claimed"
+        rows.append(_attempt_row(job.attempt, job.attempt, state, job.started_at))
     rows.reverse()
     return rows
 
 
-def _gap(first: int, last: int) -> dict[str, Any]:
-    return {
-        "first": first,
-        "last": last,
-        "at": None,
-        "ms": None,
-        "outcome": "no outcome",
-        "error": None,
-    }
+def _attempt_row(
+    first: int,
+    last: int,
+    outcome: str,
+    at: datetime | None = None,
+    ms: int | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    return {"first": first, "last": last, "at": at, "ms": ms, "outcome": outcome, "error": error}
 
 
 def milliseconds(ms: int | None) -> str:

@@ -112,7 +112,7 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
     # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
     default = handler.retry if handler.retry is not None else state.config.retry
     try:
-        outcome = _run(job, handler.run, default, state.config.keep_completed, now)
+        outcome, succeeded = _run(job, handler.run, default, state.config.keep_completed, now)
     except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
         reason = (
             "flask_queue could not work out what comes after this run from the"
@@ -122,9 +122,7 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
         log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
         outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
         return _recorded(job, outcome, now(), None, history.FAILED, history.line(reason))
-    if outcome.history:
-        ran = outcome.history[-1]["outcome"]
-        state.tally.count(job.queue, ran == history.SUCCEEDED, now())
+    state.tally.count(job.queue, succeeded, now())
     return outcome
 
 
@@ -136,7 +134,10 @@ def _recorded(
     result: str,
     error: str | None,
 ) -> Finish:
-    """``outcome`` with this attempt added to the job's history, and its error line."""
+    """``outcome`` with this attempt added to the job's history, and its error
+    line; a deleted job's as it is (its row, history and all, is gone)."""
+    if outcome.status == "DELETE":
+        return outcome
     entry = history.entry(job.attempt, at, seconds, result, error)
     return dataclasses.replace(outcome, error=error, history=history.appended(job.history, entry))
 
@@ -244,7 +245,8 @@ def _run(
     default_retry: list[timedelta],
     keep_completed: timedelta,
     now: Callable[[], datetime],
-) -> Finish:
+) -> tuple[Finish, bool]:
+    """Run the handler: the outcome to write, and whether the run succeeded."""
     delays = _delays(job, default_retry)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if job.errors > len(delays):
@@ -257,7 +259,7 @@ def _run(
         _log_failure(earlier, reason.strip().splitlines()[-1], outcome, len(delays))
         signals.send(signals.job_failed, app, job=job, error=None, will_retry=False)
         error = job.error or history.line(reason)
-        return _recorded(job, outcome, at, None, history.FAILED, error)
+        return _recorded(job, outcome, at, None, history.FAILED, error), False
     signals.send(signals.job_started, app, job=job)
     at = now()
     started = time.perf_counter()
@@ -269,11 +271,12 @@ def _run(
         _log_failure(job, repr(exc), outcome, len(delays))
         retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
         signals.send(signals.job_failed, app, job=job, error=exc, will_retry=retrying)
-        return _recorded(job, outcome, at, seconds, history.FAILED, history.error_line(exc))
+        error = history.error_line(exc)
+        return _recorded(job, outcome, at, seconds, history.FAILED, error), False
     seconds = time.perf_counter() - started
     signals.send(signals.job_succeeded, app, job=job, duration=seconds)
     outcome = after_success(job, keep_completed, now())
-    return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None)
+    return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None), True
 
 
 def _delays(job: Job[Any], default_retry: list[timedelta]) -> list[timedelta]:

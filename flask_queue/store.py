@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -82,13 +82,6 @@ def aware_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _as_utc(value: Any) -> datetime:
-    """A time the database gave back as a datetime or as ``YYYY-MM-DD HH:MM:SS``
-    text (an hour formatted by MySQL or SQLite), as aware UTC."""
-    when: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _text(value: Any) -> Any:
@@ -472,9 +465,6 @@ class JobStore:
             return row
         return {**row, "payload": self.cipher.seal(row["payload"])}
 
-    def _sealed_new_row(self, **values: Any) -> Row:
-        return self._sealed(self.new_row(**values))
-
     def new_row(self, **values: Any) -> Row:
         """A complete row with defaults; callers pass what differs."""
         now = self.now()
@@ -530,13 +520,10 @@ class JobStore:
         """
         if not rows:
             return
+        if self.cipher is not None:
+            rows = [self._sealed(r) for r in rows]
         if notify and conn is None and len(rows) == 1 and self.dialect == "postgresql":
-            ins = (
-                sa.insert(self.table)
-                .values(self._sealed(rows[0]))
-                .returning(self.table.c.id)
-                .cte("ins")
-            )
+            ins = sa.insert(self.table).values(rows[0]).returning(self.table.c.id).cte("ins")
             notifying = sa.select(sa.func.pg_notify(self.channel, "")).where(
                 sa.exists(sa.select(ins.c.id))
             )
@@ -546,8 +533,6 @@ class JobStore:
         if notify and self.dialect == "postgresql":
             raise ValueError("notify=True takes one row on its own connection")
         stmt = sa.insert(self.table)
-        if self.cipher is not None:
-            rows = [self._sealed(r) for r in rows]
         single = len(rows) <= INSERT_CHUNK
         with _storage_errors("insert jobs"), self._begin(conn, single=single) as c:
             for start in range(0, len(rows), INSERT_CHUNK):
@@ -823,6 +808,7 @@ class JobStore:
         if not keys:
             return []
         t = self.table
+        now = self.now()
         parts = []
         for i, (status, queue) in enumerate(keys):
             inner = sa.select(sa.literal(1).label("one")).select_from(t)
@@ -831,7 +817,7 @@ class JobStore:
             if queue is not None:
                 inner = inner.where(t.c.queue == queue)
             if due:  # due and unclaimed: what a pause or a limit holds back
-                inner = inner.where(self._due(self.now()))
+                inner = inner.where(self._due(now))
             sub = inner.limit(cap + 1).subquery(f"capped_{i}")
             parts.append(
                 sa.select(sa.literal(i).label("k"), sa.func.count().label("n")).select_from(sub)
@@ -1521,22 +1507,19 @@ class JobStore:
                 # The failed run's record is a plain one-off row: retrying it
                 # runs that payload once; it starts no second schedule, and it
                 # holds no custom id.
-                c.execute(
-                    sa.insert(t).values(
-                        **self._sealed_new_row(
-                            queue=job.queue,
-                            payload=json.dumps(job.payload),
-                            run_at=job.run_at,
-                            status=FAILED,
-                            reason=_storable(outcome.failed_copy_reason),
-                            error=_storable(outcome.error),
-                            history=_history_json(outcome.history),
-                            retry=json.dumps(job.retry) if job.retry is not None else None,
-                            attempt=job.attempt,
-                            errors=job.errors + 1,
-                        )
-                    )
+                copy = self.new_row(
+                    queue=job.queue,
+                    payload=json.dumps(job.payload),
+                    run_at=job.run_at,
+                    status=FAILED,
+                    reason=_storable(outcome.failed_copy_reason),
+                    error=_storable(outcome.error),
+                    history=_history_json(outcome.history),
+                    retry=json.dumps(job.retry) if job.retry is not None else None,
+                    attempt=job.attempt,
+                    errors=job.errors + 1,
                 )
+                self.insert([copy], conn=c)
             return True
 
     def _let_go(self, c: Connection, runs: list[tuple[str, int]]) -> None:
@@ -1655,8 +1638,9 @@ class JobStore:
             progress.owned += owned
             progress.written.update(ids)
             if owned < len(ids):
+                mine_now = set(ids)
                 with _storage_errors("finish jobs"), self._one_statement() as c:
-                    self._let_go(c, [(j.id, j.attempt) for j, _ in runs if j.id in set(ids)])
+                    self._let_go(c, [(j.id, j.attempt) for j, _ in runs if j.id in mine_now])
         return progress.owned
 
     def extend_leases(
@@ -1913,7 +1897,12 @@ class JobStore:
         )
         with _storage_errors("read run counts"), self.engine.connect() as c:
             rows = c.execute(stmt).all()
-        return [(_as_utc(start), int(ok), int(bad)) for start, ok, bad in rows]
+        # An hour MySQL or SQLite formatted comes back as text.
+        starts = [datetime.fromisoformat(s) if isinstance(s, str) else s for s, _, _ in rows]
+        return [
+            (cast(datetime, aware_utc(start)), int(ok), int(bad))
+            for start, (_, ok, bad) in zip(starts, rows, strict=True)
+        ]
 
     def prune_stats(self, before: datetime) -> int:
         st = self.stats

@@ -1,6 +1,7 @@
-"""A TCP proxy on 127.0.0.1 that tests can cut, to play a database outage.
+"""A TCP proxy that tests can cut, to play a database outage.
 
-``FaultProxy(host, port)`` listens on an ephemeral port and forwards every
+``FaultProxy(host, port)`` listens on an ephemeral port (of 127.0.0.1, or of
+``listen_host``: the multi-host test's bridge) and forwards every
 connection to ``host:port`` on two threads (one per direction). ``cut()`` closes
 every open connection in both directions and, until ``restore()``, closes new
 ones as soon as they are accepted: to a driver that looks like a server that
@@ -13,6 +14,7 @@ import contextlib
 import socket
 import threading
 from types import TracebackType
+from urllib.parse import urlsplit
 
 #: Only loopback targets: a test proxy must never carry traffic off the machine.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -47,7 +49,7 @@ class _Pair:
 
 
 class FaultProxy:
-    """Forward 127.0.0.1:``port`` to ``target_host:target_port`` until cut."""
+    """Forward ``listen_host``:``port`` to ``target_host:target_port`` until cut."""
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class FaultProxy:
         *,
         max_connections: int = 64,
         connect_timeout: float = 5.0,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         if target_host not in LOOPBACK:
             raise ValueError(f"FaultProxy only forwards to loopback, not {target_host!r}")
@@ -71,8 +74,10 @@ class FaultProxy:
         self._cut = False
         self._stopping = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((listen_host, 0))
+        self._listener.listen(128)
+        self.host = listen_host
         # accept() is not woken by close() on Linux: poll instead, so stop()
         # returns within this long.
         self._listener.settimeout(0.05)
@@ -101,6 +106,13 @@ class FaultProxy:
     def is_cut(self) -> bool:
         with self._lock:
             return self._cut
+
+    def forwarded_url(self, url: str) -> str:
+        """``url`` (a database URL) with its host and port replaced by the proxy's."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)
+        here = f"{self.host}:{self.port}"
+        return parts._replace(netloc=f"{netloc[0]}@{here}" if len(netloc) == 2 else here).geturl()
 
     def open_connections(self) -> int:
         with self._lock:

@@ -2,8 +2,8 @@
 
 ``Network(n)`` creates a bridge in the root namespace (``10.77.X.1/24``, X picked
 free at random) and ``n`` namespaces, each linked to it by a veth pair and given
-``10.77.X.(i+2)``. ``Forwarder`` relays a database that listens on 127.0.0.1 only
-from the bridge address, so the hosts reach it over the veth network. ``Host``
+``10.77.X.(i+2)``. ``tests.faultproxy.FaultProxy``, listening on the bridge
+address, relays a database that listens on 127.0.0.1 only, so the hosts reach it over the veth network. ``Host``
 runs one app host in its namespace: gunicorn serving ``tests.multihost_app``
 plus a producer (a loop pinging its own ``/_queue/produce`` or
 ``flask queue produce --loop``), all in one process group, so ``kill()`` takes
@@ -26,7 +26,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +36,6 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -196,84 +194,6 @@ class Network:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
-
-
-class Forwarder:
-    """Relay ``listen_host``:(ephemeral) to ``target``, two threads per connection."""
-
-    def __init__(self, listen_host: str, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._socks: set[socket.socket] = set()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((listen_host, 0))
-        self._listener.listen(128)
-        self._listener.settimeout(0.05)  # accept() is not woken by close() on Linux
-        self.host = listen_host
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="forwarder")
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._socks.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with self._lock:
-                    self._socks.discard(sock)
-                sock.close()
-
-    def forwarded_url(self, url: str) -> str:
-        """``url`` with its host and port replaced by this forwarder's."""
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)
-        here = f"{self.host}:{self.port}"
-        return parts._replace(netloc=f"{netloc[0]}@{here}" if len(netloc) == 2 else here).geturl()
-
-    def close(self) -> None:
-        self._stopping.set()
-        self._thread.join(5)
-        self._listener.close()
-        with self._lock:
-            socks = list(self._socks)
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> Forwarder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

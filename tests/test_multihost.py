@@ -39,7 +39,8 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_queue.store import CRON_ID_PREFIX
 from tests import multihost_app
 from tests.conftest import server_databases
-from tests.multihost import Forwarder, Host, NamespaceError, Network, runs_table
+from tests.faultproxy import FaultProxy
+from tests.multihost import Host, NamespaceError, Network, runs_table
 from tests.servers import isolated_database
 
 JOBS = int(os.environ.get("MULTIHOST_JOBS", "300"))
@@ -109,7 +110,12 @@ def test_three_hosts_one_database_survive_a_host_kill(db_url: str, tmp_path: Pat
             pytest.skip(f"network namespaces unavailable: {exc}")
         with (
             network,
-            Forwarder(network.bridge_ip, target.hostname or "127.0.0.1", target.port or 0) as fwd,
+            FaultProxy(
+                target.hostname or "127.0.0.1",
+                target.port or 0,
+                listen_host=network.bridge_ip,
+                max_connections=1000,
+            ) as fwd,
         ):
             hosts = [
                 Host(
