@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-dashboard bench-smoke chaos clean
+.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke chaos clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check flask_queue tests example_app bench
 	$(BIN)/ruff format --check flask_queue tests example_app bench
 	$(BIN)/mypy
+
+# Refresh the README's dashboard screenshots in docs/ (the browser tests).
+screenshots: $(BIN)/.installed
+	QUEUE_UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_browser.py
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run_path

@@ -21,6 +21,9 @@ from flask_queue import JobStatus
 from tests.servers import REPO, Server, isolated_database
 
 DOCS = REPO / "docs"
+#: Set to refresh the README's screenshots in docs/ (`make screenshots`); by
+#: default a run writes them to test-artifacts/ only, leaving the tree clean.
+UPDATE_README_SHOTS = os.environ.get("QUEUE_UPDATE_SCREENSHOTS") == "1"
 
 CHROMIUM = os.environ.get("QUEUE_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -287,6 +290,13 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             server.stop()
 
 
+def _readme_shot(page: Any, name: str, **options: Any) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"readme-{name}"), **options)
+    if UPDATE_README_SHOTS:
+        page.screenshot(path=str(DOCS / name), **options)
+
+
 def _context(browser: Any, size: tuple[int, int], user: str = "admin:pw") -> Any:
     width, height = size
     # Sent with every request: the two-user guard answers 401 only to strangers.
@@ -381,7 +391,7 @@ def test_layout_with_long_names(
     _check_charts(page, seeded["seeded_at"])
     assert page.get_by_text(LONG_QUEUE).first.is_visible()
     if width == 1440:
-        page.screenshot(path=str(DOCS / "dashboard.png"))
+        _readme_shot(page, "dashboard.png")
 
     for status in ("scheduled", "running", "failed", "completed"):
         page.goto(f"{base}/jobs/{status}")
@@ -397,7 +407,7 @@ def test_layout_with_long_names(
     if width == 375:
         # Cards: the error line has the card's width (a plain table left it ~70 px).
         assert min(widths) >= 250, widths
-        page.screenshot(path=str(DOCS / "dashboard-phone.png"), full_page=True)
+        _readme_shot(page, "dashboard-phone.png", full_page=True)
     else:
         assert min(widths) >= 300, widths
 
@@ -426,7 +436,7 @@ def test_layout_with_long_names(
     assert reason["right"] <= reason["main"], reason
     assert len(page.locator("pre.reason").inner_text()) >= 9_990
     if width == 375:
-        page.screenshot(path=str(DOCS / "dashboard-job-phone.png"), full_page=True)
+        _readme_shot(page, "dashboard-job-phone.png", full_page=True)
 
     # A search that finds nothing echoes the 255-character id it was given.
     page.goto(f"{base}/search?q={quote(LONG_ID + 'x')}")
