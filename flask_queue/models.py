@@ -130,10 +130,36 @@ def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
         # At most rate_limit starts in any rate_window_ms window.
         sa.Column("rate_limit", sa.Integer, nullable=True),
         sa.Column("rate_window_ms", sa.BigInteger, nullable=True),
-        # Start times (epoch µs, JSON list) within the last window: the rate
-        # limit's sliding log, rewritten under the row lock by each claim.
+        # Unused since the rate log got a table of its own (``starts_table``);
+        # kept so that a release older than that can share the table.
         sa.Column("starts", sa.Text, nullable=True),
         sa.Column("updated_at", _DateTime, nullable=False),
+        info={"flask_queue": True},
+    )
+
+
+def starts_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The rate limits' start log (``<job table>_starts``): one row per run of
+    a rate-limited queue, written by the claim (``started_at`` NULL: claimed,
+    not started yet) and stamped when the run starts. Rows out of the window,
+    and claims whose run ended unstarted, are deleted by the next claim.
+
+    A table, not a list on the queue's row: a window of 10,000 starts is
+    10,000 small rows on an index, where a JSON list outgrew MySQL's 64 KiB
+    TEXT after about 3,000 and then failed every claim."""
+    name = f"{job_table_name}_starts"
+    existing = _declared(metadata, name, "start log")
+    if existing is not None:
+        return existing
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("job_id", sa.String(32), primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("started_at", _DateTime, nullable=True),
+        # Each claim counts one queue's window and prunes what left it.
+        sa.Index(f"ix_{name}_queue_started_at", "queue", "started_at"),
         info={"flask_queue": True},
     )
 

@@ -6,6 +6,7 @@ invoke endpoint — so a job behaves the same whichever way it was delivered.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -265,7 +266,12 @@ def _run(
     started = time.perf_counter()
     try:
         func(job)
-    except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure
+    # CancelledError is a BaseException: an async handler's task cancelled (by
+    # itself, or a library it awaits) ends the run as a failure, with an
+    # outcome, instead of escaping the runner and leaving the job RUNNING.
+    # KeyboardInterrupt and SystemExit stop the process: its runs are recovered
+    # when their leases run out, as for any process that dies.
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - the job's failure
         seconds = time.perf_counter() - started
         outcome = after_failure(job, "".join(traceback.format_exception(exc)), default_retry, now())
         _log_failure(job, repr(exc), outcome, len(delays))

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from .crypto import PayloadCipher, plain_open
 from .errors import InvalidStatusError, JobNotFoundError, StorageError
 from .job import Job, JobStatus, ScheduleType, new_id
-from .models import queue_table, stats_table
+from .models import queue_table, starts_table, stats_table
 
 UTC = timezone.utc
 Row = dict[str, Any]
@@ -159,6 +159,18 @@ def _storable(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: Characters the ``error`` column holds (``models``: String(255)).
+ERROR_WIDTH = 255
+
+
+def _storable_line(text: str | None) -> str | None:
+    """An error line the ``error`` column will take: escaped first, then cut
+    to its width (escaping makes a NUL four characters: a line cut before it
+    could be four times too long, and then the whole outcome was refused)."""
+    stored = _storable(text)
+    return stored[:ERROR_WIDTH] if stored is not None else None
+
+
 #: Rounds of candidates a MySQL claim tries when other claimers locked the first ones.
 CANDIDATE_ROUNDS = 5
 #: Characters of ``reason`` a list reads: the end, where a traceback names its exception.
@@ -211,7 +223,7 @@ def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
         "b_attempt": job.attempt,
         "b_errors": outcome.errors,
         "b_reason": _storable(outcome.reason),
-        "b_error": _storable(outcome.row_error),
+        "b_error": _storable_line(outcome.row_error),
         "b_history": _history_json(outcome.history if outcome.history is not None else job.history),
         "b_run_at": naive_utc(outcome.run_at or job.run_at),
         "b_occurrence_at": naive_utc(outcome.occurrence_at)
@@ -251,6 +263,36 @@ def _is_outage(exc: Exception) -> bool:
     # syntax): those carry the generic SQLITE_ERROR code; a locked or
     # unopenable file carries a code of its own.
     return getattr(cause.orig, "sqlite_errorname", None) != "SQLITE_ERROR"
+
+
+class _Phase(NamedTuple):
+    """One range a claim takes from: what matches, the index order it walks,
+    and when each of its rows became claimable (to rank it against the other
+    range's rows of the same priority)."""
+
+    where: sa.ColumnElement[bool]
+    order: list[Any]
+    since: Any
+
+
+class _Offer(NamedTuple):
+    """A claimable row as a claim ranks it; ``id`` is empty for a free queue's
+    row that a limited claim only compares with."""
+
+    priority: int
+    since: datetime
+    id: str
+    limited: bool
+
+
+def _offer_order(offer: _Offer) -> tuple[int, datetime, bool]:
+    # Highest priority, then the longest claimable; a tie goes to a limited
+    # queue, which a steady free backlog must not starve.
+    return (-offer.priority, offer.since, not offer.limited)
+
+
+def _run_order(row: Any) -> tuple[int, datetime]:
+    return (-row.priority, row.run_at)
 
 
 class Claimed(NamedTuple):
@@ -364,12 +406,20 @@ class JobStore:
         self.queues = queue_table(table.metadata, table.name)
         #: Runs finished per minute and queue (``models.stats_table``).
         self.stats = stats_table(table.metadata, table.name)
+        #: The rate limits' start log (``models.starts_table``).
+        self.starts = starts_table(table.metadata, table.name)
         self.clock = clock
         self._statements: dict[Any, Any] = {}
         #: Whether the queue table held limited queues at the last look, and when
         #: to look again if not (see ``_claim``).
         self._limited = True
         self._limited_recheck = 0.0
+        #: Until when the limited claim's errors are not logged again.
+        self._limited_error_quiet = 0.0
+        #: Whether the queue table held a rate-limited queue at the last look,
+        #: and when to look again (see ``_stamps_starts``).
+        self._rated = True
+        self._rated_recheck = 0.0
         #: Called before the first claim: the extension stores the declared limits.
         self.before_claim: Callable[[], None] | None = None
         #: Encrypts payloads at rest when QUEUE_ENCRYPTION_KEYS is set (``crypto.py``).
@@ -596,8 +646,11 @@ class JobStore:
         """
         t = self.table
         values = [
-            # First: MySQL applies SET assignments left to right, on new values.
-            (t.c.lease_until, sa.case((t.c.status == RUNNING, t.c.lease_until), else_=None)),
+            # The lease is kept (not in the SET): a RUNNING row's belongs to its
+            # run, and a SCHEDULED row's to the run of content an earlier
+            # override replaced, still going (its heartbeat extends it). Clearing
+            # that one let a second override (a debounce) start the new content
+            # beside the old run. Other live rows have none.
             *((t.c[k], v) for k, v in self._sealed(row).items() if k not in _KEPT_BY_OVERRIDE),
             (t.c.errors, 0),
             (t.c.started_at, None),
@@ -843,9 +896,23 @@ class JobStore:
     # -- admin actions ----------------------------------------------------------
 
     def delete(self, job_id: str) -> bool:
+        """Delete a job; False if there is none. A job whose run holds a live
+        lease (RUNNING, or replaced while running) is refused: its row is the
+        run's concurrency slot, and the handler goes on running whatever
+        happens to the row. A run whose lease expired (dead) may go."""
         t = self.table
+        now = self.now()
+        unleased = sa.or_(t.c.lease_until.is_(None), t.c.lease_until <= now)
         with _storage_errors("delete a job"), self._one_statement() as c:
-            return c.execute(sa.delete(t).where(t.c.id == job_id)).rowcount > 0
+            if c.execute(sa.delete(t).where(t.c.id == job_id, unleased)).rowcount > 0:
+                return True
+            held = c.execute(sa.select(t.c.lease_until).where(t.c.id == job_id)).first()
+        if held is None:
+            return False
+        raise InvalidStatusError(
+            f"Cannot delete job {job_id!r}: it is running (its run holds a lease until"
+            f" {held[0]:%Y-%m-%d %H:%M:%S} UTC). Delete it once the run has ended."
+        )
 
     def retry(self, job_id: str) -> Job[Any]:
         """A FAILED job goes back to SCHEDULED, due now, with a fresh retry budget.
@@ -912,7 +979,9 @@ class JobStore:
                 status=SCHEDULED,
                 run_at=now,
                 errors=0,
-                lease_until=None,
+                # A SCHEDULED row's lease is a replaced run's, still going (see
+                # _replace_live): the new content waits for it even when run now.
+                lease_until=sa.case((t.c.status == SCHEDULED, t.c.lease_until), else_=None),
                 updated_at=now,
                 live_custom_id=t.c.custom_id,  # a live job holds its custom id again
             )
@@ -940,33 +1009,38 @@ class JobStore:
 
     # -- the run path ----------------------------------------------------------
 
-    def _due_phases(self, now: Any) -> list[tuple[sa.ColumnElement[bool], list[Any]]]:
-        """What is due, in two phases: SCHEDULED with ``run_at`` reached, highest
-        priority first, then oldest, walked on (status, priority DESC, run_at) up
-        to the LIMIT, so a due backlog of any size costs the same (what it walks
-        past are future jobs of higher priorities than the ones it takes); then
-        RUNNING with an expired lease, on (status, lease_until), oldest first.
-        (One ``OR`` of both would make every database read both ranges; InnoDB
-        would also lock every row it read.)"""
+    def _due_phases(self, now: Any) -> list[_Phase]:
+        """What is due, in two ranges: SCHEDULED with ``run_at`` reached, walked
+        on (status, priority DESC, run_at) up to the LIMIT, so a due backlog of
+        any size costs the same (what it walks past are future jobs of higher
+        priorities than the ones it takes); and RUNNING with an expired lease,
+        on (status, lease_until) (a range that holds only the dead runs).
+
+        A claim takes the best of both by priority, then by when each row
+        became claimable (``since``: its ``run_at``, or its lease's end), so a
+        dead run is not starved by a backlog of fresh jobs. (One ``OR`` of
+        both ranges would make every database read both; InnoDB would also
+        lock every row it read.)"""
         t = self.table
         return [
-            (self._due(now), [t.c.priority.desc(), t.c.run_at]),
-            (self._expired(now), [t.c.lease_until]),
+            _Phase(self._due(now), [t.c.priority.desc(), t.c.run_at], t.c.run_at),
+            _Phase(self._expired(now), [t.c.priority.desc(), t.c.lease_until], t.c.lease_until),
         ]
 
-    def _phases(self, now: Any, ids: Any | None) -> list[tuple[sa.ColumnElement[bool], list[Any]]]:
+    def _phases(self, now: Any, ids: Any | None) -> list[_Phase]:
         """``_due_phases``, or only its due range restricted to ``ids`` (values
         or an expanding ``bindparam``): the dispatch of jobs just enqueued."""
         phases = self._due_phases(now)
         if ids is None:
             return phases
-        where, order = phases[0]
-        return [(sa.and_(where, self.table.c.id.in_(ids)), order)]
+        due = phases[0]
+        return [due._replace(where=sa.and_(due.where, self.table.c.id.in_(ids)))]
 
     def _columns(self, whole: bool) -> list[Any]:
-        """What a claim returns: whole rows to run here, or just enough to deliver."""
+        """What a claim returns: whole rows to run here, or just enough to
+        deliver (and to put one claim's runs in priority order)."""
         t = self.table
-        return list(t.c) if whole else [t.c.id, t.c.attempt, t.c.queue]
+        return list(t.c) if whole else [t.c.id, t.c.attempt, t.c.queue, t.c.priority, t.c.run_at]
 
     def _take(
         self, c: Connection, ids: list[str], values: list[tuple[Any, Any]], columns: list[Any]
@@ -975,7 +1049,7 @@ class JobStore:
         them back: MySQL has no UPDATE … RETURNING."""
         t = self.table
         c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
-        return list(c.execute(sa.select(*columns).where(t.c.id.in_(ids)).order_by(t.c.run_at)))
+        return list(c.execute(sa.select(*columns).where(t.c.id.in_(ids))))
 
     def _unrestricted(self) -> sa.ColumnElement[bool]:
         """A job of a queue that is neither paused nor limited: any claim may
@@ -1014,10 +1088,11 @@ class JobStore:
         lease (its runner died). A claimed job is RUNNING with ``attempt`` + 1 and a
         new lease; ``started_at`` is cleared until a runner actually starts it
         (the invoke endpoint, whose requests can be replayed: one start wins).
-        Only (id, attempt, queue) come back: the runner reads the full row when
-        it starts the run, so the claim never ships payloads it does not need.
-        ``ids`` limits the claim to those jobs, if they are due: the dispatch of
-        jobs just enqueued as due, as one statement for the batch.
+        Only (id, attempt, queue) come back, highest priority first: the runner
+        reads the full row when it starts the run, so the claim never ships
+        payloads it does not need. ``ids`` limits the claim to those jobs, if
+        they are due: the dispatch of jobs just enqueued as due, as one
+        statement for the batch.
         """
         rows = self._claim(limit, lease, ids, whole=False)
         return [Claimed(r.id, r.attempt, r.queue) for r in rows]
@@ -1025,7 +1100,8 @@ class JobStore:
     def claim_started(
         self, limit: int, lease: timedelta, *, ids: Sequence[str] | None = None
     ) -> list[Job[Any]]:
-        """``claim`` for a runner in this process: full jobs come back, ready to run.
+        """``claim`` for a runner in this process: full jobs come back, ready to
+        run, highest priority first.
 
         The thread executor and the worker run what they claim themselves; no
         request can be replayed on the way, so no statement per job starts the
@@ -1050,12 +1126,46 @@ class JobStore:
         now = self.now()
         with _storage_errors("claim jobs"):
             claimed: list[Any] = []
-            # Limited queues first: a backlog in free queues must not starve them.
             if self._limited or time.monotonic() >= self._limited_recheck:
-                claimed = self._claim_limited(limit, now, lease, ids, whole=whole)
+                claimed = self._claim_limited_apart(limit, now, lease, ids, whole=whole)
             if len(claimed) < limit:
                 claimed += self._claim_free(limit - len(claimed), now, lease, ids, whole=whole)
-            return claimed
+        # Executors deliver a claim's runs in this order: priority first.
+        return sorted(claimed, key=_run_order)
+
+    def _claim_limited_apart(
+        self,
+        limit: int,
+        now: datetime,
+        lease: timedelta,
+        ids: Sequence[str] | None,
+        *,
+        whole: bool,
+    ) -> list[Any]:
+        """``_claim_limited``, kept from stopping the free queues' claim.
+
+        The limited queues' claim reads their own rows and start log: if the
+        database refuses that (a table an upgrade has not migrated yet, a row
+        edited by hand), the free queues are still claimed, and the error is
+        logged (once a minute), instead of failing every claim of every queue.
+        An outage is raised: it stops the free claim too.
+        """
+        try:
+            return self._claim_limited(limit, now, lease, ids, whole=whole)
+        except Exception as exc:
+            if _is_outage(exc) or not (
+                isinstance(exc, sa.exc.SQLAlchemyError) or _is_dbapi_error(exc)
+            ):
+                raise
+            if time.monotonic() >= self._limited_error_quiet:
+                self._limited_error_quiet = time.monotonic() + 60.0
+                log.error(
+                    "flask_queue: could not claim the limited queues' jobs (%s: %s); claiming"
+                    " the other queues anyway. Has the upgrade's migration run?",
+                    type(getattr(exc, "orig", None) or exc).__name__,
+                    (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:300],
+                )
+            return []
 
     def _claim_free(
         self,
@@ -1075,8 +1185,8 @@ class JobStore:
             with self._one_statement() as c:
                 return list(c.execute(stmt, params))
         phases = [
-            (sa.and_(where, self._unrestricted()), order)
-            for where, order in self._phases(now, None if ids is None else list(ids))
+            phase._replace(where=sa.and_(phase.where, self._unrestricted()))
+            for phase in self._phases(now, None if ids is None else list(ids))
         ]
         values = self._claim_values(now, now + lease)
         return self._claim_mysql(phases, limit, values, self._columns(whole))
@@ -1094,7 +1204,13 @@ class JobStore:
         a time: the transaction first writes the limited queues' rows, which
         takes their row locks (PostgreSQL, MySQL) or the database's write lock
         (SQLite); the RUNNING counts and start logs it reads then stay true
-        until it commits, whatever the number of processes and hosts."""
+        until it commits, whatever the number of processes and hosts.
+
+        Each queue offers its best due jobs up to its room; they are ranked
+        with the free queues' best (read, not locked) by priority, then age,
+        and only those within the claim's ``limit`` are taken: a limited queue
+        neither jumps the priority order nor is starved by a free backlog (a
+        tie goes to the limited queue)."""
         q, t = self.queues, self.table
         limited = sa.and_(
             sa.not_(q.c.paused),
@@ -1103,18 +1219,17 @@ class JobStore:
         engine = self.engine
         if self.dialect == "mysql":
             engine = engine.execution_options(isolation_level="READ COMMITTED")
+        by_id = None if ids is None else list(ids)
         for attempt in range(DEADLOCK_RETRIES):
             try:
                 with engine.begin() as c:
                     c.execute(sa.update(q).where(limited).values(updated_at=now))
                     rows = c.execute(sa.select(q).where(limited).order_by(q.c.name)).all()
-                    # The time is read under the lock, not before waiting for it,
-                    # and never earlier than a start already logged (a claimer
-                    # whose clock lags): the logs stay in order, so a window
-                    # counted from this claim's time holds every start in it.
-                    logs = {r.name: json.loads(r.starts) if r.starts else [] for r in rows}
-                    now = max([self.now(), *(_last_start(log) for log in logs.values())])
+                    # The time is read under the lock, not before waiting for it.
+                    now = self.now()
                     self._limited = bool(rows)
+                    rated = [r for r in rows if r.rate_limit is not None]
+                    self._note_rated(bool(rated))
                     if not rows:
                         # Look again in a while: a limit declared meanwhile is
                         # safe (free claims never take a limited queue's jobs),
@@ -1134,62 +1249,111 @@ class JobStore:
                             .group_by(t.c.queue)
                         ).all()
                     )
-                    claimed: list[Any] = []
+                    in_window = self._rate_window(c, rated, now) if rated else {}
+                    offers: list[_Offer] = []
                     for row in rows:
-                        room = limit - len(claimed)
+                        room = limit
                         if row.concurrency is not None:
                             room = min(room, row.concurrency - running.get(row.name, 0))
-                        starts = _recent_starts(logs[row.name], now, row.rate_window_ms)
                         if row.rate_limit is not None:
-                            room = min(room, row.rate_limit - len(starts))
-                        if room <= 0:
-                            continue
-                        got = self._claim_queue(c, row.name, room, now, lease, ids, whole=whole)
-                        if got and row.rate_limit is not None:
-                            starts += [_epoch_us(now)] * len(got)
-                            c.execute(
-                                sa.update(q)
-                                .where(q.c.name == row.name)
-                                .values(starts=json.dumps(starts))
-                            )
-                        claimed += got
-                    return claimed
+                            room = min(room, row.rate_limit - in_window.get(row.name, 0))
+                        if room > 0:
+                            offers += self._offers(c, row.name, room, now, by_id)
+                    if not offers:
+                        return []
+                    if by_id is None:
+                        offers += self._free_offers(c, now, limit)
+                    chosen = [o.id for o in sorted(offers, key=_offer_order)[:limit] if o.id]
+                    if not chosen:
+                        return []
+                    got = self._take(
+                        c, chosen, self._claim_values(now, now + lease), self._columns(whole)
+                    )
+                    rated_names = {r.name for r in rated}
+                    log_rows = [
+                        {"job_id": g.id, "attempt": g.attempt, "queue": g.queue}
+                        for g in got
+                        if g.queue in rated_names
+                    ]
+                    if log_rows:
+                        c.execute(sa.insert(self.starts).values(started_at=None), log_rows)
+                    return got
             except sa.exc.DBAPIError as exc:
                 if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
                     raise
                 time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         return []  # pragma: no cover - the loop returns or raises
 
-    def _claim_queue(
-        self,
-        c: Connection,
-        name: str,
-        room: int,
-        now: datetime,
-        lease: timedelta,
-        ids: Sequence[str] | None,
-        *,
-        whole: bool,
-    ) -> list[Any]:
-        """Claim up to ``room`` of one limited queue's due jobs, inside
-        ``_claim_limited``'s transaction."""
+    def _rate_window(self, c: Connection, rated: list[Any], now: datetime) -> dict[str, int]:
+        """Runs of each rate-limited queue that count against its window at
+        ``now``: started within it, or claimed and not started yet (they will
+        start later, so they hold a place in every window from now on).
+
+        First deletes the starts that left the window. A claim whose run is
+        no longer going (not RUNNING under that attempt with a live lease) but
+        was never stamped is stamped ``now``: its run may have started and
+        ended before its start was written (a stamp the database refused, a
+        process killed in between), and forgetting it could let N more start
+        in that window. (A run given back unstarted, ``release``, removes its
+        claim itself.) Errs towards fewer starts."""
+        s, t = self.starts, self.table
+        names = [r.name for r in rated]
+        alive = (
+            sa.select(t.c.id)
+            .where(
+                t.c.id == s.c.job_id,
+                t.c.attempt == s.c.attempt,
+                t.c.status == RUNNING,
+                t.c.lease_until > now,
+            )
+            .exists()
+        )
+        c.execute(
+            sa.update(s)
+            .where(s.c.queue.in_(names), s.c.started_at.is_(None), ~alive)
+            .values(started_at=now)
+        )
+        for row in rated:
+            since = now - timedelta(milliseconds=row.rate_window_ms or 0)
+            c.execute(sa.delete(s).where(s.c.queue == row.name, s.c.started_at <= since))
+        counted = c.execute(
+            sa.select(s.c.queue, sa.func.count()).where(s.c.queue.in_(names)).group_by(s.c.queue)
+        )
+        return {name: int(n) for name, n in counted}
+
+    def _offers(
+        self, c: Connection, name: str, room: int, now: datetime, ids: list[str] | None
+    ) -> list[_Offer]:
+        """Up to ``room`` of one limited queue's best due jobs, locked inside
+        ``_claim_limited``'s transaction (SKIP LOCKED: rows another claimer
+        holds are passed over). Those not chosen are let go at its commit."""
         t = self.table
-        found: list[str] = []
-        for where, order in self._phases(now, None if ids is None else list(ids)):
-            need = room - len(found)
-            if need <= 0:
-                break
+        found: list[_Offer] = []
+        for phase in self._phases(now, ids):
             candidates = (
-                sa.select(t.c.id)
-                .where(where, t.c.queue == name)
-                .order_by(*order)
-                .limit(need)
+                sa.select(t.c.priority, phase.since, t.c.id)
+                .where(phase.where, t.c.queue == name)
+                .order_by(*phase.order)
+                .limit(room)
                 .with_for_update(skip_locked=True)
             )
-            found += c.execute(candidates).scalars()
-        if not found:
-            return []
-        return self._take(c, found, self._claim_values(now, now + lease), self._columns(whole))
+            found += [_Offer(p, since, i, True) for p, since, i in c.execute(candidates)]
+        return sorted(found, key=_offer_order)[:room]  # the room holds for both ranges
+
+    def _free_offers(self, c: Connection, now: datetime, limit: int) -> list[_Offer]:
+        """The free queues' best due jobs, read without locks (the free claim
+        that follows takes them): what a limited queue's jobs rank against."""
+        t = self.table
+        found: list[_Offer] = []
+        for phase in self._due_phases(now):
+            best = (
+                sa.select(t.c.priority, phase.since)
+                .where(phase.where, self._unrestricted())
+                .order_by(*phase.order)
+                .limit(limit)
+            )
+            found += [_Offer(p, since, "", False) for p, since in c.execute(best)]
+        return found
 
     def _claim_statement(self, *, whole: bool, by_id: bool) -> Any:
         """The claim of PostgreSQL and SQLite, built once per kind and reused
@@ -1197,12 +1361,13 @@ class JobStore:
 
         SQLite has one writer at a time, so the UPDATE is atomic by itself there
         (and takes no row locks). On PostgreSQL it is one statement, so one round
-        trip in autocommit: each phase is a CTE
+        trip in autocommit: each range is a CTE
         that walks its index and locks what it takes (SKIP LOCKED: rows another
         claimer holds are passed over, not waited for); a CTE that locks rows
         is never inlined, which also fences its LIMIT (inlined, the planner
-        may re-evaluate the subquery per row and update more rows). Rows the
-        second phase locked beyond the limit are let go when the statement ends.
+        may re-evaluate the subquery per row and update more rows). The best
+        of both ranges are taken (``_due_phases``); rows locked beyond the
+        limit are let go when the statement ends.
         """
         return self._prebuilt(("claim", whole, by_id), lambda: self._build_claim(whole, by_id))
 
@@ -1212,17 +1377,21 @@ class JobStore:
         limit = sa.bindparam("limit", type_=sa.Integer)
         phases = self._phases(now, sa.bindparam("ids", expanding=True) if by_id else None)
         ctes = [
-            sa.select(t.c.id)
-            .where(where, self._unrestricted())
-            .order_by(*order)
+            sa.select(t.c.id, t.c.priority, phase.since.label("since"))
+            .where(phase.where, self._unrestricted())
+            .order_by(*phase.order)
             .limit(limit)
             .with_for_update(skip_locked=True)
             .cte(f"claimable_{i}")
-            for i, (where, order) in enumerate(phases)
+            for i, phase in enumerate(phases)
         ]
         if len(ctes) > 1:
-            union = sa.union_all(*(sa.select(cte.c.id) for cte in ctes)).subquery()
-            chosen = sa.select(union.c.id).limit(limit)
+            union = sa.union_all(
+                *(sa.select(cte.c.id, cte.c.priority, cte.c.since) for cte in ctes)
+            ).subquery()
+            chosen = (
+                sa.select(union.c.id).order_by(union.c.priority.desc(), union.c.since).limit(limit)
+            )
         else:
             chosen = sa.select(ctes[0].c.id)
         lease_until = sa.bindparam("lease_until", type_=t.c.lease_until.type)
@@ -1244,7 +1413,7 @@ class JobStore:
         if self._limited:
             # A limited queue's job is claimed under its limits, or not now.
             with _storage_errors("claim a job"):
-                limited = self._claim_limited(1, now, lease, [job_id], whole=False)
+                limited = self._claim_limited_apart(1, now, lease, [job_id], whole=False)
             if limited:
                 return Claimed(limited[0].id, limited[0].attempt, limited[0].queue)
         stmt = (
@@ -1252,7 +1421,7 @@ class JobStore:
             .where(t.c.id == job_id, self._due(now), self._unrestricted())
             .ordered_values(*self._claim_values(now, now + lease))
         )
-        claimed_cols = self._columns(False)
+        claimed_cols = [t.c.id, t.c.attempt, t.c.queue]
         with _storage_errors("claim a job"):
             if self.engine.dialect.update_returning:
                 with self._one_statement() as c:
@@ -1288,7 +1457,7 @@ class JobStore:
 
     def _claim_mysql(
         self,
-        phases: list[tuple[sa.ColumnElement[bool], list[Any]]],
+        phases: list[_Phase],
         limit: int,
         values: list[tuple[Any, Any]],
         columns: list[Any],
@@ -1303,12 +1472,10 @@ class JobStore:
         for attempt in range(DEADLOCK_RETRIES):
             try:
                 with engine.begin() as c:
-                    ids: list[str] = []
-                    for where, order in phases:
-                        room = limit - len(ids)
-                        if room <= 0:
-                            break
-                        ids += self._lock_candidates(c, where, order, room)
+                    offers: list[_Offer] = []
+                    for phase in phases:
+                        offers += self._lock_candidates(c, phase, limit)
+                    ids = [o.id for o in sorted(offers, key=_offer_order)[:limit]]
                     return self._take(c, ids, values, columns) if ids else []
             except sa.exc.DBAPIError as exc:
                 if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
@@ -1316,10 +1483,8 @@ class JobStore:
                 time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         return []  # pragma: no cover - the loop returns or raises
 
-    def _lock_candidates(
-        self, c: Connection, where: sa.ColumnElement[bool], order: list[Any], room: int
-    ) -> list[str]:
-        """MySQL: lock up to ``room`` rows matching ``where`` in ``order``.
+    def _lock_candidates(self, c: Connection, phase: _Phase, room: int) -> list[_Offer]:
+        """MySQL: lock up to ``room`` rows of ``phase`` in its order.
 
         InnoDB locks every row a locking read looks at, and a read sorted by
         priority looks at the whole due range: so candidates are picked without
@@ -1329,19 +1494,24 @@ class JobStore:
         a claim must not come back empty while due jobs are free.
         """
         t = self.table
-        locked: list[str] = []
+        locked: list[_Offer] = []
         seen: list[str] = []
         for _ in range(CANDIDATE_ROUNDS):
             need = room - len(locked)
             if need <= 0:
                 break
-            pick = sa.select(t.c.id).where(where).order_by(*order).limit(2 * need)
+            pick = (
+                sa.select(t.c.priority, phase.since, t.c.id)
+                .where(phase.where)
+                .order_by(*phase.order)
+                .limit(2 * need)
+            )
             if seen:
                 pick = pick.where(t.c.id.not_in(seen))
-            picked = list(c.execute(pick).scalars())
+            picked = [_Offer(p, s, i, True) for p, s, i in c.execute(pick)]
             if not picked:
                 break
-            seen += picked
+            seen += [o.id for o in picked]
             # By primary key, unsorted: a locking read through a secondary index
             # (with a filesort) locks every entry it scans, here every scheduled
             # row. This one locks at most the candidates; those beyond ``need``
@@ -1350,11 +1520,11 @@ class JobStore:
                 c.execute(
                     sa.select(t.c.id)
                     .with_hint(t, "FORCE INDEX (PRIMARY)", "mysql")
-                    .where(where, t.c.id.in_(picked))
+                    .where(phase.where, t.c.id.in_([o.id for o in picked]))
                     .with_for_update(skip_locked=True)
                 ).scalars()
             )
-            locked += [i for i in picked if i in free][:need]
+            locked += [o for o in picked if o.id in free][:need]
             if len(picked) < 2 * need:
                 break  # no more candidates than these
         return locked
@@ -1417,6 +1587,8 @@ class JobStore:
             if row is None:
                 exists = c.execute(sa.select(t.c.id).where(t.c.id == job_id)).first()
                 return None, "stale" if exists else "missing"
+        if self._stamps_starts():
+            self._stamp([(job_id, attempt)], now)
         job = self._readable(row)
         return (job, "ok") if job is not None else (None, "failed")
 
@@ -1475,7 +1647,7 @@ class JobStore:
                 "lease_until": None,
                 "updated_at": now,
                 "reason": _storable(outcome.reason),
-                "error": _storable(outcome.row_error),
+                "error": _storable_line(outcome.row_error),
             }
             if outcome.history is not None:
                 values["history"] = _history_json(outcome.history)
@@ -1513,7 +1685,7 @@ class JobStore:
                     run_at=job.run_at,
                     status=FAILED,
                     reason=_storable(outcome.failed_copy_reason),
-                    error=_storable(outcome.error),
+                    error=_storable_line(outcome.error),
                     history=_history_json(outcome.history),
                     retry=json.dumps(job.retry) if job.retry is not None else None,
                     attempt=job.attempt,
@@ -1532,7 +1704,7 @@ class JobStore:
             .where(
                 t.c.status == SCHEDULED,
                 t.c.lease_until.is_not(None),
-                sa.tuple_(t.c.id, t.c.attempt).in_(runs),
+                self._runs(runs),
             )
             .values(lease_until=None)
         )
@@ -1541,20 +1713,87 @@ class JobStore:
         """Record that these claimed runs (id, attempt) began their handlers, in
         one statement per chunk: from then on a death of their process counts
         as a failed attempt (see ``_claim_values``). Only a run still RUNNING
-        and unstarted is touched: an outcome written first stays as it is."""
+        and unstarted is touched: an outcome written first stays as it is.
+        Rows are locked in id order, and a deadlock with another writer of
+        them (InnoDB picks a victim) is tried again: it is safe to repeat."""
         t = self.table
         now = self.now()
-        with _storage_errors("mark runs started"), self._one_statement() as c:
-            for chunk in _chunks(list(runs)):
-                c.execute(
-                    sa.update(t)
-                    .where(
-                        t.c.status == RUNNING,
-                        t.c.started_at.is_(None),
-                        sa.tuple_(t.c.id, t.c.attempt).in_(chunk),
-                    )
-                    .values(started_at=now)
+        for chunk in _chunks(sorted(runs)):
+            stmt = (
+                sa.update(t)
+                .where(
+                    self._runs(chunk),
+                    t.c.status == RUNNING,
+                    t.c.started_at.is_(None),
                 )
+                .values(started_at=now)
+            )
+            self._retrying_deadlocks("mark runs started", stmt)
+        if self._stamps_starts():
+            self._stamp(runs, now)
+
+    def _runs(self, runs: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
+        """The rows of these runs (id, attempt). The ids are also given as a
+        plain ``id IN (...)``: a row-constructor IN is not always served from
+        the primary key (InnoDB may scan an index, locking rows that other
+        claimers hold: deadlocks under eight claimers)."""
+        t = self.table
+        pairs = list(runs)
+        return sa.and_(
+            t.c.id.in_([job_id for job_id, _ in pairs]), sa.tuple_(t.c.id, t.c.attempt).in_(pairs)
+        )
+
+    def _retrying_deadlocks(self, action: str, stmt: Any) -> int:
+        """Run one statement that is safe to repeat, again after an InnoDB deadlock."""
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                with _storage_errors(action), self._one_statement() as c:
+                    return int(c.execute(stmt).rowcount)
+            except StorageError as exc:
+                cause = exc.__cause__
+                deadlock = isinstance(cause, sa.exc.DBAPIError) and _is_deadlock(cause)
+                if not deadlock or attempt == DEADLOCK_RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.002, 0.01) * (attempt + 1))
+        return 0  # pragma: no cover - the loop returns or raises
+
+    def _note_rated(self, rated: bool) -> None:
+        self._rated = rated
+        self._rated_recheck = time.monotonic() + LIMITS_RECHECK
+
+    def _stamps_starts(self) -> bool:
+        """Whether starts go in the rate log: some queue has a rate limit (read
+        at most once per ``LIMITS_RECHECK``; a limited claim also updates it)."""
+        if time.monotonic() >= self._rated_recheck:
+            q = self.queues
+            with _storage_errors("read queue limits"), self.engine.connect() as c:
+                found = c.execute(
+                    sa.select(q.c.name).where(q.c.rate_limit.is_not(None)).limit(1)
+                ).first()
+            self._note_rated(found is not None)
+        return self._rated
+
+    def _stamp(self, runs: Sequence[tuple[str, int]], now: datetime) -> None:
+        """Stamp the start time on these runs' entries in the rate log (runs of
+        queues without a rate limit have none: nothing changes).
+
+        Until stamped, an entry counts in every window (claimed, not started),
+        so a run that waited in a pool's queue before it started holds its
+        place from its real start on, not from its claim: the next start comes
+        a whole window after it. Stamped after the run's start (a little late
+        at most: the limit errs towards fewer starts)."""
+        s = self.starts
+        for chunk in _chunks(sorted(runs)):
+            stmt = (
+                sa.update(s)
+                .where(
+                    s.c.job_id.in_([job_id for job_id, _ in chunk]),
+                    sa.tuple_(s.c.job_id, s.c.attempt).in_(chunk),
+                    s.c.started_at.is_(None),
+                )
+                .values(started_at=now)
+            )
+            self._retrying_deadlocks("record rate-limited starts", stmt)
 
     def finish_many(
         self, runs: Sequence[tuple[Job[Any], Finish]], progress: Progress | None = None
@@ -1599,7 +1838,7 @@ class JobStore:
         mine = t.c.status == RUNNING
         statements: list[tuple[Any, Any, list[str]]] = []
         for chunk in _chunks(deleted):
-            where = sa.tuple_(t.c.id, t.c.attempt).in_(chunk)
+            where = self._runs(chunk)
             statements.append((sa.delete(t).where(mine, where), None, [i for i, _ in chunk]))
         by_row = sa.and_(
             mine, t.c.id == sa.bindparam("b_id"), t.c.attempt == sa.bindparam("b_attempt")
@@ -1655,7 +1894,7 @@ class JobStore:
         replaced = sa.and_(t.c.status == SCHEDULED, t.c.lease_until.is_not(None))
         owned = sa.and_(
             sa.or_(t.c.status == RUNNING, replaced),
-            sa.tuple_(t.c.id, t.c.attempt).in_(list(runs)),
+            self._runs(runs),
         )
         stmt = sa.update(t).where(owned).values(lease_until=now + lease)
         with _storage_errors("extend leases"):
@@ -1677,7 +1916,17 @@ class JobStore:
                 .where(self._unstarted(job_id, attempt))
                 .values(status=SCHEDULED, lease_until=None, updated_at=now)
             )
-            return result.rowcount == 1
+            released = result.rowcount == 1
+        if released and self._stamps_starts():
+            # A run that never started holds no place in a rate limit's window.
+            s = self.starts
+            with _storage_errors("release a job"), self._one_statement() as c:
+                c.execute(
+                    sa.delete(s).where(
+                        s.c.job_id == job_id, s.c.attempt == attempt, s.c.started_at.is_(None)
+                    )
+                )
+        return released
 
     # -- per-queue settings: pause state and limits ---------------------------------
 
@@ -1966,12 +2215,15 @@ class JobStore:
                         stats["created"] += 1
                     except sa.exc.IntegrityError:
                         pass  # another producer created it first
-                elif (current.schedule, current.tz) != (expr, tz):
-                    # A RUNNING occurrence finishes under the old schedule and
-                    # then follows the new one; others move to the new next time.
+                elif (current.schedule, current.tz) != (expr, tz) and current.status != RUNNING:
+                    # A RUNNING occurrence is left alone: its finish plans the
+                    # next time from the expression it holds, and the next sync
+                    # after that moves the row to the new schedule's next time.
+                    # (Writing the new expression on the running row lost the
+                    # change: its finish planned from the old one, and no later
+                    # sync saw a difference.)
                     values: dict[str, Any] = {"schedule": expr, "tz": tz}
-                    if current.status != RUNNING:
-                        values["run_at"] = values["occurrence_at"] = row_for(name)["run_at"]
+                    values["run_at"] = values["occurrence_at"] = row_for(name)["run_at"]
                     with self.engine.begin() as c:
                         c.execute(
                             sa.update(t)

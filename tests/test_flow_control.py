@@ -517,7 +517,7 @@ def test_a_claim_reads_what_it_takes_not_the_whole_due_backlog(
         queue.enqueue_many("echo", [None] * 20, delay="1s", priority=5)
     clock.advance(1)
     # The claim's own due range and order (every claim path builds it here).
-    where, order = store._due_phases(store.now())[0]
-    candidates = sa.select(t.c.id).where(where).order_by(*order).limit(100)
+    due = store._due_phases(store.now())[0]
+    candidates = sa.select(t.c.id).where(due.where).order_by(*due.order).limit(100)
     read = _rows_read_by(app, candidates)
     assert read <= 400, read
