@@ -17,7 +17,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 
 from .durations import to_milliseconds, to_timedelta
-from .errors import InvalidDurationError, InvalidRetryError, InvalidScheduleError, QueueError
+from .errors import (
+    InvalidDurationError,
+    InvalidRetryError,
+    InvalidScheduleError,
+    QueueError,
+    shown,
+)
 from .job import ScheduleType
 
 if TYPE_CHECKING:
@@ -36,13 +42,13 @@ def zone(name: str) -> ZoneInfo:
     """The IANA timezone ``name``, or :class:`InvalidScheduleError` naming it."""
     if not isinstance(name, str) or not name:
         raise InvalidScheduleError(
-            f"Invalid timezone {name!r}: use an IANA name like 'Europe/Paris'."
+            f"Invalid timezone {shown(name)}: use an IANA name like 'Europe/Paris'."
         )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidScheduleError(
-            f"Invalid timezone {name!r}: use an IANA name like 'Europe/Paris'."
+            f"Invalid timezone {shown(name)}: use an IANA name like 'Europe/Paris'."
         ) from None
 
 
@@ -154,7 +160,7 @@ class Schedule:
     def every(cls, value: object) -> Schedule:
         interval = to_timedelta(value, name="every", allow_zero=False)
         if to_milliseconds(interval) < 1:
-            raise InvalidDurationError(f"Invalid every {value!r}: at least 1 ms.")
+            raise InvalidDurationError(f"Invalid every {shown(value)}: at least 1 ms.")
         return cls(ScheduleType.EVERY, interval=timedelta(milliseconds=to_milliseconds(interval)))
 
     @classmethod
@@ -239,11 +245,13 @@ def retry_delays(policy: object, *, name: str = "retry") -> list[timedelta]:
     those delays; ``retry=0`` or ``[]`` means none.
     """
     if isinstance(policy, bool):
-        raise InvalidRetryError(f"Invalid {name} {policy!r}: use an int or a list of durations.")
+        raise InvalidRetryError(
+            f"Invalid {name} {shown(policy)}: use an int or a list of durations."
+        )
     if isinstance(policy, int):
         if not 0 <= policy <= MAX_RETRIES:
             raise InvalidRetryError(
-                f"Invalid {name} {policy!r}: must be between 0 and {MAX_RETRIES}."
+                f"Invalid {name} {shown(policy)}: must be between 0 and {MAX_RETRIES}."
             )
         return [
             min(DEFAULT_BACKOFF_BASE * (2 ** min(i, 20)), DEFAULT_BACKOFF_CAP)
@@ -258,4 +266,4 @@ def retry_delays(policy: object, *, name: str = "retry") -> list[timedelta]:
             return [to_timedelta(item, name=f"{name} delay") for item in policy]
         except InvalidDurationError as exc:
             raise InvalidRetryError(str(exc)) from None
-    raise InvalidRetryError(f"Invalid {name} {policy!r}: use an int or a list of durations.")
+    raise InvalidRetryError(f"Invalid {name} {shown(policy)}: use an int or a list of durations.")

@@ -1,0 +1,144 @@
+"""Issue 17: bad input and bad config end in one clear QueueError / one ``Error:`` line.
+
+Enqueue input the Python API refused with a raw Python error, CLI arguments that
+reached the database undecoded, durations the CLI read two ways, config errors
+shown as tracebacks by ``flask``, misleading messages, and kilobyte log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_queue import (
+    ConfigError,
+    InvalidOptionError,
+    InvalidPayloadError,
+    InvalidScheduleError,
+    Job,
+    Queue,
+    QueueError,
+)
+from tests.conftest import AppFactory, Clock, all_databases, row_snapshot
+
+HUGE = 10**4999  # 5,000 digits: over CPython's int <-> str conversion limit
+
+
+def _deep(depth: int) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+def one_error_line(result: Any) -> str:
+    """A refused command as the README promises it: one ``Error:`` line, non-zero
+    exit, and no traceback."""
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+# -- 1. enqueue input that raised a raw Python error ------------------------------------
+
+
+@all_databases
+@pytest.mark.parametrize(
+    ("options", "error", "named"),
+    [
+        ({"id": "a\udc80"}, InvalidOptionError, r"'a\udc80'"),
+        (
+            {"run_at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))},
+            InvalidOptionError,
+            "0001-01-01T00:00:00+05:00",
+        ),
+        ({"payload": HUGE}, InvalidPayloadError, "(5000 digits)"),
+        ({"payload": {"total": [1, HUGE]}}, InvalidPayloadError, "(5000 digits)"),
+        ({"payload": _deep(100_000)}, InvalidPayloadError, "[[[["),
+        ({"priority": HUGE}, InvalidOptionError, "(5000 digits)"),
+        ({"every": "1h", "times": HUGE}, InvalidScheduleError, "(5000 digits)"),
+        ({"retry": HUGE}, QueueError, "(5000 digits)"),
+        ({"delay": HUGE}, QueueError, "(5000 digits)"),
+        ({"delay": -HUGE}, QueueError, "(5000 digits)"),
+    ],
+    ids=[
+        "surrogate-id",
+        "run_at-before-year-1",
+        "huge-int-payload",
+        "nested-huge-int",
+        "deep-payload",
+        "huge-priority",
+        "huge-times",
+        "huge-retry",
+        "huge-delay",
+        "huge-negative-delay",
+    ],
+)
+def test_bad_enqueue_input_is_a_queue_error_naming_the_value(
+    app: Flask, queue: Queue, options: dict[str, Any], error: type[QueueError], named: str
+) -> None:
+    options = dict(options)  # the parameters are shared by every database's run
+    payload = options.pop("payload", "p")
+    with pytest.raises(error) as info:
+        queue.enqueue("echo", payload, **options)
+    message = str(info.value)
+    assert named in message, message
+    assert len(message) < 400, message  # the value shortened, not 5,000 digits
+    if "id" not in options:  # enqueue_many takes no custom id
+        with pytest.raises(error):
+            queue.enqueue_many("echo", ["fine", payload], **options)
+    assert row_snapshot(app) == []
+
+
+@pytest.mark.parametrize("name", ["q\udc80", "\ud800"])
+def test_a_queue_name_that_is_not_unicode_text_is_refused_at_registration(name: str) -> None:
+    with pytest.raises(InvalidOptionError, match="not valid Unicode"):
+        Queue().handler(name)
+
+
+# -- 4. bad configuration --------------------------------------------------------------------
+
+
+APP_MODULE = """
+import json, os
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from flask_queue import Queue
+
+db = SQLAlchemy()
+queue = Queue()
+
+def create_app():
+    app = Flask(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", SECRET_KEY="k")
+    app.config.update(json.loads(os.environ["BAD_CONFIG"]))
+    db.init_app(app)
+    queue.init_app(app)
+    return app
+"""
+
+
+def test_a_bad_duration_is_said_once(app: Flask, queue: Queue) -> None:
+    with pytest.raises(QueueError) as info:
+        queue.enqueue("echo", 1, delay="banana")
+    assert str(info.value) == (
+        "Invalid delay 'banana': use a form like '10s', '5 minutes', '1.5h' or '2 days'."
+    )
+    with pytest.raises(QueueError) as info:
+        queue.enqueue("echo", 1, every="3 fortnights")
+    assert str(info.value) == (
+        "Invalid every '3 fortnights': unknown unit 'fortnights'"
+        " (use ms, s, m, h, d, w, y or their long forms)."
+    )
