@@ -6,15 +6,16 @@ import itertools
 import json
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .errors import QueueError
+from .errors import QueueError, shown
 from .extension import Queue
 from .job import Job, JobStatus
+from .planning import json_problem
 
 queue_cli = AppGroup("queue", help="Background jobs stored in the app's database.")
 
@@ -42,6 +43,58 @@ def _fail(exc: QueueError) -> click.ClickException:
     # One line: a database's message runs over several (the SQL, a help link),
     # and a log collector would file each line as an error of its own.
     return click.ClickException(" ".join(filter(None, map(str.strip, str(exc).splitlines()))))
+
+
+if TYPE_CHECKING:
+    # Generic only in recent click (8.5); the older ones Flask allows cannot
+    # subscript it at run time.
+    _TextType = click.ParamType[str]
+    _AnyType = click.ParamType[Any]
+else:
+    _TextType = _AnyType = click.ParamType
+
+
+class Utf8Text(_TextType):
+    """Text that can be stored and looked up.
+
+    On POSIX, Python turns argv bytes that are not UTF-8 into lone surrogates
+    ("\\udcff"), which no database driver can encode: refused here, with the
+    bytes the shell passed, instead of a UnicodeEncodeError from the driver.
+    """
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(click.STRING.convert(value, param, ctx))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                given: object = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                given = text
+            self.fail(f"{shown(given)} is not UTF-8 text.", param, ctx)
+        return text
+
+
+TEXT = Utf8Text()
+
+
+class JsonValue(_AnyType):
+    """A JSON argument, refused in one line whatever makes it unreadable."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = TEXT.convert(value, param, ctx)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.fail(f"{shown(text)} is not JSON: {exc}.", param, ctx)
+        except (ValueError, RecursionError) as exc:
+            # Valid JSON that Python will not read: an int over 4,300 digits,
+            # or nesting deeper than the recursion limit.
+            self.fail(f"{shown(text)} cannot be read as JSON: {json_problem(exc)}.", param, ctx)
 
 
 #: Loop intervals: 0 or less would poll the database without pausing.
@@ -127,18 +180,18 @@ def work_command(concurrency: int, interval: float, max_jobs: int | None) -> Non
 
 
 @queue_cli.command("enqueue")
-@click.argument("name")
-@click.argument("payload", default="null")
-@click.option("--delay", help="e.g. 10s, '5 minutes', 1.5h")
-@click.option("--id", "custom_id", help="Custom id, unique among live jobs.")
+@click.argument("name", type=TEXT)
+@click.argument("payload", type=JsonValue(), default="null")
+@click.option("--delay", type=TEXT, help="e.g. 10s, '5 minutes', 1.5h")
+@click.option("--id", "custom_id", type=TEXT, help="Custom id, unique among live jobs.")
 @click.option("--override", is_flag=True, help="Replace a job with the same --id.")
-@click.option("--cron", help="5-field cron expression.")
-@click.option("--tz", help="IANA timezone of --cron.")
-@click.option("--every", help="Repeat interval, e.g. 1h.")
+@click.option("--cron", type=TEXT, help="5-field cron expression.")
+@click.option("--tz", type=TEXT, help="IANA timezone of --cron.")
+@click.option("--every", type=TEXT, help="Repeat interval, e.g. 1h.")
 @click.option("--times", type=int, help="Total runs of a repeating job.")
 def enqueue_command(
     name: str,
-    payload: str,
+    payload: Any,
     delay: str | None,
     custom_id: str | None,
     override: bool,
@@ -148,10 +201,6 @@ def enqueue_command(
     times: int | None,
 ) -> None:
     """Enqueue a job for queue NAME with a JSON PAYLOAD."""
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{payload!r} is not JSON: {exc}", param_hint="PAYLOAD") from None
     q = _queue()
     try:
         # Looked up first only to say what happened: enqueue keeps (or with
@@ -160,7 +209,7 @@ def enqueue_command(
         before = q.get_by_custom_id(custom_id) if custom_id is not None else None
         job = q.enqueue(
             name,
-            data,
+            payload,
             delay=delay,
             id=custom_id,
             override=override,
@@ -190,8 +239,8 @@ def enqueue_command(
 
 
 @queue_cli.command("list")
-@click.option("--status", help="SCHEDULED, RUNNING, FAILED or COMPLETED.")
-@click.option("--queue", "queue_name", help="Only this queue.")
+@click.option("--status", type=TEXT, help="SCHEDULED, RUNNING, FAILED or COMPLETED.")
+@click.option("--queue", "queue_name", type=TEXT, help="Only this queue.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 def list_command(status: str | None, queue_name: str | None, limit: int) -> None:
     """List jobs, soonest first."""
@@ -213,7 +262,7 @@ def list_command(status: str | None, queue_name: str | None, limit: int) -> None
 
 
 @queue_cli.command("show")
-@click.argument("key")
+@click.argument("key", type=TEXT)
 def show_command(key: str) -> None:
     """Show one job in full (JSON), by id or custom id (an id match wins)."""
     try:
@@ -226,7 +275,7 @@ def show_command(key: str) -> None:
 
 
 @queue_cli.command("retry")
-@click.argument("job_id")
+@click.argument("job_id", type=TEXT)
 def retry_command(job_id: str) -> None:
     """Put a FAILED job back to SCHEDULED, due now."""
     try:
@@ -237,7 +286,7 @@ def retry_command(job_id: str) -> None:
 
 
 @queue_cli.command("delete")
-@click.argument("job_id")
+@click.argument("job_id", type=TEXT)
 def delete_command(job_id: str) -> None:
     """Delete a job."""
     try:
@@ -250,7 +299,7 @@ def delete_command(job_id: str) -> None:
 
 
 @queue_cli.command("pause")
-@click.argument("name")
+@click.argument("name", type=TEXT)
 def pause_command(name: str) -> None:
     """Stop claiming queue NAME's jobs (every process, from its next claim)."""
     try:
@@ -261,7 +310,7 @@ def pause_command(name: str) -> None:
 
 
 @queue_cli.command("resume")
-@click.argument("name")
+@click.argument("name", type=TEXT)
 def resume_command(name: str) -> None:
     """Claim queue NAME's jobs again."""
     try:

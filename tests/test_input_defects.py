@@ -108,6 +108,48 @@ def test_a_queue_name_that_is_not_unicode_text_is_refused_at_registration(name: 
         Queue().handler(name)
 
 
+# -- 2. CLI arguments that are not UTF-8, and a huge integer payload ----------------------
+
+
+@all_databases
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "\udcff"],
+        ["delete", "\udcff"],
+        ["retry", "job-\udcff"],
+        ["list", "--queue", "\udcff"],
+        ["enqueue", "echo", "1", "--id", "\udcff"],
+        ["enqueue", "echo", '"\udcff"'],
+        ["pause", "\udcff"],
+    ],
+)
+def test_cli_arguments_that_are_not_utf8_are_one_error_line(
+    app: Flask, queue: Queue, args: list[str]
+) -> None:
+    queue.enqueue("echo", "kept", delay="1h", id="c1")
+    before = row_snapshot(app)
+    result = app.test_cli_runner().invoke(args=["queue", *args])
+    line = one_error_line(result)
+    assert "UTF-8" in line and r"\xff" in line, line
+    assert row_snapshot(app) == before
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [("9" * 5000, "more than 4,300 digits"), ("[" * 100_000 + "]" * 100_000, "nested too deeply")],
+    ids=["huge-int", "deep-list"],
+)
+def test_cli_payload_that_json_cannot_read_is_one_error_line(
+    app: Flask, queue: Queue, payload: str, named: str
+) -> None:
+    result = app.test_cli_runner().invoke(args=["queue", "enqueue", "echo", payload])
+    line = one_error_line(result)
+    assert "PAYLOAD" in line and named in line, line
+    assert len(line) < 400, line
+    assert row_snapshot(app) == []
+
+
 # -- 4. bad configuration --------------------------------------------------------------------
 
 
