@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .errors import QueueError, shown
+from .durations import parse_ms, to_timedelta
+from .errors import InvalidDurationError, QueueError, shown
 from .extension import Queue
 from .job import Job, JobStatus
 from .planning import json_problem
@@ -50,8 +52,9 @@ if TYPE_CHECKING:
     # subscript it at run time.
     _TextType = click.ParamType[str]
     _AnyType = click.ParamType[Any]
+    _DurationType = click.ParamType[timedelta]
 else:
-    _TextType = _AnyType = click.ParamType
+    _TextType = _AnyType = _DurationType = click.ParamType
 
 
 class Utf8Text(_TextType):
@@ -97,8 +100,49 @@ class JsonValue(_AnyType):
             self.fail(f"{shown(text)} cannot be read as JSON: {json_problem(exc)}.", param, ctx)
 
 
-#: Loop intervals: 0 or less would poll the database without pausing.
-INTERVAL = click.FloatRange(min=0, min_open=True)
+#: Said in the --help of every duration option.
+DURATION_FORMS = "a bare number is seconds; or 10s, '5 minutes', 1.5h, 250ms"
+_BARE_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
+
+
+class Duration(_DurationType):
+    """Every duration option's grammar: a bare number is seconds, as a number is
+    in the Python API; anything else is an ``ms`` string ("10s", "1.5h").
+
+    The Python API reads the *string* "100" as 100 ms, as ``ms`` does; but on a
+    command line every value is a string, so that rule made "--delay 60" 60 ms
+    while "--interval 60" was a minute. ``positive`` refuses 0: a loop interval
+    of 0 would poll the database without pausing, and --every needs a period.
+    """
+
+    name = "duration"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = TEXT.convert(value, param, ctx).strip()
+        given: float | str
+        if _BARE_NUMBER.fullmatch(text):
+            given = float(text)
+        else:
+            try:
+                parse_ms(text)
+            except InvalidDurationError:
+                self.fail(f"{shown(text)} is not a duration ({DURATION_FORMS}).", param, ctx)
+            given = text
+        try:
+            return to_timedelta(given, allow_zero=not self.positive)
+        except InvalidDurationError as exc:
+            self.fail(f"{shown(text)}: {exc.reason}.", param, ctx)
+
+
+DURATION = Duration()
+POSITIVE_DURATION = Duration(positive=True)
 
 
 def _when(value: datetime | None) -> str:
@@ -133,11 +177,11 @@ def _job_rows(jobs: list[Job[Any]]) -> list[list[str]]:
 @click.option("--loop", is_flag=True, help="Keep producing until interrupted.")
 @click.option(
     "--interval",
-    type=INTERVAL,
+    type=POSITIVE_DURATION,
     default=None,
-    help="Seconds between loops (default QUEUE_PRODUCE_INTERVAL).",
+    help=f"Time between loops (default QUEUE_PRODUCE_INTERVAL): {DURATION_FORMS}.",
 )
-def produce_command(loop: bool, interval: float | None) -> None:
+def produce_command(loop: bool, interval: timedelta | None) -> None:
     """Claim due jobs and hand them to the executor (what a cron ping does)."""
     from .worker import produce_loop
 
@@ -147,8 +191,8 @@ def produce_command(loop: bool, interval: float | None) -> None:
     q = _queue()
     try:
         if loop:
-            every = interval or q.state().config.produce_interval.total_seconds()
-            produce_loop(q, every, report=click.echo)
+            every = interval or q.state().config.produce_interval
+            produce_loop(q, every.total_seconds(), report=click.echo)
         else:
             click.echo(json.dumps(q.produce().as_dict()))
     except QueueError as exc:
@@ -158,10 +202,14 @@ def produce_command(loop: bool, interval: float | None) -> None:
 @queue_cli.command("work")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option(
-    "--interval", type=INTERVAL, default=1.0, show_default=True, help="Idle poll seconds."
+    "--interval",
+    type=POSITIVE_DURATION,
+    default="1s",
+    show_default=True,
+    help=f"Time between polls while idle: {DURATION_FORMS}.",
 )
 @click.option("--max-jobs", type=click.IntRange(1), default=None, help="Stop after this many.")
-def work_command(concurrency: int, interval: float, max_jobs: int | None) -> None:
+def work_command(concurrency: int, interval: timedelta, max_jobs: int | None) -> None:
     """Produce and run jobs in this process until SIGTERM/SIGINT."""
     from .worker import work
 
@@ -171,7 +219,7 @@ def work_command(concurrency: int, interval: float, max_jobs: int | None) -> Non
         work(
             _queue(),
             concurrency=concurrency,
-            interval=interval,
+            interval=interval.total_seconds(),
             max_jobs=max_jobs,
             report=click.echo,
         )
@@ -182,22 +230,22 @@ def work_command(concurrency: int, interval: float, max_jobs: int | None) -> Non
 @queue_cli.command("enqueue")
 @click.argument("name", type=TEXT)
 @click.argument("payload", type=JsonValue(), default="null")
-@click.option("--delay", type=TEXT, help="e.g. 10s, '5 minutes', 1.5h")
+@click.option("--delay", type=DURATION, help=f"Wait before the first run: {DURATION_FORMS}.")
 @click.option("--id", "custom_id", type=TEXT, help="Custom id, unique among live jobs.")
 @click.option("--override", is_flag=True, help="Replace a job with the same --id.")
 @click.option("--cron", type=TEXT, help="5-field cron expression.")
 @click.option("--tz", type=TEXT, help="IANA timezone of --cron.")
-@click.option("--every", type=TEXT, help="Repeat interval, e.g. 1h.")
+@click.option("--every", type=POSITIVE_DURATION, help=f"Repeat interval: {DURATION_FORMS}.")
 @click.option("--times", type=int, help="Total runs of a repeating job.")
 def enqueue_command(
     name: str,
     payload: Any,
-    delay: str | None,
+    delay: timedelta | None,
     custom_id: str | None,
     override: bool,
     cron: str | None,
     tz: str | None,
-    every: str | None,
+    every: timedelta | None,
     times: int | None,
 ) -> None:
     """Enqueue a job for queue NAME with a JSON PAYLOAD."""

@@ -150,6 +150,107 @@ def test_cli_payload_that_json_cannot_read_is_one_error_line(
     assert row_snapshot(app) == []
 
 
+# -- 3. one duration grammar for every CLI option ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("60", timedelta(seconds=60)),
+        ("1.5", timedelta(seconds=1.5)),
+        ("10s", timedelta(seconds=10)),
+        ("5 minutes", timedelta(minutes=5)),
+        ("1.5h", timedelta(hours=1.5)),
+        ("250ms", timedelta(milliseconds=250)),
+    ],
+)
+def test_cli_delay_and_every_read_a_bare_number_as_seconds(
+    app: Flask, queue: Queue, clock: Clock, text: str, expected: timedelta
+) -> None:
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["queue", "enqueue", "echo", "1", "--delay", text, "--id", "d"])
+    assert result.exit_code == 0, result.output
+    delayed = queue.get_by_custom_id("d")
+    assert delayed is not None and delayed.run_at - clock.now == expected
+    result = runner.invoke(args=["queue", "enqueue", "echo", "1", "--every", text, "--id", "e"])
+    assert result.exit_code == 0, result.output
+    repeating = queue.get_by_custom_id("e")
+    assert repeating is not None and repeating.run_at - clock.now == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10", 10.0), ("0.25", 0.25), ("10s", 10.0), ("250ms", 0.25), ("2 minutes", 120.0)],
+)
+def test_cli_loop_intervals_take_the_same_grammar(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, text: str, seconds: float
+) -> None:
+    import flask_queue.worker
+
+    seen: list[float] = []
+    monkeypatch.setattr(flask_queue.worker, "work", lambda q, **kw: seen.append(kw["interval"]))
+    monkeypatch.setattr(flask_queue.worker, "produce_loop", lambda q, i, **kw: seen.append(i))
+    runner = app.test_cli_runner()
+    for args in (["work"], ["produce", "--loop"]):
+        result = runner.invoke(args=["queue", *args, "--interval", text])
+        assert result.exit_code == 0, result.output
+    assert seen == [seconds, seconds]
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("enqueue", "--delay"),
+        ("enqueue", "--every"),
+        ("work", "--interval"),
+        ("produce", "--interval"),
+    ],
+)
+def test_every_cli_duration_option_uses_one_type_and_says_so(
+    app: Flask, command: str, option: str
+) -> None:
+    from flask_queue.cli import Duration, queue_cli
+
+    cmd = queue_cli.commands[command]
+    (param,) = [p for p in cmd.params if option in p.opts]
+    assert isinstance(param.type, Duration)
+    result = app.test_cli_runner().invoke(args=["queue", command, "--help"])
+    # click wraps help text: compare with the line breaks taken out.
+    assert "a bare number is seconds" in " ".join(result.output.split()), result.output
+
+
+def test_no_other_cli_option_is_a_duration_in_disguise() -> None:
+    # Every option whose help speaks of time uses the duration type.
+    import click
+
+    from flask_queue.cli import Duration, queue_cli
+
+    for cmd in queue_cli.commands.values():
+        for param in cmd.params:
+            help_text = (getattr(param, "help", None) or "").lower()
+            timed = any(w in help_text for w in ("second", "interval", "delay", "duration"))
+            if isinstance(param, click.Option) and timed:
+                assert isinstance(param.type, Duration), (cmd.name, param.opts)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["enqueue", "echo", "1", "--delay", "banana"], "'banana'"),
+        (["enqueue", "echo", "1", "--every", "0"], "'0'"),
+        (["enqueue", "echo", "1", "--delay", "9000y"], "'9000y'"),
+        (["work", "--interval", "10 parsecs"], "'10 parsecs'"),
+        (["produce", "--loop", "--interval", "0s"], "'0s'"),
+    ],
+)
+def test_cli_bad_durations_are_one_clear_line(
+    app: Flask, queue: Queue, args: list[str], named: str
+) -> None:
+    line = one_error_line(app.test_cli_runner().invoke(args=["queue", *args]))
+    assert named in line and line.count("Invalid") == 1, line
+    assert row_snapshot(app) == []
+
+
 # -- 4. bad configuration --------------------------------------------------------------------
 
 
