@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import reprlib
 
+import click
+
 
 def shown(value: object, limit: int = 120) -> str:
     """``repr(value)`` for a message, cut to ``limit`` characters.
@@ -59,7 +61,11 @@ class QueueError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
-class ConfigError(QueueError):
+# Also a click.ClickException: "flask queue ..." runs the app factory, and so
+# init_app, before any flask_queue command exists that could catch what it
+# raises (Flask's loader shows anything else as a traceback). click prints a
+# ClickException as one "Error: ..." line and exits 1, as the README promises.
+class ConfigError(QueueError, click.ClickException):
     """flask_queue is misconfigured for this app."""
 
 

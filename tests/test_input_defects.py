@@ -273,6 +273,58 @@ def create_app():
 """
 
 
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"QUEUE_EXECUTOR": "bogus"}, ["QUEUE_EXECUTOR", "'bogus'"]),
+        ({"QUEUE_LEASE": "forever"}, ["QUEUE_LEASE", "'forever'"]),
+        ({"QUEUE_EXECUTOR": "http"}, ["QUEUE_EXECUTOR", "'http'", "QUEUE_BASE_URL"]),
+        ({"QUEUE_BASE_URL": 443}, ["QUEUE_BASE_URL", "443"]),
+    ],
+)
+def test_bad_config_is_one_error_line_from_the_flask_command(
+    tmp_path: Path, config: dict[str, Any], named: list[str]
+) -> None:
+    (tmp_path / "badapp.py").write_text(textwrap.dedent(APP_MODULE))
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "badapp", "queue", "stats"],
+        cwd=tmp_path,
+        env={"BAD_CONFIG": json.dumps(config), "PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "Traceback" not in output, output
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), output
+    assert all(n in lines[0] for n in named), lines[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("QUEUE_EXECUTOR", "bogus", "'bogus'"),
+        ("QUEUE_LEASE", "forever", "'forever'"),
+        ("QUEUE_LEASE", HUGE, "(5000 digits)"),
+        ("QUEUE_PRODUCE_INTERVAL", 10**400, "0000..."),
+        ("QUEUE_BASE_URL", 443, "443"),
+        ("QUEUE_INVOKE_URL", ["https://x"], "['https://x']"),
+        ("QUEUE_SECRET_FALLBACKS", 5, "got int"),  # a secret's type, never its value
+    ],
+    ids=["executor", "lease", "huge-lease", "huge-interval", "base-url", "invoke-url", "fallbacks"],
+)
+def test_an_app_with_bad_config_does_not_start(
+    make_app: AppFactory, key: str, value: object, named: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_app(Queue(), **{key: value})
+    message = str(info.value)
+    assert key in message and named in message, message
+    assert len(message) < 400, message
+
+
 def test_a_bad_duration_is_said_once(app: Flask, queue: Queue) -> None:
     with pytest.raises(QueueError) as info:
         queue.enqueue("echo", 1, delay="banana")
