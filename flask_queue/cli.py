@@ -249,6 +249,16 @@ def enqueue_command(
     times: int | None,
 ) -> None:
     """Enqueue a job for queue NAME with a JSON PAYLOAD."""
+    # Checked here to be said in flags: the Python API's messages for the same
+    # mistakes name its keywords ("override=True needs id=").
+    if override and custom_id is None:
+        raise click.UsageError("--override needs --id: it replaces the job holding that id.")
+    if tz is not None and cron is None:
+        raise click.UsageError("--tz needs --cron: it is the cron's timezone.")
+    if cron is not None and every is not None:
+        raise click.UsageError("--cron and --every both given: a job repeats one way.")
+    if times is not None and cron is None and every is None:
+        raise click.UsageError("--times needs --cron or --every: it counts a repeating job's runs.")
     q = _queue()
     try:
         # Looked up first only to say what happened: enqueue keeps (or with

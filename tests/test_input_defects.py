@@ -325,6 +325,40 @@ def test_an_app_with_bad_config_does_not_start(
     assert len(message) < 400, message
 
 
+# -- 5. messages that misled ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cron", "says"),
+    [
+        ("61 * * * *", "minute 61 is out of range 0-59"),
+        ("0,60 * * * *", "minute 60 is out of range 0-59"),
+        ("1-70 * * * *", "minute 70 is out of range 0-59"),
+        ("0 24 * * *", "hour 24 is out of range 0-23"),
+        ("0 9 0 * *", "day of month 0 is out of range 1-31"),
+        ("0 9 32 * *", "day of month 32 is out of range 1-31"),
+        ("0 9 * 13 *", "month 13 is out of range 1-12"),
+        ("0 9 * * 8", "day of week 8 is out of range 0-7"),
+        ("x 9 * * *", "minute field 'x' is not valid"),
+        ("0 9 * FOO *", "month field 'FOO' is not valid"),
+        ("*/0 9 * * *", "minute field '*/0' is not valid"),
+        ("0 9 * *", "it has 4 fields"),
+        ("0 9 * * * *", "it has 6 fields"),
+    ],
+)
+def test_a_bad_cron_names_the_field_and_its_range(
+    app: Flask, queue: Queue, cron: str, says: str
+) -> None:
+    with pytest.raises(InvalidScheduleError) as info:
+        queue.enqueue("echo", 1, cron=cron)
+    message = str(info.value)
+    assert says in message and repr(cron) in message, message
+    if len(cron.split()) == 5:
+        assert "five fields" not in message, message
+    with pytest.raises(InvalidScheduleError, match=says.replace("*", r"\*")):
+        queue.cron(cron)
+
+
 def test_a_bad_duration_is_said_once(app: Flask, queue: Queue) -> None:
     with pytest.raises(QueueError) as info:
         queue.enqueue("echo", 1, delay="banana")
@@ -337,3 +371,21 @@ def test_a_bad_duration_is_said_once(app: Flask, queue: Queue) -> None:
         "Invalid every '3 fortnights': unknown unit 'fortnights'"
         " (use ms, s, m, h, d, w, y or their long forms)."
     )
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--override"], "--override needs --id"),
+        (["--tz", "Europe/Paris"], "--tz needs --cron"),
+        (["--times", "3"], "--times needs --cron or --every"),
+        (["--cron", "0 9 * * *", "--every", "1h"], "--cron and --every"),
+    ],
+)
+def test_cli_option_mistakes_are_said_in_flags(
+    app: Flask, queue: Queue, options: list[str], says: str
+) -> None:
+    result = app.test_cli_runner().invoke(args=["queue", "enqueue", "echo", "1", *options])
+    line = one_error_line(result)
+    assert says in line and "=" not in line, line
+    assert row_snapshot(app) == []
