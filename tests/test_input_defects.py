@@ -389,3 +389,46 @@ def test_cli_option_mistakes_are_said_in_flags(
     line = one_error_line(result)
     assert says in line and "=" not in line, line
     assert row_snapshot(app) == []
+
+
+# -- 6. one capped log line per failure -------------------------------------------------------
+
+
+@all_databases
+def test_a_failure_logs_one_capped_line(
+    make_app: AppFactory, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_queue.history import LOG_LINE
+
+    q = Queue(clock=clock)
+
+    @q.handler("loud", retry=["10s"])
+    def loud(job: Job[Any]) -> None:
+        raise RuntimeError("first line\n" + "x" * 5000)
+
+    app = make_app(q)
+    with app.app_context(), caplog.at_level(logging.WARNING, logger="flask_queue"):
+        job = q.enqueue("loud", None)
+        clock.advance(10)
+        q.produce()
+        lines = [r.getMessage() for r in caplog.records if job.id in r.getMessage()]
+        stored = q.get(job.id)
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert len(line) <= LOG_LINE, len(line)
+        assert "\n" not in line and "RuntimeError" in line and line.count("x") < 400, line
+        assert "…" in line, line
+    assert "retrying at" in lines[0] and "giving up" in lines[1], lines
+    assert stored is not None and "x" * 5000 in (stored.reason or "")
+
+
+def test_an_outage_logs_one_capped_line(caplog: pytest.LogCaptureFixture) -> None:
+    from flask_queue.errors import StorageError
+    from flask_queue.history import LOG_LINE
+    from flask_queue.worker import _Outage
+
+    error = StorageError("Could not claim jobs:\n[SQL: SELECT " + "col, " * 1000 + "]")
+    with caplog.at_level(logging.WARNING, logger="flask_queue"):
+        _Outage(1.0, 30.0).failed(error)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert len(line) <= LOG_LINE and "\n" not in line and "StorageError" in line, line
