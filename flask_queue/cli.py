@@ -5,16 +5,19 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from datetime import datetime
-from typing import Any
+import re
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .errors import QueueError
+from .durations import parse_ms, to_timedelta
+from .errors import InvalidDurationError, QueueError, shown
 from .extension import Queue
 from .job import Job, JobStatus
+from .planning import json_problem
 
 queue_cli = AppGroup("queue", help="Background jobs stored in the app's database.")
 
@@ -44,8 +47,102 @@ def _fail(exc: QueueError) -> click.ClickException:
     return click.ClickException(" ".join(filter(None, map(str.strip, str(exc).splitlines()))))
 
 
-#: Loop intervals: 0 or less would poll the database without pausing.
-INTERVAL = click.FloatRange(min=0, min_open=True)
+if TYPE_CHECKING:
+    # Generic only in recent click (8.5); the older ones Flask allows cannot
+    # subscript it at run time.
+    _TextType = click.ParamType[str]
+    _AnyType = click.ParamType[Any]
+    _DurationType = click.ParamType[timedelta]
+else:
+    _TextType = _AnyType = _DurationType = click.ParamType
+
+
+class Utf8Text(_TextType):
+    """Text that can be stored and looked up.
+
+    On POSIX, Python turns argv bytes that are not UTF-8 into lone surrogates
+    ("\\udcff"), which no database driver can encode: refused here, with the
+    bytes the shell passed, instead of a UnicodeEncodeError from the driver.
+    """
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(click.STRING.convert(value, param, ctx))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                given: object = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                given = text
+            self.fail(f"{shown(given)} is not UTF-8 text.", param, ctx)
+        return text
+
+
+TEXT = Utf8Text()
+
+
+class JsonValue(_AnyType):
+    """A JSON argument, refused in one line whatever makes it unreadable."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = TEXT.convert(value, param, ctx)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            self.fail(f"{shown(text)} is not JSON: {exc}.", param, ctx)
+        except (ValueError, RecursionError) as exc:
+            # Valid JSON that Python will not read: an int over 4,300 digits,
+            # or nesting deeper than the recursion limit.
+            self.fail(f"{shown(text)} cannot be read as JSON: {json_problem(exc)}.", param, ctx)
+
+
+#: Said in the --help of every duration option.
+DURATION_FORMS = "a bare number is seconds; or 10s, '5 minutes', 1.5h, 250ms"
+_BARE_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
+
+
+class Duration(_DurationType):
+    """Every duration option's grammar: a bare number is seconds, as a number is
+    in the Python API; anything else is an ``ms`` string ("10s", "1.5h").
+
+    The Python API reads the *string* "100" as 100 ms, as ``ms`` does; but on a
+    command line every value is a string, so that rule made "--delay 60" 60 ms
+    while "--interval 60" was a minute. ``positive`` refuses 0: a loop interval
+    of 0 would poll the database without pausing, and --every needs a period.
+    """
+
+    name = "duration"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = TEXT.convert(value, param, ctx).strip()
+        given: float | str
+        if _BARE_NUMBER.fullmatch(text):
+            given = float(text)
+        else:
+            try:
+                parse_ms(text)
+            except InvalidDurationError:
+                self.fail(f"{shown(text)} is not a duration ({DURATION_FORMS}).", param, ctx)
+            given = text
+        try:
+            return to_timedelta(given, allow_zero=not self.positive)
+        except InvalidDurationError as exc:
+            self.fail(f"{shown(text)}: {exc.reason}.", param, ctx)
+
+
+DURATION = Duration()
+POSITIVE_DURATION = Duration(positive=True)
 
 
 def _when(value: datetime | None) -> str:
@@ -80,11 +177,11 @@ def _job_rows(jobs: list[Job[Any]]) -> list[list[str]]:
 @click.option("--loop", is_flag=True, help="Keep producing until interrupted.")
 @click.option(
     "--interval",
-    type=INTERVAL,
+    type=POSITIVE_DURATION,
     default=None,
-    help="Seconds between loops (default QUEUE_PRODUCE_INTERVAL).",
+    help=f"Time between loops (default QUEUE_PRODUCE_INTERVAL): {DURATION_FORMS}.",
 )
-def produce_command(loop: bool, interval: float | None) -> None:
+def produce_command(loop: bool, interval: timedelta | None) -> None:
     """Claim due jobs and hand them to the executor (what a cron ping does)."""
     from .worker import produce_loop
 
@@ -94,8 +191,8 @@ def produce_command(loop: bool, interval: float | None) -> None:
     q = _queue()
     try:
         if loop:
-            every = interval or q.state().config.produce_interval.total_seconds()
-            produce_loop(q, every, report=click.echo)
+            every = interval or q.state().config.produce_interval
+            produce_loop(q, every.total_seconds(), report=click.echo)
         else:
             click.echo(json.dumps(q.produce().as_dict()))
     except QueueError as exc:
@@ -105,10 +202,14 @@ def produce_command(loop: bool, interval: float | None) -> None:
 @queue_cli.command("work")
 @click.option("--concurrency", "-c", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option(
-    "--interval", type=INTERVAL, default=1.0, show_default=True, help="Idle poll seconds."
+    "--interval",
+    type=POSITIVE_DURATION,
+    default="1s",
+    show_default=True,
+    help=f"Time between polls while idle: {DURATION_FORMS}.",
 )
 @click.option("--max-jobs", type=click.IntRange(1), default=None, help="Stop after this many.")
-def work_command(concurrency: int, interval: float, max_jobs: int | None) -> None:
+def work_command(concurrency: int, interval: timedelta, max_jobs: int | None) -> None:
     """Produce and run jobs in this process until SIGTERM/SIGINT."""
     from .worker import work
 
@@ -118,7 +219,7 @@ def work_command(concurrency: int, interval: float, max_jobs: int | None) -> Non
         work(
             _queue(),
             concurrency=concurrency,
-            interval=interval,
+            interval=interval.total_seconds(),
             max_jobs=max_jobs,
             report=click.echo,
         )
@@ -127,31 +228,37 @@ def work_command(concurrency: int, interval: float, max_jobs: int | None) -> Non
 
 
 @queue_cli.command("enqueue")
-@click.argument("name")
-@click.argument("payload", default="null")
-@click.option("--delay", help="e.g. 10s, '5 minutes', 1.5h")
-@click.option("--id", "custom_id", help="Custom id, unique among live jobs.")
+@click.argument("name", type=TEXT)
+@click.argument("payload", type=JsonValue(), default="null")
+@click.option("--delay", type=DURATION, help=f"Wait before the first run: {DURATION_FORMS}.")
+@click.option("--id", "custom_id", type=TEXT, help="Custom id, unique among live jobs.")
 @click.option("--override", is_flag=True, help="Replace a job with the same --id.")
-@click.option("--cron", help="5-field cron expression.")
-@click.option("--tz", help="IANA timezone of --cron.")
-@click.option("--every", help="Repeat interval, e.g. 1h.")
+@click.option("--cron", type=TEXT, help="5-field cron expression.")
+@click.option("--tz", type=TEXT, help="IANA timezone of --cron.")
+@click.option("--every", type=POSITIVE_DURATION, help=f"Repeat interval: {DURATION_FORMS}.")
 @click.option("--times", type=int, help="Total runs of a repeating job.")
 def enqueue_command(
     name: str,
-    payload: str,
-    delay: str | None,
+    payload: Any,
+    delay: timedelta | None,
     custom_id: str | None,
     override: bool,
     cron: str | None,
     tz: str | None,
-    every: str | None,
+    every: timedelta | None,
     times: int | None,
 ) -> None:
     """Enqueue a job for queue NAME with a JSON PAYLOAD."""
-    try:
-        data = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{payload!r} is not JSON: {exc}", param_hint="PAYLOAD") from None
+    # Checked here to be said in flags: the Python API's messages for the same
+    # mistakes name its keywords ("override=True needs id=").
+    if override and custom_id is None:
+        raise click.UsageError("--override needs --id: it replaces the job holding that id.")
+    if tz is not None and cron is None:
+        raise click.UsageError("--tz needs --cron: it is the cron's timezone.")
+    if cron is not None and every is not None:
+        raise click.UsageError("--cron and --every both given: a job repeats one way.")
+    if times is not None and cron is None and every is None:
+        raise click.UsageError("--times needs --cron or --every: it counts a repeating job's runs.")
     q = _queue()
     try:
         # Looked up first only to say what happened: enqueue keeps (or with
@@ -160,7 +267,7 @@ def enqueue_command(
         before = q.get_by_custom_id(custom_id) if custom_id is not None else None
         job = q.enqueue(
             name,
-            data,
+            payload,
             delay=delay,
             id=custom_id,
             override=override,
@@ -190,8 +297,8 @@ def enqueue_command(
 
 
 @queue_cli.command("list")
-@click.option("--status", help="SCHEDULED, RUNNING, FAILED or COMPLETED.")
-@click.option("--queue", "queue_name", help="Only this queue.")
+@click.option("--status", type=TEXT, help="SCHEDULED, RUNNING, FAILED or COMPLETED.")
+@click.option("--queue", "queue_name", type=TEXT, help="Only this queue.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 def list_command(status: str | None, queue_name: str | None, limit: int) -> None:
     """List jobs, soonest first."""
@@ -213,7 +320,7 @@ def list_command(status: str | None, queue_name: str | None, limit: int) -> None
 
 
 @queue_cli.command("show")
-@click.argument("key")
+@click.argument("key", type=TEXT)
 def show_command(key: str) -> None:
     """Show one job in full (JSON), by id or custom id (an id match wins)."""
     try:
@@ -226,7 +333,7 @@ def show_command(key: str) -> None:
 
 
 @queue_cli.command("retry")
-@click.argument("job_id")
+@click.argument("job_id", type=TEXT)
 def retry_command(job_id: str) -> None:
     """Put a FAILED job back to SCHEDULED, due now."""
     try:
@@ -237,7 +344,7 @@ def retry_command(job_id: str) -> None:
 
 
 @queue_cli.command("delete")
-@click.argument("job_id")
+@click.argument("job_id", type=TEXT)
 def delete_command(job_id: str) -> None:
     """Delete a job."""
     try:
@@ -250,7 +357,7 @@ def delete_command(job_id: str) -> None:
 
 
 @queue_cli.command("pause")
-@click.argument("name")
+@click.argument("name", type=TEXT)
 def pause_command(name: str) -> None:
     """Stop claiming queue NAME's jobs (every process, from its next claim)."""
     try:
@@ -261,7 +368,7 @@ def pause_command(name: str) -> None:
 
 
 @queue_cli.command("resume")
-@click.argument("name")
+@click.argument("name", type=TEXT)
 def resume_command(name: str) -> None:
     """Claim queue NAME's jobs again."""
     try:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .crypto import read_keys
 from .durations import to_timedelta
-from .errors import ConfigError, QueueError
+from .errors import ConfigError, QueueError, shown
 from .models import DEFAULT_TABLE_NAME
 from .scheduling import retry_delays
 
@@ -74,7 +74,7 @@ class QueueConfig:
 def _positive_int(config: Mapping[str, Any], key: str) -> int:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be a positive int, got {value!r}.")
+        raise ConfigError(f"{key} must be a positive int, got {shown(value)}.")
     return value
 
 
@@ -88,15 +88,33 @@ def _duration(config: Mapping[str, Any], key: str, *, allow_zero: bool = False) 
         raise ConfigError(str(exc)) from None
 
 
+def _url(config: Mapping[str, Any], key: str) -> str | None:
+    value = config[key]
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{key} must be a URL string like 'https://example.com', got"
+            f" {type(value).__name__} {shown(value)}."
+        )
+    return value
+
+
 def read_config(config: Mapping[str, Any]) -> QueueConfig:
     """Validate the app's ``QUEUE_*`` keys; every mistake names its key."""
     executor = config["QUEUE_EXECUTOR"]
     if executor not in EXECUTORS:
-        raise ConfigError(f"QUEUE_EXECUTOR must be one of {EXECUTORS}, got {executor!r}.")
+        raise ConfigError(f"QUEUE_EXECUTOR must be one of {EXECUTORS}, got {shown(executor)}.")
     secret = config["QUEUE_SECRET"] or config.get("SECRET_KEY")
     fallbacks = config["QUEUE_SECRET_FALLBACKS"] or []
     if isinstance(fallbacks, str):
         fallbacks = [fallbacks]
+    if not isinstance(fallbacks, (list, tuple)):
+        # The type only: the value may be a secret, and this message gets logged.
+        raise ConfigError(
+            "QUEUE_SECRET_FALLBACKS must be a list of older secrets (or one string),"
+            f" got {type(fallbacks).__name__}."
+        )
     secret_keys = [str(k) for k in fallbacks] + ([str(secret)] if secret else [])
     if executor == "http" and not secret:
         raise ConfigError(
@@ -105,10 +123,10 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         )
     prefix = config["QUEUE_URL_PREFIX"]
     if not isinstance(prefix, str) or not prefix.startswith("/"):
-        raise ConfigError(f"QUEUE_URL_PREFIX must start with '/', got {prefix!r}.")
+        raise ConfigError(f"QUEUE_URL_PREFIX must start with '/', got {shown(prefix)}.")
     prefix = prefix.rstrip("/")
-    base_url = config["QUEUE_BASE_URL"]
-    invoke_url = config["QUEUE_INVOKE_URL"] or (
+    base_url = _url(config, "QUEUE_BASE_URL")
+    invoke_url = _url(config, "QUEUE_INVOKE_URL") or (
         f"{base_url.rstrip('/')}{prefix}/invoke" if base_url else None
     )
     if executor == "http" and not invoke_url:
@@ -128,7 +146,7 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         )
     table_name = config["QUEUE_TABLE_NAME"]
     if not isinstance(table_name, str) or not table_name.isidentifier():
-        raise ConfigError(f"QUEUE_TABLE_NAME must be a plain identifier, got {table_name!r}.")
+        raise ConfigError(f"QUEUE_TABLE_NAME must be a plain identifier, got {shown(table_name)}.")
     return QueueConfig(
         secret_keys=secret_keys,
         base_url=base_url,

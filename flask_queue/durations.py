@@ -15,7 +15,7 @@ import re
 from datetime import timedelta
 from typing import Union
 
-from .errors import InvalidDurationError
+from .errors import InvalidDurationError, shown
 
 Duration = Union[timedelta, int, float, str]
 
@@ -51,26 +51,45 @@ _UNIT_ALIASES = {
 _PATTERN = re.compile(r"^(?P<num>-?(?:\d+)?\.?\d+) *(?P<unit>[a-z]+)?$", re.IGNORECASE)
 
 
+#: How a string that is not a duration is answered.
+_FORMS = "use a form like '10s', '5 minutes', '1.5h' or '2 days'"
+_TOO_LARGE = "too large (at most 100 years)"
+
+
+class _Refused(Exception):
+    """Why a value is not a duration, worded to end a sentence that names it."""
+
+
+def _refusal(name: str, value: object, reason: str) -> InvalidDurationError:
+    # One sentence naming the option and the value once: the reason never
+    # repeats them, so wrapping it cannot say "Invalid x: Invalid duration ...".
+    error = InvalidDurationError(f"Invalid {name} {shown(value)}: {reason}.")
+    error.reason = reason
+    return error
+
+
 @functools.lru_cache(maxsize=256)
+def _ms(text: str) -> float:
+    stripped = text.strip()
+    match = _PATTERN.match(stripped) if len(stripped) <= 100 else None
+    if match is None:
+        raise _Refused(_FORMS)
+    unit = (match.group("unit") or "ms").lower()
+    canonical = _UNIT_ALIASES.get(unit)
+    if canonical is None:
+        raise _Refused(f"unknown unit {unit!r} (use ms, s, m, h, d, w, y or their long forms)")
+    return float(match.group("num")) * _MS_PER_UNIT[canonical]
+
+
 def parse_ms(text: str) -> float:
     """Return the milliseconds an ``ms``-style string stands for.
 
     Raises :class:`InvalidDurationError` naming the text when it does not parse.
     """
-    stripped = text.strip()
-    match = _PATTERN.match(stripped) if len(stripped) <= 100 else None
-    if match is None:
-        raise InvalidDurationError(
-            f"Invalid duration {text!r}: use a form like '10s', '5 minutes', '1.5h' or '2 days'."
-        )
-    unit = (match.group("unit") or "ms").lower()
-    canonical = _UNIT_ALIASES.get(unit)
-    if canonical is None:
-        raise InvalidDurationError(
-            f"Invalid duration {text!r}: unknown unit {unit!r}"
-            " (use ms, s, m, h, d, w, y or their long forms)."
-        )
-    return float(match.group("num")) * _MS_PER_UNIT[canonical]
+    try:
+        return _ms(text)
+    except _Refused as why:
+        raise _refusal("duration", text, str(why)) from None
 
 
 def to_timedelta(value: object, *, name: str = "duration", allow_zero: bool = True) -> timedelta:
@@ -78,39 +97,41 @@ def to_timedelta(value: object, *, name: str = "duration", allow_zero: bool = Tr
 
     ``name`` is the option or config key, so the error says which one was wrong.
     """
+    try:
+        return _timedelta(value, allow_zero)
+    except _Refused as why:
+        raise _refusal(name, value, str(why)) from None
+
+
+def _timedelta(value: object, allow_zero: bool) -> timedelta:
+    bound = "positive" if not allow_zero else "zero or positive"
     if isinstance(value, timedelta):
         result = value
     elif isinstance(value, bool):
         # bool is an int subclass; True seconds is never what anybody meant.
-        raise InvalidDurationError(f"Invalid {name} {value!r}: expected a duration, not a bool.")
+        raise _Refused("expected a duration, not a bool")
     elif isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise InvalidDurationError(f"Invalid {name} {value!r}: must be finite.")
-        if abs(value) * 1000 > _MAX_MS:
-            raise _too_large(name, value)
+        # An int is compared as it is: turned into a float first, one past
+        # 1e308 would raise OverflowError instead of being refused.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Refused("must be finite")
+        if value < 0:
+            raise _Refused(f"must be {bound}")
+        if value * 1000 > _MAX_MS:
+            raise _Refused(_TOO_LARGE)
         result = timedelta(seconds=value)
     elif isinstance(value, str):
-        try:
-            ms = parse_ms(value)
-        except InvalidDurationError as exc:
-            raise InvalidDurationError(f"Invalid {name}: {exc}") from None
+        ms = _ms(value)
         if not math.isfinite(ms) or abs(ms) > _MAX_MS:
-            raise _too_large(name, value)
+            raise _Refused(_TOO_LARGE)
         result = timedelta(milliseconds=ms)
     else:
-        raise InvalidDurationError(
-            f"Invalid {name} {value!r}: expected a timedelta, seconds, or a string like '10s'."
-        )
+        raise _Refused("expected a timedelta, seconds, or a string like '10s'")
     if result > MAX_DURATION:
-        raise _too_large(name, value)
+        raise _Refused(_TOO_LARGE)
     if result < timedelta(0) or (not allow_zero and result == timedelta(0)):
-        bound = "positive" if not allow_zero else "zero or positive"
-        raise InvalidDurationError(f"Invalid {name} {value!r}: must be {bound}.")
+        raise _Refused(f"must be {bound}")
     return result
-
-
-def _too_large(name: str, value: object) -> InvalidDurationError:
-    return InvalidDurationError(f"Invalid {name} {value!r}: too large (at most 100 years).")
 
 
 def to_milliseconds(interval: timedelta) -> int:

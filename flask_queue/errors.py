@@ -6,6 +6,53 @@ already says something useful; most call sites add the bad value.
 
 from __future__ import annotations
 
+import reprlib
+
+import click
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters.
+
+    Never raises, so that refusing a bad value cannot fail in its own message:
+    ``repr`` of an int over CPython's conversion limit (4,300 digits) raises
+    ValueError, and of a deeply nested list RecursionError.
+    """
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = _FALLBACK.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _int_text(number: int) -> str:
+    """An int as its first digits and its length, computed without ``str(number)``."""
+    magnitude = abs(number)
+    # Digits from the bit length, off by at most one either way.
+    digits = max(1, int(magnitude.bit_length() * 0.30102999566398120))
+    if digits > 100_000:
+        # Exact digits and leading digits cost quadratic time in the length.
+        return f"<int of about {digits:,} digits>"
+    if 10 ** (digits - 1) > magnitude:
+        digits -= 1
+    elif 10**digits <= magnitude:
+        digits += 1
+    lead = magnitude // 10 ** max(0, digits - 20)
+    return f"{'-' if number < 0 else ''}{lead}...({digits} digits)"
+
+
+class _Fallback(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:
+            return _int_text(x)
+
+
+_FALLBACK = _Fallback()
+_FALLBACK.maxlevel = 4
+_FALLBACK.maxstring = _FALLBACK.maxother = 60
+
 
 class QueueError(Exception):
     """flask_queue could not do what was asked."""
@@ -14,7 +61,11 @@ class QueueError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
-class ConfigError(QueueError):
+# Also a click.ClickException: "flask queue ..." runs the app factory, and so
+# init_app, before any flask_queue command exists that could catch what it
+# raises (Flask's loader shows anything else as a traceback). click prints a
+# ClickException as one "Error: ..." line and exits 1, as the README promises.
+class ConfigError(QueueError, click.ClickException):
     """flask_queue is misconfigured for this app."""
 
 
@@ -28,6 +79,10 @@ class InvalidPayloadError(QueueError):
 
 class InvalidDurationError(QueueError):
     """The duration is not a timedelta, a number of seconds, or an ms-style string."""
+
+    #: Why, as the end of a sentence that names the value ("must be positive"),
+    #: for callers that name the option their own way (the CLI's ``--delay``).
+    reason: str = ""
 
 
 class InvalidScheduleError(QueueError):

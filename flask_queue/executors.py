@@ -18,6 +18,7 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .history import LOG_LINE, clipped
 from .runner import refuse_delivery, run_claimed
 from .signing import sign_invoke
 
@@ -347,7 +348,11 @@ class HttpExecutor(_PoolExecutor):
             log.exception("flask_queue: could not record the refusal of job %s", job_id)
 
     def _release(self, job_id: str, attempt: int, why: str) -> None:
-        log.warning("flask_queue: dispatch of job %s failed (%s); released for retry", job_id, why)
+        log.warning(
+            "flask_queue: dispatch of job %s failed (%s); released for retry",
+            job_id,
+            clipped(why, LOG_LINE - 100),
+        )
         try:
             with self.state.app.app_context():
                 self.state.store.release(job_id, attempt)

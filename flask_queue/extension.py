@@ -27,6 +27,7 @@ from .errors import (
     QueueError,
     StorageError,
     UnknownQueueError,
+    shown,
 )
 from .finisher import Finisher
 from .heartbeat import Heartbeat
@@ -37,6 +38,7 @@ from .planning import (
     RetryPolicy,
     check_custom_id,
     check_priority,
+    check_text,
     encode_payload,
     parse_rate,
     plan,
@@ -96,7 +98,7 @@ class Limits:
     def declare(cls, *, concurrency: int | None, exclusive: bool, rate: str | None) -> Limits:
         if exclusive and concurrency not in (None, 1):
             raise InvalidOptionError(
-                f"exclusive=True runs one job at a time; it contradicts concurrency={concurrency!r}."
+                f"exclusive=True runs one job at a time; it contradicts concurrency={shown(concurrency)}."
             )
         if exclusive:
             concurrency = 1
@@ -106,7 +108,7 @@ class Limits:
             or not 1 <= concurrency <= 10_000
         ):
             raise InvalidOptionError(
-                f"Invalid concurrency {concurrency!r}: use an int from 1 to 10000."
+                f"Invalid concurrency {shown(concurrency)}: use an int from 1 to 10000."
             )
         return cls(concurrency=concurrency, rate=parse_rate(rate) if rate is not None else None)
 
@@ -348,7 +350,8 @@ class Queue:
         more than 10 runs start in any second, across every process.
         """
         if not isinstance(name, str) or not name or len(name) > 255:
-            raise InvalidOptionError(f"Invalid queue name {name!r}: use a non-empty string.")
+            raise InvalidOptionError(f"Invalid queue name {shown(name)}: use a non-empty string.")
+        check_text(name, "queue name")
         delays = retry_delays(retry) if retry is not None else None
         check_priority(priority)
         limits = Limits.declare(concurrency=concurrency, exclusive=exclusive, rate=rate)
@@ -416,7 +419,7 @@ class Queue:
     def _known(self, name: str) -> str:
         if name not in self.handlers:
             known = ", ".join(sorted(self.handlers)) or "none"
-            raise UnknownQueueError(f"Unknown queue {name!r} (registered: {known}).")
+            raise UnknownQueueError(f"Unknown queue {shown(name)} (registered: {known}).")
         return name
 
     def _priority(self, name: str, priority: int | None) -> int:
@@ -790,8 +793,9 @@ def _check_cron_name(name: str) -> None:
     room = MAX_NAME - len(CRON_ID_PREFIX)
     if not isinstance(name, str) or not name or len(name) > room:
         raise InvalidOptionError(
-            f"Invalid cron name {name!r}: use a non-empty string of at most {room} characters."
+            f"Invalid cron name {shown(name)}: use a non-empty string of at most {room} characters."
         )
+    check_text(name, "cron name")
 
 
 def _status(status: JobStatus | str | None) -> str | None:
@@ -803,7 +807,7 @@ def _status(status: JobStatus | str | None) -> str | None:
         return JobStatus[str(status).upper()].value
     except KeyError:
         raise InvalidOptionError(
-            f"Unknown status {status!r}: use one of {', '.join(s.value for s in JobStatus)}."
+            f"Unknown status {shown(status)}: use one of {', '.join(s.value for s in JobStatus)}."
         ) from None
 
 

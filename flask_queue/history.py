@@ -17,6 +17,9 @@ from typing import Any
 HISTORY_SIZE = 20
 #: Characters of an error's line kept (the ``error`` column's width).
 ERROR_LINE = 255
+#: The longest log line about one job or outage. A handler's exception message
+#: can run to kilobytes, once per failure; the full text is on the job's row.
+LOG_LINE = 300
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -32,6 +35,13 @@ def line(text: str) -> str:
         if part.strip():
             return part.strip()[:ERROR_LINE]
     return ""
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` on one line (each run of whitespace one space), cut to ``limit``
+    characters with an ellipsis: a log collector files each line on its own."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: max(limit - 1, 0)] + "…"
 
 
 def error_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ leaves the table as it was.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Union
@@ -19,6 +20,7 @@ from .errors import (
     InvalidScheduleError,
     QueueError,
     UnknownQueueError,
+    shown,
 )
 from .job import JobStatus
 from .scheduling import Schedule, retry_delays
@@ -42,10 +44,24 @@ def check_custom_id(custom_id: object) -> str:
         or "\x00" in custom_id
     ):
         raise InvalidOptionError(
-            f"Invalid id {custom_id!r}: use a non-empty string of at most {MAX_NAME}"
+            f"Invalid id {shown(custom_id)}: use a non-empty string of at most {MAX_NAME}"
             " characters, without NUL."
         )
-    return custom_id
+    return check_text(custom_id, "id")
+
+
+def check_text(text: str, name: str) -> str:
+    """``text`` if it can be stored: every database takes text as UTF-8, which
+    has no form for a lone surrogate ("\\udc80", what Python makes of bytes
+    that were not UTF-8), so the driver would raise UnicodeEncodeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidOptionError(
+            f"Invalid {name} {shown(text)}: not valid Unicode text (a lone surrogate at"
+            f" position {exc.start}, e.g. from bytes that were not UTF-8)."
+        ) from None
+    return text
 
 
 def plan(
@@ -66,22 +82,22 @@ def plan(
     if name not in handlers:
         known = ", ".join(sorted(handlers)) or "none"
         raise UnknownQueueError(
-            f"Unknown queue {name!r}: register it with @queue.handler({name!r})"
+            f"Unknown queue {shown(name)}: register it with @queue.handler({shown(name)})"
             f" (registered: {known})."
         )
     if cron is not None and every is not None:
         raise InvalidOptionError(
-            f"cron={cron!r} and every={every!r} both given: a job repeats one way."
+            f"cron={shown(cron)} and every={shown(every)} both given: a job repeats one way."
         )
     if delay is not None and run_at is not None:
         raise InvalidOptionError("delay= and run_at= both given: pass one of them.")
     check_priority(priority)
     if tz is not None and cron is None:
-        raise InvalidOptionError(f"tz={tz!r} given without cron=: it is the cron's timezone.")
+        raise InvalidOptionError(f"tz={shown(tz)} given without cron=: it is the cron's timezone.")
     if times is not None:
         if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= MAX_TIMES:
             raise InvalidScheduleError(
-                f"Invalid times {times!r}: must be an int from 1 to {MAX_TIMES}."
+                f"Invalid times {shown(times)}: must be an int from 1 to {MAX_TIMES}."
             )
         if cron is None and every is None:
             raise InvalidOptionError(f"times={times} given without cron= or every=.")
@@ -129,7 +145,7 @@ def check_priority(priority: object) -> int:
         or not MIN_PRIORITY <= priority <= MAX_PRIORITY
     ):
         raise InvalidOptionError(
-            f"Invalid priority {priority!r}: use an int from {MIN_PRIORITY} to {MAX_PRIORITY}"
+            f"Invalid priority {shown(priority)}: use an int from {MIN_PRIORITY} to {MAX_PRIORITY}"
             " (higher runs first; 0 by default)."
         )
     return priority
@@ -164,7 +180,7 @@ def parse_rate(rate: object) -> tuple[int, timedelta]:
         or not 1 <= int(count) <= MAX_RATE
     ):
         raise InvalidOptionError(
-            f'Invalid rate {rate!r}: use starts per period, like "10/s", "100/m",'
+            f'Invalid rate {shown(rate)}: use starts per period, like "10/s", "100/m",'
             f' "1000/h" or "30/5m", at most {MAX_RATE:,} per period.'
         )
     return int(count), window
@@ -172,9 +188,16 @@ def parse_rate(rate: object) -> tuple[int, timedelta]:
 
 def _check_run_at(run_at: object, now: datetime) -> datetime:
     if not isinstance(run_at, datetime):
-        raise InvalidOptionError(f"Invalid run_at {run_at!r}: expected a datetime.")
-    # A naive datetime is UTC, as the README says.
-    when = run_at if run_at.tzinfo else run_at.replace(tzinfo=UTC)
+        raise InvalidOptionError(f"Invalid run_at {shown(run_at)}: expected a datetime.")
+    # A naive datetime is UTC, as the README says. An aware one is converted
+    # here, where failing is a refusal: in UTC a time on the first or last day
+    # of the calendar can fall outside it (0001-01-01 at +05:00 is year 0).
+    try:
+        when = run_at.astimezone(UTC) if run_at.tzinfo else run_at.replace(tzinfo=UTC)
+    except OverflowError:
+        raise InvalidOptionError(
+            f"Invalid run_at {run_at.isoformat()}: in UTC it falls outside the years 1-9999."
+        ) from None
     if when - now > MAX_DURATION:
         raise InvalidOptionError(f"Invalid run_at {run_at.isoformat()}: more than 100 years ahead.")
     return when
@@ -185,9 +208,9 @@ def encode_payload(payload: Any, max_bytes: int | None = None) -> str:
     or that is longer than ``max_bytes`` bytes (``QUEUE_MAX_PAYLOAD``)."""
     try:
         text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayloadError(
-            f"Payload {_short(payload)} is not JSON-serialisable: {exc}."
+            f"Payload {shown(payload)} is not JSON-serialisable: {json_problem(exc)}."
         ) from None
     # json.dumps escapes every non-ASCII character: one character, one byte.
     if max_bytes is not None and len(text) > max_bytes:
@@ -195,19 +218,33 @@ def encode_payload(payload: Any, max_bytes: int | None = None) -> str:
             f"Payload is {len(text):,} bytes of JSON, more than QUEUE_MAX_PAYLOAD"
             f" ({max_bytes:,}): store large data elsewhere and enqueue its key."
         )
-    back = json.loads(text)
+    try:
+        back = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidPayloadError(
+            f"Payload {shown(payload)} does not survive a JSON round trip: {json_problem(exc)}."
+        ) from None
     if back != payload or type(back) is not type(payload):
         raise InvalidPayloadError(
-            f"Payload {_short(payload)} does not survive a JSON round trip (it would come"
-            f" back as {_short(back)}); use lists, dicts with str keys, str, numbers,"
+            f"Payload {shown(payload)} does not survive a JSON round trip (it would come"
+            f" back as {shown(back)}); use lists, dicts with str keys, str, numbers,"
             " bools and None."
         )
     return text
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
+def json_problem(exc: Exception) -> str:
+    """What JSON could not do, in words a queue's user can act on."""
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        # Python's own hint (raise sys.set_int_max_str_digits) would not help:
+        # every process that runs the job would have to raise it too.
+        return (
+            f"it has an integer of more than {sys.get_int_max_str_digits():,} digits"
+            " (send such a number as a string)"
+        )
+    return str(exc)
 
 
 __all__ = [
@@ -215,7 +252,9 @@ __all__ = [
     "RetryPolicy",
     "check_custom_id",
     "check_priority",
+    "check_text",
     "encode_payload",
+    "json_problem",
     "parse_rate",
     "plan",
 ]

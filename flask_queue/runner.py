@@ -120,7 +120,12 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
             f" job's stored schedule or retry policy: {exc!r}\n"
             + "".join(traceback.format_exception(exc))
         )
-        log.error("flask_queue: job %s (%s): %s Failed.", job.id, job.queue, reason)
+        log.error(
+            "flask_queue: job %s (%s) failed: %s",
+            job.id,
+            history.clipped(job.queue, 60),
+            history.clipped(reason, history.LOG_LINE - 120),
+        )
         outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
         return _recorded(job, outcome, now(), None, history.FAILED, history.line(reason))
     state.tally.count(job.queue, succeeded, now())
@@ -197,7 +202,7 @@ def _no_handler(job: Job[Any], grace: timedelta, now: datetime) -> Finish:
             f"No handler for queue {job.queue!r} in this release: left for a release that"
             f" has one until {deadline:%Y-%m-%d %H:%M:%S} UTC (QUEUE_HANDLER_GRACE)."
         )
-        log.warning("flask_queue: job %s: %s", job.id, reason)
+        log.warning("flask_queue: job %s: %s", job.id, history.clipped(reason, history.LOG_LINE))
         outcome = Finish(
             status=SCHEDULED,
             run_at=min(now + NO_HANDLER_RECHECK, deadline),
@@ -210,7 +215,7 @@ def _no_handler(job: Job[Any], grace: timedelta, now: datetime) -> Finish:
         f"No handler is registered for queue {job.queue!r} (the code changed since this"
         " job was enqueued). Register one and retry this job."
     )
-    log.error("flask_queue: job %s: %s", job.id, reason)
+    log.error("flask_queue: job %s: %s", job.id, history.clipped(reason, history.LOG_LINE))
     outcome = Finish(status=FAILED, reason=reason, errors=job.errors)
     return _recorded(job, outcome, now, None, history.NO_HANDLER, history.line(reason))
 
@@ -298,15 +303,14 @@ def _log_failure(job: Job[Any], error: str, outcome: Finish, retries: int) -> No
         then = f"giving up on this run; next occurrence at {outcome.run_at:%Y-%m-%d %H:%M:%S} UTC"
     else:
         then = "giving up"
-    log.warning(
-        "flask_queue: job %s (%s) attempt %d of %d failed: %s; %s",
-        job.id,
-        job.queue,
-        job.errors + 1,
-        retries + 1,
-        error,
-        then,
+    head = (
+        f"flask_queue: job {job.id} ({history.clipped(job.queue, 60)})"
+        f" attempt {job.errors + 1} of {retries + 1} failed: "
     )
+    tail = f"; {then}"
+    # The error gets what the rest leaves of the line, and always some.
+    room = max(history.LOG_LINE - len(head) - len(tail), 60)
+    log.warning("%s%s%s", head, history.clipped(error, room), tail)
 
 
 def _describe(outcome: Finish) -> str:

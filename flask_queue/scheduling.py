@@ -17,7 +17,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 
 from .durations import to_milliseconds, to_timedelta
-from .errors import InvalidDurationError, InvalidRetryError, InvalidScheduleError, QueueError
+from .errors import (
+    InvalidDurationError,
+    InvalidRetryError,
+    InvalidScheduleError,
+    QueueError,
+    shown,
+)
 from .job import ScheduleType
 
 if TYPE_CHECKING:
@@ -36,13 +42,13 @@ def zone(name: str) -> ZoneInfo:
     """The IANA timezone ``name``, or :class:`InvalidScheduleError` naming it."""
     if not isinstance(name, str) or not name:
         raise InvalidScheduleError(
-            f"Invalid timezone {name!r}: use an IANA name like 'Europe/Paris'."
+            f"Invalid timezone {shown(name)}: use an IANA name like 'Europe/Paris'."
         )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidScheduleError(
-            f"Invalid timezone {name!r}: use an IANA name like 'Europe/Paris'."
+            f"Invalid timezone {shown(name)}: use an IANA name like 'Europe/Paris'."
         ) from None
 
 
@@ -52,17 +58,62 @@ def validate_cron(expr: object) -> str:
     A cron that parses but can never fire (``"0 0 31 2 *"``) is refused here:
     accepted, it would make croniter raise later, on the run path.
     """
-    if not isinstance(expr, str) or len(expr.split()) != 5 or not croniter.is_valid(expr):
+    if not isinstance(expr, str):
         raise InvalidScheduleError(
-            f"Invalid cron expression {expr!r}: use five fields, e.g. '0 9 * * *'."
+            f"Invalid cron expression {shown(expr)}: expected a string like '0 9 * * *'."
         )
+    fields = expr.split()
+    if len(fields) != 5:
+        raise InvalidScheduleError(
+            f"Invalid cron expression {shown(expr)}: it has {len(fields)} fields; use five"
+            f" ({' '.join(name.replace(' ', '-') for name, _, _ in _FIELDS)}), e.g. '0 9 * * *'."
+        )
+    if not croniter.is_valid(expr):
+        raise InvalidScheduleError(f"Invalid cron expression {shown(expr)}: {_cron_fault(fields)}.")
     try:
         croniter(expr, _CRON_PROBE).get_next(datetime)
     except CroniterBadDateError:
         raise InvalidScheduleError(
-            f"Invalid cron expression {expr!r}: it never fires (no such date)."
+            f"Invalid cron expression {shown(expr)}: it never fires (no such date)."
         ) from None
     return expr
+
+
+#: The five fields: name, lowest and highest value (croniter takes 7 for Sunday too).
+_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+
+
+def _cron_fault(fields: list[str]) -> str:
+    """Which field of a five-field expression croniter refuses, and why.
+
+    croniter only says "[61 * * * *] is not acceptable, out of range"; each
+    field is tried alone (the others ``*``) to find the one to name.
+    """
+    for position, (name, low, high) in enumerate(_FIELDS):
+        alone = ["*"] * 5
+        alone[position] = fields[position]
+        if croniter.is_valid(" ".join(alone)):
+            continue
+        # Numbers outside the range, in a list, a range or before a step
+        # ("0,61", "1-70", "70/5"); a step ("*/90") or an nth weekday ("1#5")
+        # has a range of its own. Long digit strings are out of range unread
+        # (int() refuses over 4,300 digits).
+        for part in fields[position].split(","):
+            for number in re.findall(r"\d+", re.split(r"[/#]", part)[0]):
+                if len(number) > 4 or not low <= int(number) <= high:
+                    short = number if len(number) <= 8 else number[:8] + "..."
+                    return f"{name} {short} is out of range {low}-{high}"
+        return (
+            f"{name} field {shown(fields[position], 40)} is not valid (use {low}-{high}, '*',"
+            " a range 'a-b', a list 'a,b' or a step '*/n')"
+        )
+    return "croniter cannot read it (each field alone is valid, together they are not)"
 
 
 #: Where validate_cron looks for a first fire time: before any leap day croniter
@@ -154,7 +205,7 @@ class Schedule:
     def every(cls, value: object) -> Schedule:
         interval = to_timedelta(value, name="every", allow_zero=False)
         if to_milliseconds(interval) < 1:
-            raise InvalidDurationError(f"Invalid every {value!r}: at least 1 ms.")
+            raise InvalidDurationError(f"Invalid every {shown(value)}: at least 1 ms.")
         return cls(ScheduleType.EVERY, interval=timedelta(milliseconds=to_milliseconds(interval)))
 
     @classmethod
@@ -239,11 +290,13 @@ def retry_delays(policy: object, *, name: str = "retry") -> list[timedelta]:
     those delays; ``retry=0`` or ``[]`` means none.
     """
     if isinstance(policy, bool):
-        raise InvalidRetryError(f"Invalid {name} {policy!r}: use an int or a list of durations.")
+        raise InvalidRetryError(
+            f"Invalid {name} {shown(policy)}: use an int or a list of durations."
+        )
     if isinstance(policy, int):
         if not 0 <= policy <= MAX_RETRIES:
             raise InvalidRetryError(
-                f"Invalid {name} {policy!r}: must be between 0 and {MAX_RETRIES}."
+                f"Invalid {name} {shown(policy)}: must be between 0 and {MAX_RETRIES}."
             )
         return [
             min(DEFAULT_BACKOFF_BASE * (2 ** min(i, 20)), DEFAULT_BACKOFF_CAP)
@@ -258,4 +311,4 @@ def retry_delays(policy: object, *, name: str = "retry") -> list[timedelta]:
             return [to_timedelta(item, name=f"{name} delay") for item in policy]
         except InvalidDurationError as exc:
             raise InvalidRetryError(str(exc)) from None
-    raise InvalidRetryError(f"Invalid {name} {policy!r}: use an int or a list of durations.")
+    raise InvalidRetryError(f"Invalid {name} {shown(policy)}: use an int or a list of durations.")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidOptionError, StorageError
 from .executors import ThreadExecutor
+from .history import LOG_LINE, clipped
 
 if TYPE_CHECKING:
     from .extension import ProduceResult, Queue
@@ -76,7 +77,7 @@ class _Outage:
                 "flask_queue: produce failed, is the database down? (%s: %s);"
                 " retrying with backoff up to %gs",
                 type(exc).__name__,
-                exc,
+                clipped(str(exc), LOG_LINE - 120),
                 self.max_backoff,
             )
         else:
