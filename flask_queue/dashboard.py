@@ -114,6 +114,13 @@ def _parse_after(value: str | None) -> tuple[datetime, str] | None:
         abort(400, f"Invalid page key {value!r}.")
 
 
+def _unstorable(value: str | None) -> bool:
+    """Whether no job's id, custom id or queue can be ``value``: none holds NUL
+    (ids are generated; custom ids and queue names refuse it), and PostgreSQL
+    refuses NUL in a text parameter, so such a value is not looked up at all."""
+    return value is not None and "\x00" in value
+
+
 def _same_site(target: str | None) -> str | None:
     """``target`` if it is a path on this site, else None: no open redirect.
 
@@ -269,13 +276,18 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         queue = request.args.get("queue") or None
         after = _parse_after(request.args.get("after"))
         newest_first = value in NEWEST_FIRST
-        rows = store.jobs(
-            status=value,
-            queue=queue,
-            limit=PAGE_SIZE + 1,
-            after=after,
-            newest_first=newest_first,
-            light=True,
+        unknown = _unstorable(queue)  # a queue nobody has: an empty list, as for any other
+        rows = (
+            []
+            if unknown
+            else store.jobs(
+                status=value,
+                queue=queue,
+                limit=PAGE_SIZE + 1,
+                after=after,
+                newest_first=newest_first,
+                light=True,
+            )
         )
         more = len(rows) > PAGE_SIZE
         rows = rows[:PAGE_SIZE]
@@ -288,27 +300,32 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             next_key=next_key,
             first_page=after is None,
             # Unfiltered, the count is the nav's total for this status: not counted twice.
-            matching=store.count_capped(TOTAL_CAP, status=value, queue=queue) if queue else None,
+            matching=(0 if unknown else store.count_capped(TOTAL_CAP, status=value, queue=queue))
+            if queue
+            else None,
         )
 
     @bp.get("/search")
     def search() -> Any:
         key = (request.args.get("q") or "").strip()
-        job = store.find(key) if key else None
+        job = store.find(key) if key and not _unstorable(key) else None
         if job is None:
             return render_template("flask_queue/search.html", q=key), 404 if key else 200
         return redirect(url_for("queue.job", job_id=job.id))
 
+    def job_or_none(job_id: str) -> Any:
+        return None if _unstorable(job_id) else store.get(job_id)
+
     @bp.get("/job/<job_id>")
     def job(job_id: str) -> Any:
-        found = store.get(job_id)
+        found = job_or_none(job_id)
         if found is None:
             abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
         return render_template("flask_queue/job.html", job=found)
 
     @bp.get("/job/<job_id>/payload.json")
     def job_payload(job_id: str) -> Any:
-        found = store.get(job_id)
+        found = job_or_none(job_id)
         if found is None:
             abort(404, f"No job with id {job_id!r}.")
         # Masked like the page: the download is no way around the masking.
@@ -321,6 +338,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
 
     @bp.post("/job/<job_id>/<action>")
     def job_action(job_id: str, action: str) -> Any:
+        if _unstorable(job_id):
+            abort(404, f"No job with id {job_id!r}.")
         try:
             if action == "run-now":
                 state.queue.run_now(job_id)
@@ -362,11 +381,12 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         action = request.form.get("action")
         queue = request.form.get("queue") or None
         where = f" in queue {queue!r}" if queue else ""
+        nothing = _unstorable(queue)
         if action == "retry":
-            count = store.retry_failed(queue)
+            count = 0 if nothing else store.retry_failed(queue)
             flash(f"Scheduled {count:,} failed job(s){where} again.", "ok")
         elif action == "delete":
-            count = store.delete_failed(queue)
+            count = 0 if nothing else store.delete_failed(queue)
             flash(f"Deleted {count:,} failed job(s){where}.", "ok")
         else:
             abort(400, f"No bulk action {action!r}.")

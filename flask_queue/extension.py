@@ -347,8 +347,13 @@ class Queue:
         process; ``exclusive=True`` is ``concurrency=1``. ``rate="10/s"``: no
         more than 10 runs start in any second, across every process.
         """
-        if not isinstance(name, str) or not name or len(name) > 255:
-            raise InvalidOptionError(f"Invalid queue name {name!r}: use a non-empty string.")
+        # NUL as for custom ids: PostgreSQL cannot store it, and the dashboard can
+        # then answer a NUL in a queue filter as "no such queue" on every database.
+        if not isinstance(name, str) or not name or len(name) > 255 or "\x00" in name:
+            raise InvalidOptionError(
+                f"Invalid queue name {name!r}: use a non-empty string of at most 255"
+                " characters, without NUL."
+            )
         delays = retry_delays(retry) if retry is not None else None
         check_priority(priority)
         limits = Limits.declare(concurrency=concurrency, exclusive=exclusive, rate=rate)

