@@ -11,7 +11,7 @@ import base64
 import binascii
 import logging
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -104,14 +104,26 @@ def _basic_auth_ok(expected: str) -> bool:
     return tokens_equal(given, expected)
 
 
-def _parse_after(value: str | None) -> tuple[datetime, str] | None:
+def _page_key(value: str | None) -> tuple[datetime, str] | None:
+    """A page key (``run_at~id``, as the pagers write them) as the store reads
+    it, in UTC; a 400 for one that names no possible row.
+
+    The time is converted here, where a bad one is the request's fault: an
+    offset can carry a valid date past year 9999 or before year 1 in UTC, which
+    overflowed in the store (a 500 on every database).
+    """
     if not value or "~" not in value:
         return None
     stamp, _, job_id = value.partition("~")
     try:
-        return datetime.fromisoformat(stamp), job_id
-    except ValueError:
-        abort(400, f"Invalid page key {value!r}.")
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is not None:
+            when = when.astimezone(timezone.utc)
+        if _unstorable(job_id):
+            raise ValueError("an id with NUL")
+    except (ValueError, OverflowError) as exc:
+        abort(400, f"Invalid page key {value!r} ({exc}): start again from the first page.")
+    return when.replace(tzinfo=timezone.utc), job_id
 
 
 def _unstorable(value: str | None) -> bool:
@@ -219,7 +231,12 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     def error(exc: Any) -> Any:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return exc
-        return render_template("flask_queue/error.html", error=exc), exc.code
+        back = None
+        if exc.code == 400 and request.endpoint == "queue.jobs" and request.view_args:
+            # A bad page key: the way out is the list's first page, not the overview.
+            status = str(request.view_args["status"]).lower()
+            back = url_for("queue.jobs", status=status, queue=request.args.get("queue") or None)
+        return render_template("flask_queue/error.html", error=exc, back=back), exc.code
 
     @bp.errorhandler(UnreadablePayloadError)
     def unreadable(exc: UnreadablePayloadError) -> Any:
@@ -274,7 +291,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     def jobs(status: str) -> Any:
         value = _status_arg(status)
         queue = request.args.get("queue") or None
-        after = _parse_after(request.args.get("after"))
+        after = _page_key(request.args.get("after"))
         newest_first = value in NEWEST_FIRST
         unknown = _unstorable(queue)  # a queue nobody has: an empty list, as for any other
         rows = (

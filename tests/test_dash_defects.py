@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
@@ -72,3 +73,30 @@ def test_a_queue_name_with_nul_is_refused_like_a_custom_id() -> None:
     # No stored name may hold NUL (PostgreSQL cannot store it), so none is looked up.
     with pytest.raises(InvalidOptionError, match="NUL"):
         Queue().handler("tick\x00tock")
+
+
+# --- 2. Page keys out of range ------------------------------------------------------
+
+
+@all_databases
+@pytest.mark.parametrize(
+    "key",
+    [
+        "9999-12-31T23:59:59-01:00~0",  # past year 9999 in UTC
+        "0001-01-01T00:00:00+01:00~0",  # before year 1 in UTC
+        "99999-01-01T00:00:00~0",
+        "2026-13-01T00:00:00~0",
+        "2026-03-01T12:00:00+00:00~a\x00b",
+    ],
+)
+def test_an_out_of_range_page_key_is_a_400_that_says_so(
+    debug_app: Flask, queue: Queue, key: str
+) -> None:
+    queue.enqueue("echo", 1, delay="1h")
+    client = debug_app.test_client()
+    for arg in ("after",):
+        response = client.get(f"/_queue/jobs/scheduled?{arg}={quote(key)}")
+        assert response.status_code == 400, (arg, response.status_code)
+        html = response.get_data(as_text=True)
+        assert "Invalid page key" in html
+        assert 'href="/_queue/jobs/scheduled"' in html  # the way back to the first page
