@@ -13,7 +13,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .errors import QueueError
-from .extension import Queue
+from .extension import ProduceResult, Queue
 from .job import Job, JobStatus
 
 queue_cli = AppGroup("queue", help="Background jobs stored in the app's database.")
@@ -97,9 +97,21 @@ def produce_command(loop: bool, interval: float | None) -> None:
             every = interval or q.state().config.produce_interval.total_seconds()
             produce_loop(q, every, report=click.echo)
         else:
-            click.echo(json.dumps(q.produce().as_dict()))
+            result = q.produce()
+            click.echo(json.dumps(result.as_dict()))
+            if result.failed_deliveries:
+                click.echo(_delivery_warning(result), err=True)
     except QueueError as exc:
         raise _fail(exc) from None
+
+
+def _delivery_warning(result: ProduceResult) -> str:
+    # Exit 0 all the same: the jobs are safe (released, or failed by their
+    # retry policy) and a cron retrying every minute is what brings them through.
+    return (
+        f"Warning: {result.failed_deliveries} of {result.claimed} deliveries failed,"
+        f" nothing ran for them; the last: {result.delivery_error}"
+    )
 
 
 @queue_cli.command("work")

@@ -223,6 +223,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             "total_cap": TOTAL_CAP,
             "keep_completed": bool(state.config.keep_completed),
             "history_size": HISTORY_SIZE,
+            "delivery_trouble": state.deliveries.failing(),
         }
 
     @bp.errorhandler(400)

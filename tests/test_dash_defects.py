@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +22,7 @@ from flask import Flask
 
 from flask_queue import InvalidOptionError, Job, JobStatus, Queue
 from tests.conftest import Clock, all_databases, row_snapshot
+from tests.servers import Server, free_port, isolated_database
 
 
 def _csrf(client: Any, path: str) -> str:
@@ -100,3 +103,65 @@ def test_an_out_of_range_page_key_is_a_400_that_says_so(
         html = response.get_data(as_text=True)
         assert "Invalid page key" in html
         assert 'href="/_queue/jobs/scheduled"' in html  # the way back to the first page
+
+
+# --- 3. Failed deliveries -----------------------------------------------------------
+
+
+@all_databases
+def test_produce_counts_deliveries_that_failed_and_the_dashboard_says_so(
+    make_app: Any, queue: Queue, clock: Clock
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    app = make_app(queue, QUEUE_EXECUTOR="http", QUEUE_BASE_URL=closed)
+    app.debug = True
+    with app.app_context():
+        queue.enqueue("echo", "x", delay="1s")
+        clock.advance(1)
+        result = queue.produce()
+        assert (result.claimed, result.failed_deliveries) == (1, 1)
+        assert result.as_dict()["failed_deliveries"] == 1
+        assert f"could not reach {closed}/_queue/invoke" in result.as_dict()["delivery_error"]
+        client = app.test_client()
+        token = {"Authorization": f"Bearer {queue.produce_token()}"}
+        answer = client.get("/_queue/produce", headers=token).get_json()
+        assert (answer["claimed"], answer["failed_deliveries"]) == (1, 1)
+        produced = app.test_cli_runner().invoke(args=["queue", "produce"])
+        assert produced.exit_code == 0
+        assert '"failed_deliveries": 1' in produced.output
+        assert "1 of 1 deliveries failed" in produced.output
+        page = client.get("/_queue/").get_data(as_text=True)
+        assert 'class="banner' in page and "Deliveries are failing" in page
+        assert f"could not reach {closed}/_queue/invoke" in page
+        metrics = client.get("/_queue/metrics", headers=token).get_data(as_text=True)
+        assert "flask_queue_delivery_failures_total 3.0" in metrics
+        # Failures long past are no banner.
+        clock.advance(minutes=10)
+        assert "Deliveries are failing" not in client.get("/_queue/").get_data(as_text=True)
+
+
+def test_a_wrong_base_url_through_a_real_server(db_url: str, tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    with isolated_database(db_url, tmp_path) as url:
+        server = Server(url, QUEUE_BASE_URL=closed, QUEUE_DASHBOARD_AUTH="admin:pw").start()
+        try:
+            server.enqueue("record", "lost", delay="1ms")
+            time.sleep(0.05)
+            answer = server.ping()
+            assert answer["claimed"] == 1 and answer["failed_deliveries"] == 1, answer
+            assert closed in answer["delivery_error"]
+            assert server.runs() == []  # nothing ran
+            page = _get(server, "/_queue/", "admin:pw")
+            assert "Deliveries are failing" in page and closed in page, page[-3000:]
+        finally:
+            server.stop()
+
+
+def _get(server: Server, path: str, user: str) -> str:
+    import base64
+    import urllib.request
+
+    auth = "Basic " + base64.b64encode(user.encode()).decode()
+    request = urllib.request.Request(server.base + path, headers={"Authorization": auth})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()  # type: ignore[no-any-return]
