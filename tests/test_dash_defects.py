@@ -11,7 +11,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from flask import Flask
 
 from flask_queue import InvalidOptionError, Job, JobStatus, Queue
 from tests.conftest import Clock, all_databases, row_snapshot
-from tests.servers import Server, free_port, isolated_database
+from tests.servers import REPO, Server, free_port, isolated_database
 
 
 def _csrf(client: Any, path: str) -> str:
@@ -165,3 +169,152 @@ def _get(server: Server, path: str, user: str) -> str:
     request = urllib.request.Request(server.base + path, headers={"Authorization": auth})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()  # type: ignore[no-any-return]
+
+
+# --- 4. The in-process scheduler starts with the serving process --------------------
+
+APP_MODULE = """
+import os
+from pathlib import Path
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_queue import Job, Queue
+
+db = SQLAlchemy()
+queue = Queue()
+OUT = Path(os.environ["PROBE_OUT"])
+
+
+@queue.handler("touch")
+def touch(job: Job[str]) -> None:
+    (OUT / f"ran-{job.payload}").write_text(str(os.getpid()))
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=os.environ["PROBE_DB"],
+        SECRET_KEY="probe",
+        QUEUE_SCHEDULER=True,
+        QUEUE_EXECUTOR="thread",
+        QUEUE_PRODUCE_INTERVAL="0.2s",
+    )
+    db.init_app(app)
+    queue.init_app(app)
+    with app.app_context():
+        db.create_all()
+    (OUT / f"booted-{os.getpid()}").write_text("")
+
+    @app.cli.command("probe")
+    def probe() -> None:
+        print("scheduler:", app.extensions["queue"].scheduler)
+
+    return app
+"""
+
+
+def _probe_module(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "probe_app.py").write_text(APP_MODULE)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ)
+    env.update(
+        PROBE_OUT=str(out),
+        PROBE_DB=f"sqlite:///{tmp_path / 'probe.db'}",
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}",
+    )
+    env.pop("WERKZEUG_RUN_MAIN", None)
+    return out, env
+
+
+def _wait_for(check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    return check()
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["per-worker", "preload"])
+def test_scheduler_runs_due_jobs_under_gunicorn_without_any_request(
+    tmp_path: Path, preload: bool
+) -> None:
+    out, env = _probe_module(tmp_path)
+    port = free_port()
+    args = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}"]
+    args += ["--preload"] if preload else []
+    log = (tmp_path / "gunicorn.log").open("wb")
+    proc = subprocess.Popen(
+        [*args, "probe_app:create_app()"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        booted = _wait_for(lambda: len(list(out.glob("booted-*"))) >= (1 if preload else 2), 8)
+        assert booted, (tmp_path / "gunicorn.log").read_text()
+        # Enqueued from here, straight into the table: no request reaches the server.
+        writer = Flask("writer")
+        writer.config.update(SQLALCHEMY_DATABASE_URI=env["PROBE_DB"], SECRET_KEY="probe")
+        from flask_sqlalchemy import SQLAlchemy
+
+        db = SQLAlchemy()
+        db.init_app(writer)
+        q = Queue()
+        q.handler("touch")(lambda job: None)
+        q.init_app(writer)
+        with writer.app_context():
+            q.enqueue("touch", "later", delay="0.5s")
+        ran = _wait_for(lambda: (out / "ran-later").exists(), 8)
+        assert ran, "the due job never ran: " + (tmp_path / "gunicorn.log").read_text()[-2000:]
+        with writer.app_context():
+            db.engine.dispose()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+
+
+def test_scheduler_does_not_start_in_cli_commands(tmp_path: Path) -> None:
+    _, env = _probe_module(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "probe_app:create_app", "probe"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "scheduler: None" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("reload", "child", "starts"),
+    [(True, False, False), (True, True, True), (False, False, True), (None, False, False)],
+    ids=["reloader-parent", "reloader-child", "no-reloader", "debug-default-parent"],
+)
+def test_scheduler_starts_in_the_process_flask_run_serves_from(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, reload: Any, child: bool, starts: bool
+) -> None:
+    import click
+    from flask.cli import run_command
+
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    if child:
+        monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")
+    else:
+        monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
+    with click.Context(run_command, info_name="run") as ctx:
+        ctx.params = {"reload": reload}
+        app = make_app(Queue(), QUEUE_SCHEDULER=True, TESTING=False)
+    scheduler = app.extensions["queue"].scheduler
+    assert (scheduler is not None) is starts
+    if scheduler is not None:
+        assert scheduler.running
