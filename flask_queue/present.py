@@ -9,6 +9,7 @@ from typing import Any
 
 from .durations import to_milliseconds
 from .errors import QueueError
+from .history import ERROR_LINE
 from .job import Job, ScheduleType
 from .scheduling import Schedule
 
@@ -101,6 +102,31 @@ def error_line(job: Job[Any]) -> str:
     """The job's last error in one line: its ``error``, or for a row written
     before that column existed, the end of its traceback."""
     return job.error or error_summary(job.reason)
+
+
+def error_cut(job: Job[Any]) -> bool:
+    """Whether the stored one-line error was cut to the column's width."""
+    return len(error_line(job)) >= ERROR_LINE
+
+
+_FRAME = re.compile(r'^  File "')
+
+
+def error_text(job: Job[Any]) -> str:
+    """The job's last error in full, however long: the exception's lines at the
+    end of its traceback (after the last frame and its source lines), the whole
+    reason when it is no traceback (a refusal, a lost lease), else the stored line."""
+    if not job.reason:
+        return job.error or ""
+    lines = job.reason.strip().splitlines()
+    start = 0
+    for i, line in enumerate(lines):
+        if _FRAME.match(line):
+            start = i + 1
+            # The frame's source line and its ^^^ markers, indented by four.
+            while start < len(lines) and lines[start].startswith("    "):
+                start += 1
+    return "\n".join(lines[start:]).strip() or error_line(job)
 
 
 def error_summary(reason: str | None) -> str:

@@ -318,3 +318,70 @@ def test_scheduler_starts_in_the_process_flask_run_serves_from(
     assert (scheduler is not None) is starts
     if scheduler is not None:
         assert scheduler.running
+
+
+# --- 5. Error lines in full ---------------------------------------------------------
+
+#: An error whose end names what went wrong: the key, past character 120.
+LONG_ERROR = (
+    "the gateway refused the charge for booking 9921 after three attempts; retry later or"
+    " ask the customer for another card; idempotency key="
+)
+TAIL = "idem_5f2c9d3e8a7b41f0aa"
+
+
+@all_databases
+def test_failed_list_shows_the_whole_error_line_and_the_job_page_all_of_it(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    @queue.handler("charge")
+    def charge(job: Job[str]) -> None:
+        raise RuntimeError(job.payload)
+
+    failed = _fail(queue, clock, "charge", LONG_ERROR + TAIL)
+    longer = _fail(queue, clock, "charge", "x" * 300 + " " + TAIL + "-end")
+    client = debug_app.test_client()
+    html = client.get("/_queue/jobs/failed").get_data(as_text=True)
+    assert TAIL in html  # it was cut at 120 characters, before the key
+    # The stored line keeps 255 characters; a longer one says it is cut.
+    assert "full error on the job page" in html
+    page = client.get(f"/_queue/job/{longer.id}").get_data(as_text=True)
+    whole = re.search(r'<p class="error-full">(.*?)</p>', page, re.S)
+    assert whole, "no whole error line on the job page"
+    assert whole.group(1).strip() == "RuntimeError: " + "x" * 300 + " " + TAIL + "-end"
+    page = client.get(f"/_queue/job/{failed.id}").get_data(as_text=True)
+    assert f"RuntimeError: {LONG_ERROR}{TAIL}</p>" in page
+
+
+def test_the_whole_error_is_the_end_of_the_traceback_or_the_whole_reason() -> None:
+    from datetime import datetime, timezone
+
+    from flask_queue import present
+
+    def job(reason: str, error: str | None = None) -> Job[Any]:
+        now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        return Job(
+            id="j",
+            queue="q",
+            payload=None,
+            run_at=now,
+            status=JobStatus.FAILED,
+            reason=reason,
+            error=error,
+        )
+
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/app.py", line 3, in run\n'
+        "    cursor.execute(sql)\n"
+        "    ^^^^^^^^^^^^^^^^^^^\n"
+        'psycopg.errors.SyntaxError: syntax error at or near "SELEC"\n'
+        "LINE 1: SELEC 1\n"
+        "        ^\n"
+    )
+    assert present.error_text(job(traceback)) == (
+        'psycopg.errors.SyntaxError: syntax error at or near "SELEC"\nLINE 1: SELEC 1\n        ^'
+    )
+    refusal = "The invoke request to http://x/_queue/invoke was refused with HTTP 404: ..."
+    assert present.error_text(job(refusal)) == refusal
+    assert present.error_text(job("", error="ValueError: v")) == "ValueError: v"
