@@ -385,3 +385,16 @@ def test_the_whole_error_is_the_end_of_the_traceback_or_the_whole_reason() -> No
     refusal = "The invoke request to http://x/_queue/invoke was refused with HTTP 404: ..."
     assert present.error_text(job(refusal)) == refusal
     assert present.error_text(job("", error="ValueError: v")) == "ValueError: v"
+
+
+# --- 6. Snags -----------------------------------------------------------------------
+
+LONG_ID = ("order_2024_" + "9f86d081884c7d659a2feaa0c55ad015" * 8)[:255]
+
+
+def test_a_long_custom_id_is_one_line_with_the_whole_id_in_its_title(
+    debug_app: Flask, queue: Queue
+) -> None:
+    queue.enqueue("echo", 1, delay="1h", id=LONG_ID)
+    html = debug_app.test_client().get("/_queue/jobs/scheduled").get_data(as_text=True)
+    assert f'<div class="muted small id-extra clip-line" title="{LONG_ID}">' in html
