@@ -7,6 +7,8 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from markupsafe import Markup, escape
+
 from .durations import to_milliseconds
 from .errors import QueueError
 from .history import ERROR_LINE
@@ -294,6 +296,16 @@ def payload_excerpt(payload: Any) -> tuple[str, int]:
     if len(text) <= PAYLOAD_EXCERPT:
         return text, 0
     return text[:PAYLOAD_EXCERPT], len(text)
+
+
+#: Where a queue name or an id may wrap: after one of these, between its words.
+_BREAK_AFTER = re.compile(r"(?<=[._\-:/])")
+
+
+def breakable(name: str) -> Markup:
+    """``name`` escaped, with a line break allowed after each separator (``.``
+    ``_`` ``-`` ``:`` ``/``): a long name wraps between its words, not inside one."""
+    return Markup("<wbr>").join(escape(part) for part in _BREAK_AFTER.split(name))
 
 
 def limits(settings: dict[str, Any] | None) -> str:

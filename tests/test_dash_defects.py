@@ -398,3 +398,17 @@ def test_a_long_custom_id_is_one_line_with_the_whole_id_in_its_title(
     queue.enqueue("echo", 1, delay="1h", id=LONG_ID)
     html = debug_app.test_client().get("/_queue/jobs/scheduled").get_data(as_text=True)
     assert f'<div class="muted small id-extra clip-line" title="{LONG_ID}">' in html
+
+
+def test_queue_names_break_at_their_separators(make_app: Any, clock: Clock) -> None:
+    q = Queue(clock=clock)
+    name = "tenant.acme_eu-west:billing/invoices"
+    q.handler(name)(lambda job: None)
+    app = make_app(q)
+    app.debug = True
+    with app.app_context():
+        q.enqueue(name, 1, delay="1h")
+    client = app.test_client()
+    broken = "tenant.<wbr>acme_<wbr>eu-<wbr>west:<wbr>billing/<wbr>invoices"
+    for path in ("/_queue/", "/_queue/jobs/scheduled", f"/_queue/jobs/scheduled?queue={name}"):
+        assert broken in client.get(path).get_data(as_text=True), path
