@@ -11,6 +11,7 @@ from markupsafe import Markup, escape
 
 from .durations import to_milliseconds
 from .errors import QueueError
+from . import history
 from .history import ERROR_LINE
 from .job import Job, ScheduleType
 from .scheduling import Schedule
@@ -170,6 +171,14 @@ def attempts(job: Job[Any]) -> list[dict[str, Any]]:
         rows.append(_attempt_row(job.attempt, job.attempt, state, job.started_at))
     rows.reverse()
     return rows
+
+
+def failures_kept(job: Job[Any]) -> tuple[int, int]:
+    """How many of the attempts its history keeps failed (raised or were
+    refused), and how many it keeps: failures apart from runs."""
+    kept = job.history or []
+    failed = sum(1 for item in kept if item.get("outcome") in (history.FAILED, history.REFUSED))
+    return failed, len(kept)
 
 
 def _attempt_row(

@@ -412,3 +412,32 @@ def test_queue_names_break_at_their_separators(make_app: Any, clock: Clock) -> N
     broken = "tenant.<wbr>acme_<wbr>eu-<wbr>west:<wbr>billing/<wbr>invoices"
     for path in ("/_queue/", "/_queue/jobs/scheduled", f"/_queue/jobs/scheduled?queue={name}"):
         assert broken in client.get(path).get_data(as_text=True), path
+
+
+@all_databases
+def test_a_cron_that_succeeded_six_times_shows_runs_and_failures_apart(
+    debug_app: Flask, queue: Queue, clock: Clock
+) -> None:
+    cron = queue.enqueue("echo", "tick", every="1m")
+    for _ in range(6):
+        clock.advance(60)
+        queue.produce()
+    stored = queue.get(cron.id)
+    assert stored is not None and (stored.attempt, stored.count, stored.errors) == (6, 6, 0)
+    client = debug_app.test_client()
+    html = client.get("/_queue/jobs/scheduled").get_data(as_text=True)
+    assert '<th scope="col">Attempts</th>' not in html
+    assert '<th scope="col">Runs</th>' in html
+    assert re.search(r'data-label="Runs">6 runs<span class="muted"> · no failures</span>', html)
+    page = client.get(f"/_queue/job/{cron.id}").get_data(as_text=True)
+    assert "<dt>Attempts</dt>" not in page
+    assert re.search(r"<dt>Runs</dt><dd>6 started · 6 done</dd>", page)
+    assert re.search(r"<dt>Failures</dt><dd>none</dd>", page)
+    # A failing one says how many of its runs failed.
+    flaky = queue.enqueue("boom", "x", delay="1s")
+    clock.advance(1)
+    queue.produce()
+    html = client.get("/_queue/jobs/scheduled").get_data(as_text=True)
+    assert re.search(r'data-label="Runs">1 run<span class="bad"> · 1 failed</span>', html)
+    page = client.get(f"/_queue/job/{flaky.id}").get_data(as_text=True)
+    assert re.search(r'<dt>Failures</dt><dd><span class="bad">1 in a row</span>', page)
