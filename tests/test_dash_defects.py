@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_queue import InvalidOptionError, Job, JobStatus, Queue
@@ -441,3 +442,86 @@ def test_a_cron_that_succeeded_six_times_shows_runs_and_failures_apart(
     assert re.search(r'data-label="Runs">1 run<span class="bad"> · 1 failed</span>', html)
     page = client.get(f"/_queue/job/{flaky.id}").get_data(as_text=True)
     assert re.search(r'<dt>Failures</dt><dd><span class="bad">1 in a row</span>', page)
+
+
+@all_databases
+def test_search_finds_a_prefix_of_an_id_or_a_custom_id(debug_app: Flask, queue: Queue) -> None:
+    jobs = queue.enqueue_many("echo", list(range(30)), delay="1h")
+    for cid in ("invoice-2024-001", "invoice-2024-002", "invoice-2025-001", "a_b%c", "axbyc"):
+        queue.enqueue("echo", cid, delay="1h", id=cid)
+    client = debug_app.test_client()
+
+    def found(q: str) -> Any:
+        return client.get(f"/_queue/search?q={quote(q)}")
+
+    # A unique prefix of an id goes to the job (ids share their first, time, digits).
+    target = jobs[-1]
+    prefix = next(
+        target.id[:n]
+        for n in range(1, 27)
+        if sum(j.id.startswith(target.id[:n]) for j in jobs) == 1
+    )
+    response = found(prefix)
+    assert response.status_code == 302 and response.headers["Location"].endswith(target.id)
+    response = found(prefix.upper())  # ids are lower case; a pasted upper case one still finds
+    assert response.status_code == 302 and response.headers["Location"].endswith(target.id)
+    # Several matches: a list of them.
+    response = found("invoice-2024")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "invoice-2024-001" in html and "invoice-2024-002" in html
+    assert "invoice-2025-001" not in html
+    # % and _ are plain characters, not patterns.
+    response = found("a_b%")
+    assert response.status_code == 302
+    assert queue.get_by_custom_id("a_b%c").id in response.headers["Location"]  # type: ignore[union-attr]
+    assert found("a%").status_code == 404
+    assert found("a_").status_code == 302  # only "a_b%c", not "axbyc"
+    # An exact custom id still wins over the longer ones it is a prefix of.
+    queue.enqueue("echo", "short", delay="1h", id="invoice-2024")
+    response = found("invoice-2024")
+    exact = queue.get_by_custom_id("invoice-2024")
+    assert response.status_code == 302 and exact is not None
+    assert response.headers["Location"].endswith(exact.id)
+    assert found("nothing-like-it").status_code == 404
+
+
+@all_databases
+def test_prefix_search_reads_an_index(debug_app: Flask, queue: Queue) -> None:
+    queue.enqueue_many("echo", list(range(3000)), delay="1h")
+    for i in range(50):
+        queue.enqueue("echo", i, delay="1h", id=f"ab{i:04d}")
+    store = debug_app.extensions["queue"].store
+    table = store.table.name
+    with store.engine.begin() as c:
+        if store.dialect == "postgresql":
+            c.execute(sa.text(f"ANALYZE {table}"))
+        elif store.dialect == "mysql":
+            c.execute(sa.text(f"ANALYZE TABLE {table}"))
+        else:
+            c.execute(sa.text("ANALYZE"))
+    plans = []
+    for statement in store.search_statements("ab00", 21):
+        compiled = statement.compile(dialect=store.engine.dialect)
+        params: Any = compiled.params
+        if compiled.positiontup is not None:
+            params = tuple(compiled.params[k] for k in compiled.positiontup)
+        explain = {
+            "postgresql": "EXPLAIN ",
+            "mysql": "EXPLAIN ",
+            "sqlite": "EXPLAIN QUERY PLAN ",
+        }[store.dialect]
+        with store.engine.connect() as c:
+            rows = c.exec_driver_sql(explain + compiled.string, params).fetchall()
+        plans.append(" | ".join(" ".join(str(v) for v in r) for r in rows))
+    id_plan, custom_plan = plans
+    if store.dialect == "postgresql":
+        assert f"{table}_pkey" in id_plan, id_plan
+        assert f"ix_{table}_custom_id" in custom_plan, custom_plan
+        assert "Seq Scan" not in id_plan + custom_plan
+    elif store.dialect == "mysql":
+        assert "PRIMARY" in id_plan and "range" in id_plan, id_plan
+        assert f"ix_{table}_custom_id" in custom_plan and "range" in custom_plan, custom_plan
+    else:
+        assert "USING PRIMARY KEY" in id_plan or "sqlite_autoindex" in id_plan, id_plan
+        assert f"USING INDEX ix_{table}_custom_id (custom_id>? AND custom_id<?)" in custom_plan
