@@ -49,6 +49,8 @@ CSP = (
 )
 log = logging.getLogger("flask_queue")
 PAGE_SIZE = 50
+#: Rows per page on a phone (at 640 px or less): 50 cards made a page 10,800 px long.
+PHONE_PAGE = 20
 #: Jobs a search lists when its words begin more than one id or custom id.
 SEARCH_LIMIT = 20
 #: Counts stop here and show "10,000+": a count never reads more index entries
@@ -133,6 +135,23 @@ def _unstorable(value: str | None) -> bool:
     (ids are generated; custom ids and queue names refuse it), and PostgreSQL
     refuses NUL in a text parameter, so such a value is not looked up at all."""
     return value is not None and "\x00" in value
+
+
+def _key(job: Any) -> str:
+    return f"{job.run_at.isoformat()}~{job.id}"
+
+
+def _pager(rows: list[Any], start: int, end: int, earlier: bool, later: bool) -> dict[str, Any]:
+    """The links of a pager that shows ``rows[start:end]``: keys of the pages
+    before and after it (None: none there), and whether to offer the first."""
+    shown = rows[start:end]
+    previous = _key(shown[0]) if shown and (start > 0 or earlier) else None
+    following = _key(shown[-1]) if shown and (end < len(rows) or later) else None
+    return {
+        "first": previous is not None or (earlier and not shown),
+        "previous": previous,
+        "next": following,
+    }
 
 
 def _same_site(target: str | None) -> str | None:
@@ -295,8 +314,11 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         value = _status_arg(status)
         queue = request.args.get("queue") or None
         after = _page_key(request.args.get("after"))
+        before = None if after else _page_key(request.args.get("before"))
         newest_first = value in NEWEST_FIRST
         unknown = _unstorable(queue)  # a queue nobody has: an empty list, as for any other
+        # The page before a key is the page after it in the other order, turned round.
+        backward = before is not None
         rows = (
             []
             if unknown
@@ -304,21 +326,29 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
                 status=value,
                 queue=queue,
                 limit=PAGE_SIZE + 1,
-                after=after,
-                newest_first=newest_first,
+                after=before or after,
+                newest_first=newest_first != backward,
                 light=True,
             )
         )
-        more = len(rows) > PAGE_SIZE
+        beyond = len(rows) > PAGE_SIZE  # more past the page, in the order it was read
         rows = rows[:PAGE_SIZE]
-        next_key = f"{rows[-1].run_at.isoformat()}~{rows[-1].id}" if more else None
+        if backward:
+            rows.reverse()
+        earlier, later = (beyond, True) if backward else (after is not None, beyond)
+        # A phone shows PHONE_PAGE of the rows (the ones next to the key it came
+        # from) and pages by them; the others are hidden there by the stylesheet.
+        phone = (max(0, len(rows) - PHONE_PAGE), len(rows)) if backward else (0, PHONE_PAGE)
         return render_template(
             "flask_queue/jobs.html",
             status=value,
             rows=rows,
             queue=queue,
-            next_key=next_key,
-            first_page=after is None,
+            phone=phone,
+            pagers={
+                "wide": _pager(rows, 0, len(rows), earlier, later),
+                "phone": _pager(rows, *phone, earlier, later),
+            },
             # Unfiltered, the count is the nav's total for this status: not counted twice.
             matching=(0 if unknown else store.count_capped(TOTAL_CAP, status=value, queue=queue))
             if queue

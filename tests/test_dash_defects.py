@@ -102,7 +102,7 @@ def test_an_out_of_range_page_key_is_a_400_that_says_so(
 ) -> None:
     queue.enqueue("echo", 1, delay="1h")
     client = debug_app.test_client()
-    for arg in ("after",):
+    for arg in ("after", "before"):
         response = client.get(f"/_queue/jobs/scheduled?{arg}={quote(key)}")
         assert response.status_code == 400, (arg, response.status_code)
         html = response.get_data(as_text=True)
@@ -525,3 +525,43 @@ def test_prefix_search_reads_an_index(debug_app: Flask, queue: Queue) -> None:
     else:
         assert "USING PRIMARY KEY" in id_plan or "sqlite_autoindex" in id_plan, id_plan
         assert f"USING INDEX ix_{table}_custom_id (custom_id>? AND custom_id<?)" in custom_plan
+
+
+@all_databases
+def test_pages_go_back_as_well_as_forward(debug_app: Flask, queue: Queue, clock: Clock) -> None:
+    jobs = queue.enqueue_many("echo", list(range(120)), delay="1h")
+    ids = sorted(j.id for j in jobs)
+    client = debug_app.test_client()
+
+    def page(path: str) -> tuple[list[str], list[str], dict[str, str]]:
+        """Every row's id, the ids a phone shows, and the pagers' links."""
+        html = client.get(path).get_data(as_text=True)
+        rows = re.findall(
+            r'<tr( class="wide-only")?>\s*<td data-label="Job" class="job-id">'
+            r'<a href="/_queue/job/([0-9a-z]{26})"',
+            html,
+        )
+        links = {}
+        for kind, nav in re.findall(
+            r'<nav class="pager pager-(wide|phone)"[^>]*>(.*?)</nav>', html, re.S
+        ):
+            for name, href in re.findall(r'data-page="(\w+)"[^>]*href="([^"]+)"', nav):
+                links[name + ("-phone" if kind == "phone" else "")] = href.replace("&amp;", "&")
+        return [i for _, i in rows], [i for wide, i in rows if not wide], links
+
+    # Phones see 20 a page, wider screens 50; both can go forward and back.
+    every, phone, links = page("/_queue/jobs/scheduled")
+    assert (every, phone) == (ids[:50], ids[:20])
+    assert "previous" not in links and "first" not in links
+    _, phone2, phone_links = page(links["next-phone"])
+    assert phone2 == ids[20:40]
+    assert page(phone_links["previous-phone"])[1] == ids[:20]
+    every2, _, links2 = page(links["next"])
+    assert every2 == ids[50:100]
+    every_back, _, _ = page(links2["previous"])
+    assert every_back == ids[:50]
+    every3, _, links3 = page(links2["next"])
+    assert every3 == ids[100:] and "next" not in links3
+    every_back, phone_back, _ = page(links3["previous"])
+    assert every_back == ids[50:100] and phone_back == ids[80:100]
+    assert page(links3["first"])[0] == ids[:50]
