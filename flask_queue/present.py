@@ -9,9 +9,9 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from . import history
 from .durations import to_milliseconds
 from .errors import QueueError
-from . import history
 from .history import ERROR_LINE
 from .job import Job, ScheduleType
 from .scheduling import Schedule
