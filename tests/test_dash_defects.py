@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,11 +136,20 @@ def test_produce_counts_deliveries_that_failed_and_the_dashboard_says_so(
         assert produced.exit_code == 0
         assert '"failed_deliveries": 1' in produced.output
         assert "1 of 1 deliveries failed" in produced.output
+        from flask_queue.worker import produce_loop
+
+        lines: list[str] = []
+        stop = threading.Event()
+        produce_loop(queue, 0.01, stop=stop, report=lambda line: (lines.append(line), stop.set()))
+        assert lines == [
+            f"claimed 1 job(s), 1 could not be delivered: could not reach {closed}/_queue/invoke:"
+            " [Errno 111] Connection refused"
+        ]
         page = client.get("/_queue/").get_data(as_text=True)
         assert 'class="banner' in page and "Deliveries are failing" in page
         assert f"could not reach {closed}/_queue/invoke" in page
         metrics = client.get("/_queue/metrics", headers=token).get_data(as_text=True)
-        assert "flask_queue_delivery_failures_total 3.0" in metrics
+        assert "flask_queue_delivery_failures_total 4.0" in metrics
         # Failures long past are no banner.
         clock.advance(minutes=10)
         assert "Deliveries are failing" not in client.get("/_queue/").get_data(as_text=True)
