@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 
 from .durations import parse_ms, to_timedelta
 from .errors import InvalidDurationError, QueueError, shown
-from .extension import Queue
+from .extension import ProduceResult, Queue
 from .job import Job, JobStatus
 from .planning import json_problem
 
@@ -194,9 +194,21 @@ def produce_command(loop: bool, interval: timedelta | None) -> None:
             every = interval or q.state().config.produce_interval
             produce_loop(q, every.total_seconds(), report=click.echo)
         else:
-            click.echo(json.dumps(q.produce().as_dict()))
+            result = q.produce()
+            click.echo(json.dumps(result.as_dict()))
+            if result.failed_deliveries:
+                click.echo(_delivery_warning(result), err=True)
     except QueueError as exc:
         raise _fail(exc) from None
+
+
+def _delivery_warning(result: ProduceResult) -> str:
+    # Exit 0 all the same: the jobs are safe (released, or failed by their
+    # retry policy) and a cron retrying every minute is what brings them through.
+    return (
+        f"Warning: {result.failed_deliveries} of {result.claimed} deliveries failed,"
+        f" nothing ran for them; the last: {result.delivery_error}"
+    )
 
 
 @queue_cli.command("work")

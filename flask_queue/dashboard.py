@@ -11,7 +11,7 @@ import base64
 import binascii
 import logging
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -49,6 +49,10 @@ CSP = (
 )
 log = logging.getLogger("flask_queue")
 PAGE_SIZE = 50
+#: Rows per page on a phone (at 640 px or less): 50 cards made a page 10,800 px long.
+PHONE_PAGE = 20
+#: Jobs a search lists when its words begin more than one id or custom id.
+SEARCH_LIMIT = 20
 #: Counts stop here and show "10,000+": a count never reads more index entries
 #: (at 100,000 per status and 10,000 per queue cell, the overview's counts alone
 #: took 70 ms on PostgreSQL and 216 ms on MariaDB with a million jobs).
@@ -104,14 +108,50 @@ def _basic_auth_ok(expected: str) -> bool:
     return tokens_equal(given, expected)
 
 
-def _parse_after(value: str | None) -> tuple[datetime, str] | None:
+def _page_key(value: str | None) -> tuple[datetime, str] | None:
+    """A page key (``run_at~id``, as the pagers write them) as the store reads
+    it, in UTC; a 400 for one that names no possible row.
+
+    The time is converted here, where a bad one is the request's fault: an
+    offset can carry a valid date past year 9999 or before year 1 in UTC, which
+    overflowed in the store (a 500 on every database).
+    """
     if not value or "~" not in value:
         return None
     stamp, _, job_id = value.partition("~")
     try:
-        return datetime.fromisoformat(stamp), job_id
-    except ValueError:
-        abort(400, f"Invalid page key {value!r}.")
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is not None:
+            when = when.astimezone(timezone.utc)
+        if _unstorable(job_id):
+            raise ValueError("an id with NUL")
+    except (ValueError, OverflowError) as exc:
+        abort(400, f"Invalid page key {value!r} ({exc}): start again from the first page.")
+    return when.replace(tzinfo=timezone.utc), job_id
+
+
+def _unstorable(value: str | None) -> bool:
+    """Whether no job's id, custom id or queue can be ``value``: none holds NUL
+    (ids are generated; custom ids and queue names refuse it), and PostgreSQL
+    refuses NUL in a text parameter, so such a value is not looked up at all."""
+    return value is not None and "\x00" in value
+
+
+def _key(job: Any) -> str:
+    return f"{job.run_at.isoformat()}~{job.id}"
+
+
+def _pager(rows: list[Any], start: int, end: int, earlier: bool, later: bool) -> dict[str, Any]:
+    """The links of a pager that shows ``rows[start:end]``: keys of the pages
+    before and after it (None: none there), and whether to offer the first."""
+    shown = rows[start:end]
+    previous = _key(shown[0]) if shown and (start > 0 or earlier) else None
+    following = _key(shown[-1]) if shown and (end < len(rows) or later) else None
+    return {
+        "first": previous is not None or (earlier and not shown),
+        "previous": previous,
+        "next": following,
+    }
 
 
 def _same_site(target: str | None) -> str | None:
@@ -204,6 +244,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             "total_cap": TOTAL_CAP,
             "keep_completed": bool(state.config.keep_completed),
             "history_size": HISTORY_SIZE,
+            "delivery_trouble": state.deliveries.failing(),
         }
 
     @bp.errorhandler(400)
@@ -212,7 +253,12 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     def error(exc: Any) -> Any:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return exc
-        return render_template("flask_queue/error.html", error=exc), exc.code
+        back = None
+        if exc.code == 400 and request.endpoint == "queue.jobs" and request.view_args:
+            # A bad page key: the way out is the list's first page, not the overview.
+            status = str(request.view_args["status"]).lower()
+            back = url_for("queue.jobs", status=status, queue=request.args.get("queue") or None)
+        return render_template("flask_queue/error.html", error=exc, back=back), exc.code
 
     @bp.errorhandler(UnreadablePayloadError)
     def unreadable(exc: UnreadablePayloadError) -> Any:
@@ -267,48 +313,80 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     def jobs(status: str) -> Any:
         value = _status_arg(status)
         queue = request.args.get("queue") or None
-        after = _parse_after(request.args.get("after"))
+        after = _page_key(request.args.get("after"))
+        before = None if after else _page_key(request.args.get("before"))
         newest_first = value in NEWEST_FIRST
-        rows = store.jobs(
-            status=value,
-            queue=queue,
-            limit=PAGE_SIZE + 1,
-            after=after,
-            newest_first=newest_first,
-            light=True,
+        unknown = _unstorable(queue)  # a queue nobody has: an empty list, as for any other
+        # The page before a key is the page after it in the other order, turned round.
+        backward = before is not None
+        rows = (
+            []
+            if unknown
+            else store.jobs(
+                status=value,
+                queue=queue,
+                limit=PAGE_SIZE + 1,
+                after=before or after,
+                newest_first=newest_first != backward,
+                light=True,
+            )
         )
-        more = len(rows) > PAGE_SIZE
+        beyond = len(rows) > PAGE_SIZE  # more past the page, in the order it was read
         rows = rows[:PAGE_SIZE]
-        next_key = f"{rows[-1].run_at.isoformat()}~{rows[-1].id}" if more else None
+        if backward:
+            rows.reverse()
+        earlier, later = (beyond, True) if backward else (after is not None, beyond)
+        # A phone shows PHONE_PAGE of the rows (the ones next to the key it came
+        # from) and pages by them; the others are hidden there by the stylesheet.
+        phone = (max(0, len(rows) - PHONE_PAGE), len(rows)) if backward else (0, PHONE_PAGE)
         return render_template(
             "flask_queue/jobs.html",
             status=value,
             rows=rows,
             queue=queue,
-            next_key=next_key,
-            first_page=after is None,
+            phone=phone,
+            pagers={
+                "wide": _pager(rows, 0, len(rows), earlier, later),
+                "phone": _pager(rows, *phone, earlier, later),
+            },
             # Unfiltered, the count is the nav's total for this status: not counted twice.
-            matching=store.count_capped(TOTAL_CAP, status=value, queue=queue) if queue else None,
+            matching=(0 if unknown else store.count_capped(TOTAL_CAP, status=value, queue=queue))
+            if queue
+            else None,
         )
 
     @bp.get("/search")
     def search() -> Any:
         key = (request.args.get("q") or "").strip()
-        job = store.find(key) if key else None
-        if job is None:
-            return render_template("flask_queue/search.html", q=key), 404 if key else 200
-        return redirect(url_for("queue.job", job_id=job.id))
+        if not key:
+            return render_template("flask_queue/search.html", q=key, matches=[])
+        if _unstorable(key):
+            return render_template("flask_queue/search.html", q=key, matches=[]), 404
+        # An exact id, then an exact custom id, wins over the longer ones it begins.
+        job = store.find(key)
+        matches = [job] if job is not None else store.search(key, SEARCH_LIMIT + 1)
+        if len(matches) == 1:
+            return redirect(url_for("queue.job", job_id=matches[0].id))
+        return render_template(
+            "flask_queue/search.html",
+            q=key,
+            matches=matches[:SEARCH_LIMIT],
+            more=len(matches) > SEARCH_LIMIT,
+        ), (200 if matches else 404)
+
+    def job_or_none(job_id: str) -> Any:
+        return None if _unstorable(job_id) else store.get(job_id)
 
     @bp.get("/job/<job_id>")
     def job(job_id: str) -> Any:
-        found = store.get(job_id)
+        found = job_or_none(job_id)
         if found is None:
             abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
         return render_template("flask_queue/job.html", job=found)
 
     @bp.get("/job/<job_id>/payload.json")
     def job_payload(job_id: str) -> Any:
-        found = store.get(job_id)
+        found = job_or_none(job_id)
         if found is None:
             abort(404, f"No job with id {job_id!r}.")
         # Masked like the page: the download is no way around the masking.
@@ -321,6 +399,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
 
     @bp.post("/job/<job_id>/<action>")
     def job_action(job_id: str, action: str) -> Any:
+        if _unstorable(job_id):
+            abort(404, f"No job with id {job_id!r}.")
         try:
             if action == "run-now":
                 state.queue.run_now(job_id)
@@ -362,11 +442,12 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         action = request.form.get("action")
         queue = request.form.get("queue") or None
         where = f" in queue {queue!r}" if queue else ""
+        nothing = _unstorable(queue)
         if action == "retry":
-            count = store.retry_failed(queue)
+            count = 0 if nothing else store.retry_failed(queue)
             flash(f"Scheduled {count:,} failed job(s){where} again.", "ok")
         elif action == "delete":
-            count = store.delete_failed(queue)
+            count = 0 if nothing else store.delete_failed(queue)
             flash(f"Deleted {count:,} failed job(s){where}.", "ok")
         else:
             abort(400, f"No bulk action {action!r}.")

@@ -16,8 +16,9 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
+from .deliveries import Failed
 from .history import LOG_LINE, clipped
 from .runner import refuse_delivery, run_claimed
 from .signing import sign_invoke
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from .extension import QueueState
 
 log = logging.getLogger("flask_queue")
+
+
+#: What ``submit`` returns: a delivery's outcome, or the future of it.
+Submitted = Union[Failed, None, "Future[Failed | None]"]
 
 
 class Deliverable(Protocol):
@@ -50,12 +55,15 @@ class Executor:
     def __init__(self, state: QueueState) -> None:
         self.state = state
 
-    def deliver(self, job: Deliverable) -> None:
-        """Deliver one claimed run, in the calling thread."""
+    def deliver(self, job: Deliverable) -> Failed | None:
+        """Deliver one claimed run, in the calling thread: ``Failed`` when it
+        surely did not reach a handler (``produce`` counts those)."""
         raise NotImplementedError
 
-    def submit(self, job: Deliverable) -> None:
-        self.deliver(job)
+    def submit(self, job: Deliverable) -> Submitted:
+        """Hand over one claimed run: what ``deliver`` returned, or the future
+        of it for an executor that delivers on a pool."""
+        return self.deliver(job)
 
     def dispatch(self, job_id: str) -> None:
         self._claim_and_deliver(job_id)
@@ -130,6 +138,7 @@ class InlineExecutor(_RunsHere):
     def deliver(self, job: Deliverable) -> None:
         # Written at once: the caller (a test, a script) reads the row next.
         run_claimed(self.state, job, None)  # type: ignore[arg-type]
+        return None
 
 
 #: How far ahead the pool executors claim: what their pool delivers within this
@@ -150,8 +159,8 @@ class _PoolExecutor(Executor):
         #: (see ``capacity``). Starts high: until deliveries are seen, two per thread.
         self._run_seconds = 1.0
 
-    def submit(self, job: Deliverable) -> None:
-        self._submit(self.deliver, job)
+    def submit(self, job: Deliverable) -> Submitted:
+        return self._submit(self.deliver, job)
 
     def dispatch(self, job_id: str) -> None:
         # The claim happens on the pool too: enqueue returns at once.
@@ -160,13 +169,14 @@ class _PoolExecutor(Executor):
     def dispatch_many(self, job_ids: list[str]) -> None:
         self._submit(self._claim_and_submit, job_ids)
 
-    def _submit(self, fn: Any, *args: Any) -> None:
+    def _submit(self, fn: Any, *args: Any) -> Future[Any]:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="flask_queue")
             future = self._pool.submit(fn, *args)
             self._pending.add(future)
         future.add_done_callback(self._done)
+        return future
 
     def _done(self, future: Future[Any]) -> None:
         with self._lock:
@@ -176,14 +186,15 @@ class _PoolExecutor(Executor):
         if future.exception() is not None:
             log.error("flask_queue: executor task failed", exc_info=future.exception())
 
-    def deliver(self, job: Deliverable) -> None:
+    def deliver(self, job: Deliverable) -> Failed | None:
         started = time.perf_counter()
-        self._deliver(job)
+        outcome = self._deliver(job)
         # A moving average of the last deliveries' durations (races between
         # threads lose an update, never the average): the pace ``capacity`` uses.
         self._run_seconds += (time.perf_counter() - started - self._run_seconds) * 0.1
+        return outcome
 
-    def _deliver(self, job: Deliverable) -> None:
+    def _deliver(self, job: Deliverable) -> Failed | None:
         raise NotImplementedError
 
     def capacity(self) -> int:
@@ -258,6 +269,7 @@ class ThreadExecutor(_PoolExecutor, _RunsHere):
 
     def _deliver(self, job: Deliverable) -> None:
         run_claimed(self.state, job, self.state.finisher)  # type: ignore[arg-type]
+        return None
 
     def flush(self, timeout: float) -> None:
         # Runs are not hand-offs: produce must not wait for handlers to finish.
@@ -290,10 +302,14 @@ class HttpExecutor(_PoolExecutor):
         # the signed token to wherever it points.
         self._opener = urllib.request.build_opener(_NoRedirect)
 
-    def _deliver(self, job: Deliverable) -> None:
-        self.send(job.id, job.attempt)
+    def _deliver(self, job: Deliverable) -> Failed | None:
+        return self._send(job.id, job.attempt)[1]
 
     def send(self, job_id: str, attempt: int) -> str:
+        """Send one run; what happened, in a word or two ("http 200", "refused")."""
+        return self._send(job_id, attempt)[0]
+
+    def _send(self, job_id: str, attempt: int) -> tuple[str, Failed | None]:
         config = self.state.config
         assert config.invoke_url is not None
         request = urllib.request.Request(
@@ -309,45 +325,53 @@ class HttpExecutor(_PoolExecutor):
                 if not _ours(response.read(4096), job_id):
                     # A 2xx that is not the invoke endpoint's answer (a catch-all
                     # page at a wrong URL): the run never started and never will.
-                    self._refuse(
-                        job_id,
-                        attempt,
+                    why = (
                         f"{config.invoke_url} answered HTTP {response.status} but is not"
                         " flask_queue's invoke endpoint (check QUEUE_BASE_URL /"
-                        " QUEUE_INVOKE_URL and QUEUE_URL_PREFIX).",
+                        " QUEUE_INVOKE_URL and QUEUE_URL_PREFIX)."
                     )
-                    return "refused"
-                return f"http {response.status}"
+                    return "refused", self._refuse(job_id, attempt, why)
+                self.state.deliveries.delivered()
+                return f"http {response.status}", None
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code in (408, 425, 429):
                 # Not delivered for sure (a 5xx, or a timeout or throttling
                 # answer from a gateway), or the run started and its own lease
                 # recovers it: release touches only an attempt nobody started.
-                self._release(job_id, attempt, f"invoke answered {exc.code}")
-            else:
-                self._refuse(job_id, attempt, _refusal(config.invoke_url, exc))
-            return f"http {exc.code}"
+                why = f"{config.invoke_url} answered HTTP {exc.code}"
+                return f"http {exc.code}", self._release(job_id, attempt, why)
+            return f"http {exc.code}", self._refuse(
+                job_id, attempt, _refusal(config.invoke_url, exc)
+            )
         except TimeoutError:
             # urllib raises a bare timeout only while waiting for the response:
             # the request went out and the handler may be running for minutes.
             # Its lease guards it.
-            return "sent"
+            return "sent", None
         except OSError as exc:
             # Refused, unreachable, or timed out connecting or sending (urllib
             # wraps those in URLError): the run never started. Releasing it is
             # safe even if the request did arrive: only one start can win, and a
             # released job's attempt is no longer startable.
             reason = getattr(exc, "reason", exc)
-            self._release(job_id, attempt, f"could not reach {config.invoke_url}: {reason}")
-            return "refused"
+            why = f"could not reach {config.invoke_url}: {reason}"
+            return "refused", self._release(job_id, attempt, why)
 
-    def _refuse(self, job_id: str, attempt: int, reason: str) -> None:
+    def _refuse(self, job_id: str, attempt: int, reason: str) -> Failed | None:
+        """Record a definite refusal; a failed delivery unless the attempt had
+        started or finished elsewhere (our own endpoint's 404 or 409 then)."""
         try:
-            refuse_delivery(self.state, job_id, attempt, reason)
+            outcome = refuse_delivery(self.state, job_id, attempt, reason)
         except Exception:
             log.exception("flask_queue: could not record the refusal of job %s", job_id)
+        else:
+            if outcome == "ignored":
+                return None
+        return self.state.deliveries.failed(reason)
 
-    def _release(self, job_id: str, attempt: int, why: str) -> None:
+    def _release(self, job_id: str, attempt: int, why: str) -> Failed | None:
+        """Give the run back for the next produce; a failed delivery unless the
+        run had started after all (then its lease guards it)."""
         log.warning(
             "flask_queue: dispatch of job %s failed (%s); released for retry",
             job_id,
@@ -355,9 +379,11 @@ class HttpExecutor(_PoolExecutor):
         )
         try:
             with self.state.app.app_context():
-                self.state.store.release(job_id, attempt)
+                if not self.state.store.release(job_id, attempt):
+                    return None
         except Exception:
             log.exception("flask_queue: could not release job %s; its lease will", job_id)
+        return self.state.deliveries.failed(why)
 
 
 class WorkerExecutor(Executor):

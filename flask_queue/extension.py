@@ -11,6 +11,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
@@ -19,6 +20,7 @@ from flask import Flask, current_app
 
 from . import signals
 from .config import DEFAULTS, QueueConfig, read_config
+from .deliveries import DeliveryLog, Failed
 from .durations import Duration
 from .errors import (
     ConfigError,
@@ -67,17 +69,24 @@ def _utcnow() -> datetime:
 @dataclass(frozen=True)
 class ProduceResult:
     """What one producer call did. ``more`` is True when it stopped at its time
-    budget or batch bound with due jobs possibly left for the next call."""
+    budget or batch bound with due jobs possibly left for the next call.
+    ``failed_deliveries`` of the claimed runs surely reached no handler (the
+    ``http`` executor could not reach or was refused by the invoke endpoint);
+    ``delivery_error`` says why, for the last of them."""
 
     claimed: int = 0
     purged: int = 0
     crons: dict[str, int] = field(default_factory=dict)
     more: bool = False
     seconds: float = 0.0
+    failed_deliveries: int = 0
+    delivery_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "claimed": self.claimed,
+            "failed_deliveries": self.failed_deliveries,
+            "delivery_error": self.delivery_error,
             "purged": self.purged,
             "crons": self.crons,
             "more": self.more,
@@ -209,6 +218,8 @@ class QueueState:
     finisher: Finisher
     #: Runs counted for the charts, written once per interval (``stats.py``).
     tally: Tally
+    #: This process's failed deliveries (``deliveries.py``).
+    deliveries: DeliveryLog
     scheduler: Any = None
     #: Prometheus metrics, when prometheus_client is installed (``metrics.py``).
     metrics: Any = None
@@ -300,6 +311,7 @@ class Queue:
             heartbeat=heartbeat,
             finisher=Finisher(store, heartbeat, size=config.batch_size),
             tally=Tally(store),
+            deliveries=DeliveryLog(lambda: self.clock()),
         )
         state.executor = make_executor(state)
         # The limits the handlers declare are stored before this process's first
@@ -349,8 +361,13 @@ class Queue:
         process; ``exclusive=True`` is ``concurrency=1``. ``rate="10/s"``: no
         more than 10 runs start in any second, across every process.
         """
-        if not isinstance(name, str) or not name or len(name) > 255:
-            raise InvalidOptionError(f"Invalid queue name {shown(name)}: use a non-empty string.")
+        # NUL as for custom ids: PostgreSQL cannot store it, and the dashboard can
+        # then answer a NUL in a queue filter as "no such queue" on every database.
+        if not isinstance(name, str) or not name or len(name) > 255 or "\x00" in name:
+            raise InvalidOptionError(
+                f"Invalid queue name {shown(name)}: use a non-empty string of at most 255"
+                " characters, without NUL."
+            )
         check_text(name, "queue name")
         delays = retry_delays(retry) if retry is not None else None
         check_priority(priority)
@@ -723,6 +740,7 @@ class Queue:
                 exc,
             )
         claimed, more = 0, False
+        handed: list[Any] = []  # what submit returned: outcomes, or their futures
         while runner.runs_jobs:
             left = budget - (time.monotonic() - started)
             if limit is not None and claimed >= limit:
@@ -749,7 +767,7 @@ class Queue:
                 break
             for i, job in enumerate(jobs):
                 try:
-                    runner.submit(job)
+                    handed.append(runner.submit(job))
                 except BaseException:
                     # The rest of the batch will not run here: out of the
                     # heartbeat, so their leases run out and they are claimed
@@ -764,12 +782,15 @@ class Queue:
                 more = True
                 break
         runner.flush(budget - (time.monotonic() - started))
+        failed = _failed_deliveries(handed)
         return ProduceResult(
             claimed=claimed,
             purged=purged,
             crons=crons,
             more=more,
             seconds=time.monotonic() - started,
+            failed_deliveries=len(failed),
+            delivery_error=failed[-1].error if failed else None,
         )
 
     def produce_token(self) -> str:
@@ -785,6 +806,20 @@ class Queue:
                 " derive one from."
             )
         return produce_token(config.secret)
+
+
+def _failed_deliveries(handed: list[Any]) -> list[Failed]:
+    """The failures among what ``submit`` returned, as far as known by now: a
+    send still waiting for its answer after the flush is not counted."""
+    failed = []
+    for outcome in handed:
+        if isinstance(outcome, Future):
+            if not outcome.done() or outcome.cancelled() or outcome.exception() is not None:
+                continue
+            outcome = outcome.result()
+        if isinstance(outcome, Failed):
+            failed.append(outcome)
+    return failed
 
 
 def _check_cron_name(name: str) -> None:

@@ -11,7 +11,10 @@ Two kinds, in one registry per app:
   ``..._succeeded_total``, ``..._failed_total`` and the histogram
   ``flask_queue_run_duration_seconds``, per queue. Prometheus sums them over the
   processes it scrapes (each worker serves its own only if it serves HTTP; the
-  web processes' counters cover the ``http`` and ``thread`` executors).
+  web processes' counters cover the ``http`` and ``thread`` executors);
+- ``flask_queue_delivery_failures_total``: runs this process's ``http`` executor
+  could not deliver (invoke endpoint unreachable, refusing, or answering 5xx): a
+  wrong ``QUEUE_BASE_URL`` shows here while every run stays undone.
 
 The endpoint takes the produce bearer token (``flask queue token``): scrapers are
 machines, like the cron that pings ``/produce``.
@@ -76,6 +79,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_TableCollector(state, prom))
+        self.registry.register(_DeliveryCollector(state))
         # Bound methods: blinker holds receivers weakly, and the state holds this.
         signals.job_started.connect(self._started, sender=state.app)
         signals.job_succeeded.connect(self._succeeded, sender=state.app)
@@ -94,6 +98,27 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         prom = require_prometheus_client()
         return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
+
+
+class _DeliveryCollector:
+    """The delivery failures the app's ``DeliveryLog`` counted, read at scrape
+    time: the executors count them whether or not prometheus_client is there."""
+
+    def __init__(self, state: QueueState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "flask_queue_delivery_failures",
+            "Runs this process could not deliver to the invoke endpoint (unreachable,"
+            " refused, or a 5xx).",
+            value=self.state.deliveries.failures,
+        )
 
 
 class _TableCollector:

@@ -7,8 +7,12 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from markupsafe import Markup, escape
+
+from . import history
 from .durations import to_milliseconds
 from .errors import QueueError
+from .history import ERROR_LINE
 from .job import Job, ScheduleType
 from .scheduling import Schedule
 
@@ -103,6 +107,31 @@ def error_line(job: Job[Any]) -> str:
     return job.error or error_summary(job.reason)
 
 
+def error_cut(job: Job[Any]) -> bool:
+    """Whether the stored one-line error was cut to the column's width."""
+    return len(error_line(job)) >= ERROR_LINE
+
+
+_FRAME = re.compile(r'^  File "')
+
+
+def error_text(job: Job[Any]) -> str:
+    """The job's last error in full, however long: the exception's lines at the
+    end of its traceback (after the last frame and its source lines), the whole
+    reason when it is no traceback (a refusal, a lost lease), else the stored line."""
+    if not job.reason:
+        return job.error or ""
+    lines = job.reason.strip().splitlines()
+    start = 0
+    for i, line in enumerate(lines):
+        if _FRAME.match(line):
+            start = i + 1
+            # The frame's source line and its ^^^ markers, indented by four.
+            while start < len(lines) and lines[start].startswith("    "):
+                start += 1
+    return "\n".join(lines[start:]).strip() or error_line(job)
+
+
 def error_summary(reason: str | None) -> str:
     """The last line of a traceback: ``RuntimeError: boom``."""
     if not reason:
@@ -142,6 +171,14 @@ def attempts(job: Job[Any]) -> list[dict[str, Any]]:
         rows.append(_attempt_row(job.attempt, job.attempt, state, job.started_at))
     rows.reverse()
     return rows
+
+
+def failures_kept(job: Job[Any]) -> tuple[int, int]:
+    """How many of the attempts its history keeps failed (raised or were
+    refused), and how many it keeps: failures apart from runs."""
+    kept = job.history or []
+    failed = sum(1 for item in kept if item.get("outcome") in (history.FAILED, history.REFUSED))
+    return failed, len(kept)
 
 
 def _attempt_row(
@@ -268,6 +305,16 @@ def payload_excerpt(payload: Any) -> tuple[str, int]:
     if len(text) <= PAYLOAD_EXCERPT:
         return text, 0
     return text[:PAYLOAD_EXCERPT], len(text)
+
+
+#: Where a queue name or an id may wrap: after one of these, between its words.
+_BREAK_AFTER = re.compile(r"(?<=[._\-:/])")
+
+
+def breakable(name: str) -> Markup:
+    """``name`` escaped, with a line break allowed after each separator (``.``
+    ``_`` ``-`` ``:`` ``/``): a long name wraps between its words, not inside one."""
+    return Markup("<wbr>").join(escape(part) for part in _BREAK_AFTER.split(name))
 
 
 def limits(settings: dict[str, Any] | None) -> str:

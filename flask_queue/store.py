@@ -819,6 +819,56 @@ class JobStore:
             row = c.execute(sa.select(t).where(t.c.id == key)).first() or self._by_custom_id(c, key)
         return self.to_job(row) if row else None
 
+    def search(self, prefix: str, limit: int = 20) -> list[Job[Any]]:
+        """Jobs whose id or custom id starts with ``prefix``: at most ``limit``
+        of each, ids first, as lists read them (no payload). Nothing for a prefix
+        with NUL, which no id holds and PostgreSQL refuses to compare."""
+        found: dict[str, Job[Any]] = {}
+        with _storage_errors("search jobs"), self.engine.connect() as c:
+            for stmt in self.search_statements(prefix, limit):
+                for row in c.execute(stmt):
+                    found.setdefault(row.id, self.to_job(row, payload=None))
+        return list(found.values())
+
+    def search_statements(self, prefix: str, limit: int) -> list[Any]:
+        """The reads of ``search``, each a range its index serves on every
+        database (no LIKE: PostgreSQL serves a LIKE prefix from a btree only
+        under the C collation or text_pattern_ops): the id's, when ``prefix``
+        can begin one, then the custom id's."""
+        if not prefix or "\x00" in prefix:
+            return []
+        t = self.table
+        stmts = []
+        key = prefix.lower()  # ids are lower case; one pasted in upper case still finds
+        # An id is 26 of Crockford's base32 digits (job.new_id), which every
+        # collation orders alike: the range from the prefix to the prefix padded
+        # with "z" is exact. A prefix with any other character begins no id.
+        if len(key) <= 26 and set(key) <= set("0123456789abcdefghjkmnpqrstvwxyz"):
+            top = key + "z" * (26 - len(key))
+            stmts.append(
+                sa.select(*self._light_columns())
+                .where(t.c.id >= key, t.c.id <= top)
+                .order_by(t.c.id)
+                .limit(limit)
+            )
+        if self.dialect == "mysql":
+            # VARBINARY: UTF-8 bytes, which never hold 0xFF, so the range is exact.
+            low: Any = prefix.encode("utf-8")
+            match = sa.and_(t.c.custom_id >= low, t.c.custom_id < low + b"\xff")
+        else:
+            # Below the prefix followed by the last code point: exact in SQLite's
+            # and PostgreSQL's C order. A linguistic collation may order other
+            # ids inside the range, so the first characters are compared too.
+            match = sa.and_(
+                t.c.custom_id >= prefix,
+                t.c.custom_id < prefix + "\U0010ffff",
+                sa.func.substr(t.c.custom_id, 1, len(prefix)) == prefix,
+            )
+        stmts.append(
+            sa.select(*self._light_columns()).where(match).order_by(t.c.custom_id).limit(limit)
+        )
+        return stmts
+
     def counts(self) -> dict[tuple[str, str], int]:
         """Jobs per (status, queue), exact: the CLI's ``stats``."""
         t = self.table

@@ -139,7 +139,12 @@ def produce_loop(
         result = outage.produce(queue, stop)
         if result is None:
             continue
-        if result.claimed:
+        if result.failed_deliveries:
+            report(
+                f"claimed {result.claimed} job(s), {result.failed_deliveries} could not be"
+                f" delivered: {result.delivery_error}"
+            )
+        elif result.claimed:
             report(f"claimed {result.claimed} job(s)")
         stop.wait(0 if result.more else interval)
 
