@@ -413,61 +413,6 @@ def test_a_release_without_the_limit_does_not_clear_it_until_the_deploy_sync(
         assert new.queue_settings()["export"]["concurrency"] is None  # the deploy's sync
 
 
-# -- override of a running job -------------------------------------------------------
-
-
-@all_databases
-@pytest.mark.parametrize("limits", [{}, {"exclusive": True}], ids=["free", "exclusive"])
-def test_override_of_a_running_job_starts_the_new_content_only_after_that_run(
-    make_app: AppFactory, queue: Queue, clock: Clock, limits: dict[str, Any]
-) -> None:
-    # The replaced row used to go back to SCHEDULED at once: the next claim ran
-    # the new content beside the old run (two at once, even in an exclusive
-    # queue, whose limit counted RUNNING rows only).
-    gate = threading.Event()
-    running: list[str] = []
-    overlap: list[int] = []
-    ran: list[str] = []
-    lock = threading.Lock()
-
-    @queue.handler("solo", **limits)
-    def solo(job: Job[str]) -> None:
-        with lock:
-            running.append(job.payload)
-            overlap.append(len(running))
-        if job.payload == "old":
-            gate.wait(20)
-        with lock:
-            running.remove(job.payload)
-            ran.append(job.payload)
-
-    app = make_app(queue, QUEUE_EXECUTOR="thread")
-    store = app.extensions["queue"].store
-    with app.app_context():
-        queue.enqueue("solo", "old", id="only", delay="1s")
-        clock.advance(1)
-        queue.produce()
-        wait_until(lambda: running == ["old"], "the old run to start")
-        replaced = queue.enqueue("solo", "new", id="only", override=True)
-        assert replaced.payload == "new"
-        for _ in range(3):
-            queue.produce()
-            time.sleep(0.1)
-        assert running == ["old"] and ran == []  # the new content waits
-        gate.set()
-        wait_until(lambda: ran == ["old"], "the old run to end")
-
-        def released() -> bool:
-            (row,) = all_rows(app)
-            return row.status == "SCHEDULED" and row.lease_until is None
-
-        wait_until(released, "the old run's end to let the new content go")
-        queue.produce()
-        wait_until(lambda: ran == ["old", "new"], "the new content to run")
-        wait_until(lambda: store.get(replaced.id) is None, "the new content's end")
-    assert max(overlap) == 1
-
-
 def _rows_read_by(app: Flask, stmt: Any) -> int:
     """Index entries and rows the database reads to answer ``stmt``: PostgreSQL's
     EXPLAIN ANALYZE (rows out of every scan node), MariaDB's session handler
