@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -25,10 +23,20 @@ from typing import Any, NamedTuple, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .crypto import PayloadCipher, plain_open
-from .errors import InvalidStatusError, JobNotFoundError, StorageError
-from .job import Job, JobStatus, ScheduleType, new_id
-from .models import queue_table, starts_table, stats_table
+from ..crypto import PayloadCipher, plain_open
+from ..errors import InvalidStatusError, JobNotFoundError, StorageError
+from ..job import Job, JobStatus, ScheduleType, new_id
+from .errors import (
+    DEADLOCK_RETRIES,
+    driver_words,
+    is_dbapi_error,
+    is_deadlock,
+    is_outage,
+    retry_on_deadlock,
+    storage_errors,
+)
+from .errors import is_outage as _is_outage
+from .schema import queue_table, starts_table, stats_table
 
 UTC = timezone.utc
 Row = dict[str, Any]
@@ -45,8 +53,6 @@ LIVE = (SCHEDULED, RUNNING)
 #: insertmanyvalues on PostgreSQL, PyMySQL's multi-row rewrite, SQLite in process);
 #: the bound keeps one statement under MySQL's default max_allowed_packet.
 INSERT_CHUNK = 1000
-#: InnoDB may report a deadlock between concurrent claimers even with SKIP LOCKED.
-DEADLOCK_RETRIES = 5
 #: Rounds of insert/read (or update/insert) while concurrent enqueues of one custom
 #: id keep finishing or replacing the live job between our statements.
 UNIQUE_ROUNDS = 20
@@ -91,66 +97,6 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _is_deadlock(exc: sa.exc.DBAPIError) -> bool:
-    args = getattr(exc.orig, "args", ())
-    # MySQL/MariaDB: 1213 deadlock, 1205 lock wait timeout. PostgreSQL: 40P01.
-    return bool(args and args[0] in (1213, 1205)) or getattr(exc.orig, "sqlstate", None) == "40P01"
-
-
-@contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    """Wrap driver errors once, at the storage boundary, into StorageError.
-
-    The message carries the driver's own words but never the statement's bound
-    parameters (payloads hold secrets, and these messages end up in logs): the
-    chained SQLAlchemy error is told to hide them too, so a logged traceback
-    does not print them either.
-    """
-    try:
-        yield
-    except Exception as exc:
-        if not isinstance(exc, sa.exc.SQLAlchemyError) and not _is_dbapi_error(exc):
-            raise
-        if isinstance(exc, sa.exc.StatementError):
-            exc.hide_parameters = True
-        orig = getattr(exc, "orig", None) or exc
-        first_line = (str(orig).strip().splitlines() or [""])[0][:300]
-        message = f"Could not {action}: {type(orig).__name__}: {first_line}"
-        if _MISSING_SCHEMA.search(first_line):
-            message += (
-                " (the table or a column is missing: create it with db.create_all(), or"
-                " run `flask db migrate` and `flask db upgrade` after upgrading flask_queue)"
-            )
-        error = StorageError(message)
-        error.transient = _is_outage(exc)
-        raise error from exc
-
-
-#: The drivers' words for a table or column that is not there (SQLite, PostgreSQL,
-#: MySQL/MariaDB): a schema an upgrade has not migrated yet.
-_MISSING_SCHEMA = re.compile(
-    r"no such (table|column)|(relation|column) .* does not exist|doesn't exist|Unknown column"
-)
-
-
-def _is_dbapi_error(exc: BaseException) -> bool:
-    """A driver's own (PEP 249) error that SQLAlchemy let through unwrapped: it
-    does so when setting a connection's isolation level as it checks one out of
-    the pool, which is where a connection that died in an outage is found."""
-    for cls in type(exc).__mro__:
-        if cls.__name__ == "Error":
-            driver = sys.modules.get(cls.__module__.split(".")[0])
-            if getattr(driver, "apilevel", None) == "2.0":
-                return True
-    return False
-
-
-#: MySQL/MariaDB errors that pass by themselves: can't connect (2002, 2003), server
-#: gone or connection lost (2006, 2013, 2055), too many connections (1040), lock
-#: wait timeout (1205), deadlock (1213), server shutting down (1053).
-_MYSQL_OUTAGE_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1040, 1053, 1205, 1213})
-
-
 def _storable(text: str | None) -> str | None:
     """A reason the database will take: no NUL (PostgreSQL refuses it in text),
     lone surrogates from a handler's exception message written as escapes."""
@@ -159,7 +105,7 @@ def _storable(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-#: Characters the ``error`` column holds (``models``: String(255)).
+#: Characters the ``error`` column holds (``schema``: String(255)).
 ERROR_WIDTH = 255
 
 
@@ -177,28 +123,6 @@ CANDIDATE_ROUNDS = 5
 REASON_TAIL = 1000
 #: Seconds between looks at the queue table while it holds no limited queue.
 LIMITS_RECHECK = 1.0
-
-
-def _epoch_us(when: datetime) -> int:
-    """Microseconds since the epoch, exactly (the precision of ``started_at``:
-    whole milliseconds let a start slip into a window it is not in)."""
-    return (when.replace(tzinfo=None) - _EPOCH) // timedelta(microseconds=1)
-
-
-_EPOCH = datetime(1970, 1, 1)
-
-
-def _last_start(log: list[int]) -> datetime:
-    return _EPOCH + timedelta(microseconds=max(log, default=0))
-
-
-def _recent_starts(log: list[int], now: datetime, window_ms: int | None) -> list[int]:
-    """The start times (epoch microseconds) of a rate-limited queue's log within
-    its window ending at ``now``."""
-    if not window_ms:
-        return []
-    since = _epoch_us(now) - window_ms * 1000
-    return [t for t in log if t > since]
 
 
 #: Runs per statement of ``finish_many``: an IN list of pairs stays well inside
@@ -231,38 +155,6 @@ def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
         else (naive_utc(job.occurrence_at) if job.occurrence_at is not None else None),
         "b_count": job.count if outcome.count is None else outcome.count,
     }
-
-
-def _is_outage(exc: Exception) -> bool:
-    """Whether a storage error says the database is away (down, restarting,
-    unreachable, out of connections, busy) rather than that it answered and
-    refused the statement (a missing table, a permission, a constraint).
-
-    Only the first kind passes by itself, so only it is worth waiting out: the
-    second needs someone to act (run the migrations), and a loop that retried
-    it forever would hide it behind one warning.
-    """
-    cause = exc
-    code = getattr(getattr(cause, "orig", cause), "args", (None,))[:1]  # MySQL: (code, message)
-    if code and isinstance(code[0], int):
-        # MySQL/MariaDB put schema and permission errors (1054 unknown column,
-        # 1142 access denied) in OperationalError too: their codes decide.
-        return code[0] in _MYSQL_OUTAGE_CODES
-    if not isinstance(cause, sa.exc.SQLAlchemyError):  # a driver's own, unwrapped
-        kinds = {c.__name__ for c in type(cause).__mro__}
-        return bool(kinds & {"OperationalError", "InterfaceError"}) and (
-            getattr(cause, "sqlite_errorname", None) != "SQLITE_ERROR"
-        )
-    if isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated:
-        return True  # the dialect recognised a dropped connection, whatever its class
-    if isinstance(cause, (sa.exc.TimeoutError, sa.exc.DisconnectionError)):
-        return True  # the pool's own: no connection free in time, or a dead one
-    if not isinstance(cause, (sa.exc.OperationalError, sa.exc.InterfaceError)):
-        return False
-    # SQLite raises OperationalError for SQL it refuses too ("no such table",
-    # syntax): those carry the generic SQLITE_ERROR code; a locked or
-    # unopenable file carries a code of its own.
-    return getattr(cause.orig, "sqlite_errorname", None) != "SQLITE_ERROR"
 
 
 class _Phase(NamedTuple):
@@ -366,7 +258,7 @@ class Listener:
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True if a notification came."""
-        with _storage_errors("wait for new jobs"):
+        with storage_errors("wait for new jobs"):
             if self.kind == "psycopg":
                 if not any(True for _ in self.conn.notifies(timeout=timeout, stop_after=1)):
                     return False
@@ -402,11 +294,11 @@ class JobStore:
         self._engine: Engine | None = None
         self._autocommit: Engine | None = None
         self.table = table
-        #: Per-queue pause state and limits (``models.queue_table``).
+        #: Per-queue pause state and limits (``schema.queue_table``).
         self.queues = queue_table(table.metadata, table.name)
-        #: Runs finished per minute and queue (``models.stats_table``).
+        #: Runs finished per minute and queue (``schema.stats_table``).
         self.stats = stats_table(table.metadata, table.name)
-        #: The rate limits' start log (``models.starts_table``).
+        #: The rate limits' start log (``schema.starts_table``).
         self.starts = starts_table(table.metadata, table.name)
         self.clock = clock
         self._statements: dict[Any, Any] = {}
@@ -468,7 +360,7 @@ class JobStore:
 
     def _key(self, custom_id: str | None) -> Any:
         """A custom id as the custom id columns take it: UTF-8 bytes for MySQL's
-        VARBINARY (so it compares byte for byte, see models), text elsewhere."""
+        VARBINARY (so it compares byte for byte, see schema), text elsewhere."""
         if custom_id is not None and self.dialect == "mysql":
             return custom_id.encode("utf-8")
         return custom_id
@@ -577,14 +469,14 @@ class JobStore:
             notifying = sa.select(sa.func.pg_notify(self.channel, "")).where(
                 sa.exists(sa.select(ins.c.id))
             )
-            with _storage_errors("insert jobs"), self._one_statement() as c:
+            with storage_errors("insert jobs"), self._one_statement() as c:
                 c.execute(notifying)
             return
         if notify and self.dialect == "postgresql":
             raise ValueError("notify=True takes one row on its own connection")
         stmt = sa.insert(self.table)
         single = len(rows) <= INSERT_CHUNK
-        with _storage_errors("insert jobs"), self._begin(conn, single=single) as c:
+        with storage_errors("insert jobs"), self._begin(conn, single=single) as c:
             for start in range(0, len(rows), INSERT_CHUNK):
                 chunk = rows[start : start + INSERT_CHUNK]
                 c.execute(stmt, chunk[0] if len(chunk) == 1 else list(chunk))
@@ -605,7 +497,7 @@ class JobStore:
         """
         cid = row["custom_id"]
         for _ in range(UNIQUE_ROUNDS):
-            with _storage_errors("enqueue a job"):
+            with storage_errors("enqueue a job"):
                 if override:
                     replaced = self._replace_live(row, conn)
                     if replaced is not None:
@@ -619,7 +511,7 @@ class JobStore:
                 except sa.exc.DBAPIError as exc:
                     # Duplicate-key inserts racing on one InnoDB index entry can
                     # deadlock; our own transaction is safe to run again.
-                    if conn is not None or not _is_deadlock(exc):
+                    if conn is not None or not is_deadlock(exc):
                         raise
                     time.sleep(random.uniform(0.001, 0.01))
                     continue
@@ -708,13 +600,13 @@ class JobStore:
 
     def get(self, job_id: str) -> Job[Any] | None:
         t = self.table
-        with _storage_errors("read a job"), self.engine.connect() as c:
+        with storage_errors("read a job"), self.engine.connect() as c:
             row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
         return self.to_job(row) if row else None
 
     def get_by_custom_id(self, custom_id: str) -> Job[Any] | None:
         """The live job holding ``custom_id``, else the latest finished record of it."""
-        with _storage_errors("read a job"), self.engine.connect() as c:
+        with storage_errors("read a job"), self.engine.connect() as c:
             row = self._by_custom_id(c, custom_id)
         return self.to_job(row) if row else None
 
@@ -766,7 +658,7 @@ class JobStore:
             stmt = stmt.where(key)
         order = (t.c.run_at.desc(), t.c.id.desc()) if newest_first else (t.c.run_at, t.c.id)
         stmt = stmt.order_by(*order).limit(limit)
-        with _storage_errors("list jobs"), self.engine.connect() as c:
+        with storage_errors("list jobs"), self.engine.connect() as c:
             if light:
                 return [self.to_job(r, payload=None) for r in c.execute(stmt)]
             return [self.to_job(r) for r in c.execute(stmt)]
@@ -815,7 +707,7 @@ class JobStore:
     def find(self, key: str) -> Job[Any] | None:
         """The job whose id or custom id is exactly ``key``."""
         t = self.table
-        with _storage_errors("find a job"), self.engine.connect() as c:
+        with storage_errors("find a job"), self.engine.connect() as c:
             row = c.execute(sa.select(t).where(t.c.id == key)).first() or self._by_custom_id(c, key)
         return self.to_job(row) if row else None
 
@@ -823,7 +715,7 @@ class JobStore:
         """Jobs per (status, queue), exact: the CLI's ``stats``."""
         t = self.table
         stmt = sa.select(t.c.status, t.c.queue, sa.func.count()).group_by(t.c.status, t.c.queue)
-        with _storage_errors("count jobs"), self.engine.connect() as c:
+        with storage_errors("count jobs"), self.engine.connect() as c:
             return {(s, q): n for s, q, n in c.execute(stmt)}
 
     def oldest_due(self, queue: str) -> datetime | None:
@@ -831,7 +723,7 @@ class JobStore:
         (queue, status, run_at)."""
         t = self.table
         stmt = sa.select(sa.func.min(t.c.run_at)).where(t.c.queue == queue, self._due(self.now()))
-        with _storage_errors("read the queue lag"), self.engine.connect() as c:
+        with storage_errors("read the queue lag"), self.engine.connect() as c:
             value = c.execute(stmt).scalar()
         return naive_utc(value) if value is not None else None
 
@@ -876,7 +768,7 @@ class JobStore:
                 sa.select(sa.literal(i).label("k"), sa.func.count().label("n")).select_from(sub)
             )
         stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
-        with _storage_errors("count jobs"), self.engine.connect() as c:
+        with storage_errors("count jobs"), self.engine.connect() as c:
             found = {int(k): int(n) for k, n in c.execute(stmt)}
         return [found[i] for i in range(len(keys))]
 
@@ -890,7 +782,7 @@ class JobStore:
         if queue is not None:
             stmt = stmt.where(t.c.queue == queue)
         stmt = stmt.order_by(t.c.run_at.desc()).limit(limit)
-        with _storage_errors("read failures"), self.engine.connect() as c:
+        with storage_errors("read failures"), self.engine.connect() as c:
             return [(q, r) for q, r in c.execute(stmt)]
 
     # -- admin actions ----------------------------------------------------------
@@ -903,7 +795,7 @@ class JobStore:
         t = self.table
         now = self.now()
         unleased = sa.or_(t.c.lease_until.is_(None), t.c.lease_until <= now)
-        with _storage_errors("delete a job"), self._one_statement() as c:
+        with storage_errors("delete a job"), self._one_statement() as c:
             if c.execute(sa.delete(t).where(t.c.id == job_id, unleased)).rowcount > 0:
                 return True
             held = c.execute(sa.select(t.c.lease_until).where(t.c.id == job_id)).first()
@@ -937,7 +829,7 @@ class JobStore:
         now = self.now()
         where = [t.c.status == FAILED] + ([t.c.queue == queue] if queue is not None else [])
         values = {"status": SCHEDULED, "run_at": now, "errors": 0, "lease_until": None}
-        with _storage_errors("retry failed jobs"):
+        with storage_errors("retry failed jobs"):
             with self.engine.begin() as c:
                 count = c.execute(
                     sa.update(t)
@@ -961,12 +853,12 @@ class JobStore:
         stmt = sa.delete(t).where(t.c.status == FAILED)
         if queue is not None:
             stmt = stmt.where(t.c.queue == queue)
-        with _storage_errors("delete failed jobs"), self.engine.begin() as c:
+        with storage_errors("delete failed jobs"), self.engine.begin() as c:
             return c.execute(stmt).rowcount
 
     def _custom_id_of(self, job_id: str) -> Any:
         t = self.table
-        with _storage_errors("read a job"), self.engine.connect() as c:
+        with storage_errors("read a job"), self.engine.connect() as c:
             return c.execute(sa.select(t.c.custom_id).where(t.c.id == job_id)).scalar()
 
     def _reschedule_now(self, job_id: str, allowed: tuple[str, ...], action: str) -> Job[Any]:
@@ -987,7 +879,7 @@ class JobStore:
             )
         )
         try:
-            with _storage_errors(f"{action} a job"), self.engine.begin() as c:
+            with storage_errors(f"{action} a job"), self.engine.begin() as c:
                 result = c.execute(stmt)
                 row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
         except StorageError as exc:
@@ -1124,7 +1016,7 @@ class JobStore:
         if self.before_claim is not None:
             self.before_claim()  # stores the declared limits; unset once it succeeded
         now = self.now()
-        with _storage_errors("claim jobs"):
+        with storage_errors("claim jobs"):
             claimed: list[Any] = []
             if self._limited or time.monotonic() >= self._limited_recheck:
                 claimed = self._claim_limited_apart(limit, now, lease, ids, whole=whole)
@@ -1153,8 +1045,8 @@ class JobStore:
         try:
             return self._claim_limited(limit, now, lease, ids, whole=whole)
         except Exception as exc:
-            if _is_outage(exc) or not (
-                isinstance(exc, sa.exc.SQLAlchemyError) or _is_dbapi_error(exc)
+            if is_outage(exc) or not (
+                isinstance(exc, sa.exc.SQLAlchemyError) or is_dbapi_error(exc)
             ):
                 raise
             if time.monotonic() >= self._limited_error_quiet:
@@ -1162,8 +1054,7 @@ class JobStore:
                 log.error(
                     "flask_queue: could not claim the limited queues' jobs (%s: %s); claiming"
                     " the other queues anyway. Has the upgrade's migration run?",
-                    type(getattr(exc, "orig", None) or exc).__name__,
-                    (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:300],
+                    *driver_words(exc),
                 )
             return []
 
@@ -1220,69 +1111,67 @@ class JobStore:
         if self.dialect == "mysql":
             engine = engine.execution_options(isolation_level="READ COMMITTED")
         by_id = None if ids is None else list(ids)
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                with engine.begin() as c:
-                    c.execute(sa.update(q).where(limited).values(updated_at=now))
-                    rows = c.execute(sa.select(q).where(limited).order_by(q.c.name)).all()
-                    # The time is read under the lock, not before waiting for it.
-                    now = self.now()
-                    self._limited = bool(rows)
-                    rated = [r for r in rows if r.rate_limit is not None]
-                    self._note_rated(bool(rated))
-                    if not rows:
-                        # Look again in a while: a limit declared meanwhile is
-                        # safe (free claims never take a limited queue's jobs),
-                        # its jobs just wait that long for their first claim.
-                        self._limited_recheck = time.monotonic() + LIMITS_RECHECK
-                        return []
-                    running: dict[str, int] = dict(
-                        c.execute(
-                            sa.select(t.c.queue, sa.func.count())
-                            .where(
-                                t.c.queue.in_([r.name for r in rows]),
-                                # SCHEDULED with a lease: replaced while running,
-                                # and that run still goes on (_replace_live).
-                                t.c.status.in_(LIVE),
-                                t.c.lease_until > now,
-                            )
-                            .group_by(t.c.queue)
-                        ).all()
-                    )
-                    in_window = self._rate_window(c, rated, now) if rated else {}
-                    offers: list[_Offer] = []
-                    for row in rows:
-                        room = limit
-                        if row.concurrency is not None:
-                            room = min(room, row.concurrency - running.get(row.name, 0))
-                        if row.rate_limit is not None:
-                            room = min(room, row.rate_limit - in_window.get(row.name, 0))
-                        if room > 0:
-                            offers += self._offers(c, row.name, room, now, by_id)
-                    if not offers:
-                        return []
-                    if by_id is None:
-                        offers += self._free_offers(c, now, limit)
-                    chosen = [o.id for o in sorted(offers, key=_offer_order)[:limit] if o.id]
-                    if not chosen:
-                        return []
-                    got = self._take(
-                        c, chosen, self._claim_values(now, now + lease), self._columns(whole)
-                    )
-                    rated_names = {r.name for r in rated}
-                    log_rows = [
-                        {"job_id": g.id, "attempt": g.attempt, "queue": g.queue}
-                        for g in got
-                        if g.queue in rated_names
-                    ]
-                    if log_rows:
-                        c.execute(sa.insert(self.starts).values(started_at=None), log_rows)
-                    return got
-            except sa.exc.DBAPIError as exc:
-                if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
-                    raise
-                time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
-        return []  # pragma: no cover - the loop returns or raises
+
+        def once() -> list[Any]:
+            nonlocal now
+            with engine.begin() as c:
+                c.execute(sa.update(q).where(limited).values(updated_at=now))
+                rows = c.execute(sa.select(q).where(limited).order_by(q.c.name)).all()
+                # The time is read under the lock, not before waiting for it.
+                now = self.now()
+                self._limited = bool(rows)
+                rated = [r for r in rows if r.rate_limit is not None]
+                self._note_rated(bool(rated))
+                if not rows:
+                    # Look again in a while: a limit declared meanwhile is
+                    # safe (free claims never take a limited queue's jobs),
+                    # its jobs just wait that long for their first claim.
+                    self._limited_recheck = time.monotonic() + LIMITS_RECHECK
+                    return []
+                running: dict[str, int] = dict(
+                    c.execute(
+                        sa.select(t.c.queue, sa.func.count())
+                        .where(
+                            t.c.queue.in_([r.name for r in rows]),
+                            # SCHEDULED with a lease: replaced while running,
+                            # and that run still goes on (_replace_live).
+                            t.c.status.in_(LIVE),
+                            t.c.lease_until > now,
+                        )
+                        .group_by(t.c.queue)
+                    ).all()
+                )
+                in_window = self._rate_window(c, rated, now) if rated else {}
+                offers: list[_Offer] = []
+                for row in rows:
+                    room = limit
+                    if row.concurrency is not None:
+                        room = min(room, row.concurrency - running.get(row.name, 0))
+                    if row.rate_limit is not None:
+                        room = min(room, row.rate_limit - in_window.get(row.name, 0))
+                    if room > 0:
+                        offers += self._offers(c, row.name, room, now, by_id)
+                if not offers:
+                    return []
+                if by_id is None:
+                    offers += self._free_offers(c, now, limit)
+                chosen = [o.id for o in sorted(offers, key=_offer_order)[:limit] if o.id]
+                if not chosen:
+                    return []
+                got = self._take(
+                    c, chosen, self._claim_values(now, now + lease), self._columns(whole)
+                )
+                rated_names = {r.name for r in rated}
+                log_rows = [
+                    {"job_id": g.id, "attempt": g.attempt, "queue": g.queue}
+                    for g in got
+                    if g.queue in rated_names
+                ]
+                if log_rows:
+                    c.execute(sa.insert(self.starts).values(started_at=None), log_rows)
+                return got
+
+        return retry_on_deadlock(once)
 
     def _rate_window(self, c: Connection, rated: list[Any], now: datetime) -> dict[str, int]:
         """Runs of each rate-limited queue that count against its window at
@@ -1412,7 +1301,7 @@ class JobStore:
         now = self.now()
         if self._limited:
             # A limited queue's job is claimed under its limits, or not now.
-            with _storage_errors("claim a job"):
+            with storage_errors("claim a job"):
                 limited = self._claim_limited_apart(1, now, lease, [job_id], whole=False)
             if limited:
                 return Claimed(limited[0].id, limited[0].attempt, limited[0].queue)
@@ -1422,7 +1311,7 @@ class JobStore:
             .ordered_values(*self._claim_values(now, now + lease))
         )
         claimed_cols = [t.c.id, t.c.attempt, t.c.queue]
-        with _storage_errors("claim a job"):
+        with storage_errors("claim a job"):
             if self.engine.dialect.update_returning:
                 with self._one_statement() as c:
                     row = c.execute(stmt.returning(*claimed_cols)).first()
@@ -1469,19 +1358,16 @@ class JobStore:
         # entries into the RUNNING range the others scan: deadlocks by the dozen
         # with eight producers. The claim needs only the row locks.
         engine = self.engine.execution_options(isolation_level="READ COMMITTED")
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                with engine.begin() as c:
-                    offers: list[_Offer] = []
-                    for phase in phases:
-                        offers += self._lock_candidates(c, phase, limit)
-                    ids = [o.id for o in sorted(offers, key=_offer_order)[:limit]]
-                    return self._take(c, ids, values, columns) if ids else []
-            except sa.exc.DBAPIError as exc:
-                if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
-                    raise
-                time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
-        return []  # pragma: no cover - the loop returns or raises
+
+        def once() -> list[Any]:
+            with engine.begin() as c:
+                offers: list[_Offer] = []
+                for phase in phases:
+                    offers += self._lock_candidates(c, phase, limit)
+                ids = [o.id for o in sorted(offers, key=_offer_order)[:limit]]
+                return self._take(c, ids, values, columns) if ids else []
+
+        return retry_on_deadlock(once)
 
     def _lock_candidates(self, c: Connection, phase: _Phase, room: int) -> list[_Offer]:
         """MySQL: lock up to ``room`` rows of ``phase`` in its order.
@@ -1576,7 +1462,7 @@ class JobStore:
         stmt = self._prebuilt(("start", returning), build)
         params = {"b_id": job_id, "b_attempt": attempt, "b_now": now, "b_lease_until": now + lease}
         with (
-            _storage_errors("start a job"),
+            storage_errors("start a job"),
             self._one_statement() if returning else self.engine.begin() as c,
         ):
             row = None
@@ -1603,7 +1489,7 @@ class JobStore:
             reason = f"flask_queue could not read this job's row: {exc!r}"
             log.error("flask_queue: job %s: %s", m["id"], reason)
             t = self.table
-            with _storage_errors("fail an unreadable job"), self._one_statement() as c:
+            with storage_errors("fail an unreadable job"), self._one_statement() as c:
                 c.execute(
                     sa.update(t)
                     .where(t.c.id == m["id"], t.c.attempt == m["attempt"], t.c.status == RUNNING)
@@ -1630,7 +1516,7 @@ class JobStore:
         guard = {"b_id": job.id, "b_attempt": job.attempt}
         single = outcome.failed_copy_reason is None
         with (
-            _storage_errors("finish a job"),
+            storage_errors("finish a job"),
             self._one_statement() if single else self.engine.begin() as c,
         ):
             if outcome.status == "DELETE":
@@ -1745,17 +1631,12 @@ class JobStore:
 
     def _retrying_deadlocks(self, action: str, stmt: Any) -> int:
         """Run one statement that is safe to repeat, again after an InnoDB deadlock."""
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                with _storage_errors(action), self._one_statement() as c:
-                    return int(c.execute(stmt).rowcount)
-            except StorageError as exc:
-                cause = exc.__cause__
-                deadlock = isinstance(cause, sa.exc.DBAPIError) and _is_deadlock(cause)
-                if not deadlock or attempt == DEADLOCK_RETRIES - 1:
-                    raise
-                time.sleep(random.uniform(0.002, 0.01) * (attempt + 1))
-        return 0  # pragma: no cover - the loop returns or raises
+
+        def once() -> int:
+            with storage_errors(action), self._one_statement() as c:
+                return int(c.execute(stmt).rowcount)
+
+        return retry_on_deadlock(once, pause=(0.002, 0.01))
 
     def _note_rated(self, rated: bool) -> None:
         self._rated = rated
@@ -1766,7 +1647,7 @@ class JobStore:
         at most once per ``LIMITS_RECHECK``; a limited claim also updates it)."""
         if time.monotonic() >= self._rated_recheck:
             q = self.queues
-            with _storage_errors("read queue limits"), self.engine.connect() as c:
+            with storage_errors("read queue limits"), self.engine.connect() as c:
                 found = c.execute(
                     sa.select(q.c.name).where(q.c.rate_limit.is_not(None)).limit(1)
                 ).first()
@@ -1868,7 +1749,7 @@ class JobStore:
                 statements.append((stmt, by_status[ended], [p["b_id"] for p in by_status[ended]]))
         sane = self.engine.dialect.supports_sane_multi_rowcount
         for stmt, params, ids in statements:
-            with _storage_errors("finish jobs"), self._one_statement() as c:
+            with storage_errors("finish jobs"), self._one_statement() as c:
                 if params is None:
                     owned = c.execute(stmt).rowcount
                 else:
@@ -1878,7 +1759,7 @@ class JobStore:
             progress.written.update(ids)
             if owned < len(ids):
                 mine_now = set(ids)
-                with _storage_errors("finish jobs"), self._one_statement() as c:
+                with storage_errors("finish jobs"), self._one_statement() as c:
                     self._let_go(c, [(j.id, j.attempt) for j, _ in runs if j.id in mine_now])
         return progress.owned
 
@@ -1897,7 +1778,7 @@ class JobStore:
             self._runs(runs),
         )
         stmt = sa.update(t).where(owned).values(lease_until=now + lease)
-        with _storage_errors("extend leases"):
+        with storage_errors("extend leases"):
             if self.engine.dialect.update_returning:
                 with self._one_statement() as c:
                     return {(r[0], r[1]) for r in c.execute(stmt.returning(t.c.id, t.c.attempt))}
@@ -1910,7 +1791,7 @@ class JobStore:
         """Give back a claimed job whose dispatch failed, so the next produce retries it."""
         t = self.table
         now = self.now()
-        with _storage_errors("release a job"), self._one_statement() as c:
+        with storage_errors("release a job"), self._one_statement() as c:
             result = c.execute(
                 sa.update(t)
                 .where(self._unstarted(job_id, attempt))
@@ -1920,7 +1801,7 @@ class JobStore:
         if released and self._stamps_starts():
             # A run that never started holds no place in a rate limit's window.
             s = self.starts
-            with _storage_errors("release a job"), self._one_statement() as c:
+            with storage_errors("release a job"), self._one_statement() as c:
                 c.execute(
                     sa.delete(s).where(
                         s.c.job_id == job_id, s.c.attempt == attempt, s.c.started_at.is_(None)
@@ -1933,7 +1814,7 @@ class JobStore:
     def queue_settings(self) -> dict[str, dict[str, Any]]:
         """Every stored queue row, by name: paused, concurrency, rate."""
         q = self.queues
-        with _storage_errors("read queue settings"), self.engine.connect() as c:
+        with storage_errors("read queue settings"), self.engine.connect() as c:
             rows = c.execute(sa.select(q).order_by(q.c.name)).all()
         return {
             r.name: {
@@ -1991,7 +1872,7 @@ class JobStore:
         now = self.now()
         for attempt in range(2):
             try:
-                with _storage_errors(action), self.engine.begin() as c:
+                with storage_errors(action), self.engine.begin() as c:
                     found = c.execute(sa.select(q.c.name).where(q.c.name == name)).first()
                     if found is not None:
                         c.execute(
@@ -2020,7 +1901,7 @@ class JobStore:
         woken by it finds the job."""
         if self.dialect != "postgresql":
             return
-        with _storage_errors("notify workers"), self._one_statement() as c:
+        with storage_errors("notify workers"), self._one_statement() as c:
             c.execute(sa.select(sa.func.pg_notify(self.channel, "")))
 
     def listener(self) -> Listener | None:
@@ -2028,7 +1909,7 @@ class JobStore:
         wait on between polls; None where the database or driver cannot."""
         if self.dialect != "postgresql":
             return None
-        with _storage_errors("listen for new jobs"):
+        with storage_errors("listen for new jobs"):
             raw = self.engine.raw_connection()
             conn = raw.driver_connection
             # Detached: the listening connection is the worker's for its whole
@@ -2063,7 +1944,7 @@ class JobStore:
             .values(payload=sa.bindparam("b_new"))
         )
         while True:
-            with _storage_errors("read payloads to re-encrypt"), self.engine.connect() as c:
+            with storage_errors("read payloads to re-encrypt"), self.engine.connect() as c:
                 rows = c.execute(
                     sa.select(t.c.id, t.c.payload)
                     .where(t.c.id > last)
@@ -2079,7 +1960,7 @@ class JobStore:
                 if new is not None:
                     changes.append({"b_id": job_id, "b_old": text, "b_new": new})
             if changes:
-                with _storage_errors("re-encrypt payloads"), self.engine.begin() as c:
+                with storage_errors("re-encrypt payloads"), self.engine.begin() as c:
                     c.execute(update, changes)
                 rewritten += len(changes)
 
@@ -2118,7 +1999,7 @@ class JobStore:
                     "failed": st.c.failed + ins.excluded.failed,
                 },
             )
-        with _storage_errors("count runs"), self._one_statement() as c:
+        with storage_errors("count runs"), self._one_statement() as c:
             c.execute(stmt)
 
     def run_stats(
@@ -2144,7 +2025,7 @@ class JobStore:
             .group_by(bucket)
             .order_by(bucket)
         )
-        with _storage_errors("read run counts"), self.engine.connect() as c:
+        with storage_errors("read run counts"), self.engine.connect() as c:
             rows = c.execute(stmt).all()
         # An hour MySQL or SQLite formatted comes back as text.
         starts = [datetime.fromisoformat(s) if isinstance(s, str) else s for s, _, _ in rows]
@@ -2155,12 +2036,12 @@ class JobStore:
 
     def prune_stats(self, before: datetime) -> int:
         st = self.stats
-        with _storage_errors("prune run counts"), self._one_statement() as c:
+        with storage_errors("prune run counts"), self._one_statement() as c:
             return c.execute(sa.delete(st).where(st.c.minute < naive_utc(before))).rowcount
 
     def purge_completed(self, older_than: datetime) -> int:
         t = self.table
-        with _storage_errors("purge completed jobs"), self.engine.begin() as c:
+        with storage_errors("purge completed jobs"), self.engine.begin() as c:
             result = c.execute(
                 # A COMPLETED row's run_at is its finish time: an index range.
                 sa.delete(t).where(t.c.status == COMPLETED, t.c.run_at < naive_utc(older_than))
@@ -2192,7 +2073,7 @@ class JobStore:
         """
         t = self.table
         stats = {"created": 0, "updated": 0, "removed": 0, "failed": 0}
-        with _storage_errors("read declared crons"), self.engine.connect() as c:
+        with storage_errors("read declared crons"), self.engine.connect() as c:
             rows = [
                 (_text(r.live_custom_id), r)
                 for r in c.execute(
@@ -2236,6 +2117,36 @@ class JobStore:
                 log.exception("flask_queue: could not sync declared cron %r; skipped", name)
         gone = [r.id for name, r in existing.items() if name not in declared]
         if prune and gone:
-            with _storage_errors("remove undeclared crons"), self.engine.begin() as c:
+            with storage_errors("remove undeclared crons"), self.engine.begin() as c:
                 stats["removed"] = c.execute(sa.delete(t).where(t.c.id.in_(gone))).rowcount
         return stats
+
+
+__all__ = [
+    "CANDIDATE_ROUNDS",
+    "COMPLETED",
+    "CRON_ID_PREFIX",
+    "DEADLOCK_RETRIES",
+    "ERROR_WIDTH",
+    "FAILED",
+    "FINISH_CHUNK",
+    "INSERT_CHUNK",
+    "LEASE_EXPIRED",
+    "LEASE_EXPIRED_LINE",
+    "LIMITS_RECHECK",
+    "LIVE",
+    "REASON_TAIL",
+    "RUNNING",
+    "SCHEDULED",
+    "UNIQUE_ROUNDS",
+    "UTC",
+    "Claimed",
+    "Finish",
+    "JobStore",
+    "Listener",
+    "Progress",
+    "Row",
+    "_is_outage",
+    "aware_utc",
+    "naive_utc",
+]
