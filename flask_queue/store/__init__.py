@@ -15,17 +15,33 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ..crypto import PayloadCipher, plain_open
+from ..crypto import PayloadCipher
 from ..errors import InvalidStatusError, JobNotFoundError, StorageError
-from ..job import Job, JobStatus, ScheduleType, new_id
+from ..job import Job, ScheduleType
+from .core import (
+    _UNSET,
+    COMPLETED,
+    FAILED,
+    FINISH_CHUNK,
+    INSERT_CHUNK,
+    LIVE,
+    RUNNING,
+    SCHEDULED,
+    UTC,
+    Row,
+    StoreCore,
+    aware_utc,
+    chunks,
+    naive_utc,
+    text_of,
+)
 from .errors import (
     DEADLOCK_RETRIES,
     driver_words,
@@ -36,33 +52,32 @@ from .errors import (
     storage_errors,
 )
 from .errors import is_outage as _is_outage
-from .schema import queue_table, starts_table, stats_table
+from .predicates import (
+    LEASE_EXPIRED,
+    LEASE_EXPIRED_LINE,
+    REASON_TAIL,
+    Offer,
+    Phase,
+    claim_columns,
+    claim_values,
+    due_phases,
+    finish_guard,
+    is_due,
+    offer_order,
+    phases_for,
+    reason_tail,
+    take,
+    these_runs,
+    unrestricted,
+    unstarted_run,
+)
 
-UTC = timezone.utc
-Row = dict[str, Any]
-log = logging.getLogger("flask_queue")
-
-SCHEDULED = JobStatus.SCHEDULED.value
-RUNNING = JobStatus.RUNNING.value
-FAILED = JobStatus.FAILED.value
-COMPLETED = JobStatus.COMPLETED.value
-#: Statuses that hold a custom id.
-LIVE = (SCHEDULED, RUNNING)
-
-#: Rows per executemany INSERT. The drivers send each as one round trip (SQLAlchemy's
-#: insertmanyvalues on PostgreSQL, PyMySQL's multi-row rewrite, SQLite in process);
-#: the bound keeps one statement under MySQL's default max_allowed_packet.
-INSERT_CHUNK = 1000
 #: Rounds of insert/read (or update/insert) while concurrent enqueues of one custom
 #: id keep finishing or replacing the live job between our statements.
 UNIQUE_ROUNDS = 20
+log = logging.getLogger("flask_queue")
+
 CRON_ID_PREFIX = "flask_queue.cron:"
-LEASE_EXPIRED = (
-    "The run did not finish within its lease (QUEUE_LEASE): its process died or"
-    " was stopped, or the handler ran longer than the lease."
-)
-LEASE_EXPIRED_LINE = "LeaseExpired: the run's process died or outlived its lease"
-_UNSET: Any = object()
 #: Columns ``_replace_live`` keeps from the row it replaces, or sets itself.
 _KEPT_BY_OVERRIDE = frozenset(
     {
@@ -76,25 +91,6 @@ _KEPT_BY_OVERRIDE = frozenset(
         "started_at",
     }
 )
-
-
-def naive_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def aware_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _text(value: Any) -> Any:
-    """A custom id as text: MySQL hands the VARBINARY column back as bytes."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8")
-    return value
 
 
 def _storable(text: str | None) -> str | None:
@@ -119,20 +115,8 @@ def _storable_line(text: str | None) -> str | None:
 
 #: Rounds of candidates a MySQL claim tries when other claimers locked the first ones.
 CANDIDATE_ROUNDS = 5
-#: Characters of ``reason`` a list reads: the end, where a traceback names its exception.
-REASON_TAIL = 1000
 #: Seconds between looks at the queue table while it holds no limited queue.
 LIMITS_RECHECK = 1.0
-
-
-#: Runs per statement of ``finish_many``: an IN list of pairs stays well inside
-#: every database's limit on bound parameters.
-FINISH_CHUNK = 500
-
-
-def _chunks(pairs: list[tuple[str, int]]) -> Iterator[list[tuple[str, int]]]:
-    for i in range(0, len(pairs), FINISH_CHUNK):
-        yield pairs[i : i + FINISH_CHUNK]
 
 
 def _history_json(history: list[dict[str, Any]] | None) -> str | None:
@@ -155,32 +139,6 @@ def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
         else (naive_utc(job.occurrence_at) if job.occurrence_at is not None else None),
         "b_count": job.count if outcome.count is None else outcome.count,
     }
-
-
-class _Phase(NamedTuple):
-    """One range a claim takes from: what matches, the index order it walks,
-    and when each of its rows became claimable (to rank it against the other
-    range's rows of the same priority)."""
-
-    where: sa.ColumnElement[bool]
-    order: list[Any]
-    since: Any
-
-
-class _Offer(NamedTuple):
-    """A claimable row as a claim ranks it; ``id`` is empty for a free queue's
-    row that a limited claim only compares with."""
-
-    priority: int
-    since: datetime
-    id: str
-    limited: bool
-
-
-def _offer_order(offer: _Offer) -> tuple[int, datetime, bool]:
-    # Highest priority, then the longest claimable; a tie goes to a limited
-    # queue, which a steady free backlog must not starve.
-    return (-offer.priority, offer.since, not offer.limited)
 
 
 def _run_order(row: Any) -> tuple[int, datetime]:
@@ -290,18 +248,14 @@ class JobStore:
     def __init__(
         self, engine: Callable[[], Engine], table: sa.Table, clock: Callable[[], datetime]
     ) -> None:
-        self._engine_getter = engine
-        self._engine: Engine | None = None
-        self._autocommit: Engine | None = None
+        self.core = StoreCore(engine, table, clock)
         self.table = table
         #: Per-queue pause state and limits (``schema.queue_table``).
-        self.queues = queue_table(table.metadata, table.name)
+        self.queues = self.core.queues
         #: Runs finished per minute and queue (``schema.stats_table``).
-        self.stats = stats_table(table.metadata, table.name)
+        self.stats = self.core.stats
         #: The rate limits' start log (``schema.starts_table``).
-        self.starts = starts_table(table.metadata, table.name)
-        self.clock = clock
-        self._statements: dict[Any, Any] = {}
+        self.starts = self.core.starts
         #: Whether the queue table held limited queues at the last look, and when
         #: to look again if not (see ``_claim``).
         self._limited = True
@@ -314,139 +268,40 @@ class JobStore:
         self._rated_recheck = 0.0
         #: Called before the first claim: the extension stores the declared limits.
         self.before_claim: Callable[[], None] | None = None
-        #: Encrypts payloads at rest when QUEUE_ENCRYPTION_KEYS is set (``crypto.py``).
-        self.cipher: PayloadCipher | None = None
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = self._engine_getter()
-        return self._engine
+        return self.core.engine
 
     @property
     def dialect(self) -> str:
-        return self.engine.dialect.name
+        return self.core.dialect.name
 
-    def _one_statement(self) -> AbstractContextManager[Connection]:
-        """A connection for a write that is one statement, atomic by itself.
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self.core.clock
 
-        On PostgreSQL it runs in autocommit: no BEGIN/COMMIT round trips, about
-        0.1 ms off every enqueue, start and finish. Elsewhere switching the mode
-        costs more than it saves (PyMySQL sends it as a query), so a plain
-        transaction it is.
-        """
-        if self.dialect == "postgresql":
-            if self._autocommit is None:
-                self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            return self._autocommit.connect()
-        return self.engine.begin()
+    @clock.setter
+    def clock(self, clock: Callable[[], datetime]) -> None:
+        self.core.clock = clock
+
+    @property
+    def cipher(self) -> PayloadCipher | None:
+        """Encrypts payloads at rest when QUEUE_ENCRYPTION_KEYS is set (``crypto.py``)."""
+        return self.core.cipher
+
+    @cipher.setter
+    def cipher(self, cipher: PayloadCipher | None) -> None:
+        self.core.cipher = cipher
 
     def now(self) -> datetime:
-        return naive_utc(self.clock())
-
-    def _prebuilt(self, key: Any, build: Callable[[], Any]) -> Any:
-        """A statement built once per store, its values bound at execution.
-
-        Building a Core statement per call (its WHERE and SET coerced, its cache
-        key generated) cost about as much CPU as executing it: ~0.25 ms of each
-        invoke request's start and ~0.1 ms of its finish. A statement built once
-        with bound parameters is compiled once and its cache key is memoized.
-        Two threads that build the same key at once both store an equal statement.
-        """
-        stmt = self._statements.get(key)
-        if stmt is None:
-            stmt = self._statements[key] = build()
-        return stmt
-
-    def _key(self, custom_id: str | None) -> Any:
-        """A custom id as the custom id columns take it: UTF-8 bytes for MySQL's
-        VARBINARY (so it compares byte for byte, see schema), text elsewhere."""
-        if custom_id is not None and self.dialect == "mysql":
-            return custom_id.encode("utf-8")
-        return custom_id
-
-    # -- conversion -------------------------------------------------------------
+        return self.core.now()
 
     def to_job(self, row: Any, *, payload: Any = _UNSET) -> Job[Any]:
-        """A ``Job`` from a result row or a row dict; ``payload`` skips decoding
-        when the caller already has it (enqueue does)."""
-        m = row._mapping if hasattr(row, "_mapping") else row
-        return Job(
-            id=m["id"],
-            queue=m["queue"],
-            payload=json.loads(self._opened(m["payload"])) if payload is _UNSET else payload,
-            run_at=aware_utc(m["run_at"]),  # type: ignore[arg-type]
-            status=JobStatus(m["status"]),
-            custom_id=_text(m["custom_id"]),
-            reason=m["reason"],
-            error=m["error"],
-            history=json.loads(m["history"]) if m["history"] else None,
-            count=m["count"],
-            schedule_type=ScheduleType(m["schedule_type"]) if m["schedule_type"] else None,
-            schedule=m["schedule"],
-            count_limit=m["count_limit"],
-            tz=m["tz"],
-            occurrence_at=aware_utc(m["occurrence_at"]),
-            attempt=m["attempt"],
-            errors=m["errors"],
-            priority=m["priority"],
-            retry=json.loads(m["retry"]) if m["retry"] else None,
-            lease_until=aware_utc(m["lease_until"]),
-            started_at=aware_utc(m["started_at"]),
-            created_at=aware_utc(m["created_at"]),
-            updated_at=aware_utc(m["updated_at"]),
-        )
-
-    def _opened(self, text: str) -> str:
-        return self.cipher.open(text) if self.cipher is not None else plain_open(text)
-
-    def _sealed(self, row: Row) -> Row:
-        """``row`` as it is written: its payload encrypted when a cipher is set.
-        Every INSERT and payload UPDATE goes through here."""
-        if self.cipher is None or row.get("payload") is None:
-            return row
-        return {**row, "payload": self.cipher.seal(row["payload"])}
+        return self.core.to_job(row, payload=payload)
 
     def new_row(self, **values: Any) -> Row:
-        """A complete row with defaults; callers pass what differs."""
-        now = self.now()
-        row: Row = {
-            "id": new_id(),
-            "custom_id": None,
-            "live_custom_id": None,
-            "reason": None,
-            "error": None,
-            "history": None,
-            "count": 0,
-            "schedule_type": None,
-            "schedule": None,
-            "count_limit": None,
-            "tz": None,
-            "occurrence_at": None,
-            "attempt": 0,
-            "errors": 0,
-            "priority": 0,
-            "retry": None,
-            "lease_until": None,
-            "started_at": None,
-            "created_at": now,
-            "updated_at": now,
-        }
-        row.update(values)
-        row["custom_id"] = self._key(row["custom_id"])
-        if row["status"] in LIVE:
-            row["live_custom_id"] = row["custom_id"]
-        for key in (
-            "run_at",
-            "occurrence_at",
-            "lease_until",
-            "started_at",
-            "created_at",
-            "updated_at",
-        ):
-            if row.get(key) is not None:
-                row[key] = naive_utc(row[key])
-        return row
+        return self.core.new_row(**values)
 
     # -- writes from enqueue ----------------------------------------------------
 
@@ -462,24 +317,20 @@ class JobStore:
         """
         if not rows:
             return
-        if self.cipher is not None:
-            rows = [self._sealed(r) for r in rows]
-        if notify and conn is None and len(rows) == 1 and self.dialect == "postgresql":
-            ins = sa.insert(self.table).values(rows[0]).returning(self.table.c.id).cte("ins")
+        if notify and conn is None and len(rows) == 1 and self.core.dialect.notifies:
+            row = self.core.sealed(rows[0])
+            ins = sa.insert(self.table).values(row).returning(self.table.c.id).cte("ins")
             notifying = sa.select(sa.func.pg_notify(self.channel, "")).where(
                 sa.exists(sa.select(ins.c.id))
             )
-            with storage_errors("insert jobs"), self._one_statement() as c:
+            with storage_errors("insert jobs"), self.core.one_statement() as c:
                 c.execute(notifying)
             return
-        if notify and self.dialect == "postgresql":
+        if notify and self.core.dialect.notifies:
             raise ValueError("notify=True takes one row on its own connection")
-        stmt = sa.insert(self.table)
         single = len(rows) <= INSERT_CHUNK
-        with storage_errors("insert jobs"), self._begin(conn, single=single) as c:
-            for start in range(0, len(rows), INSERT_CHUNK):
-                chunk = rows[start : start + INSERT_CHUNK]
-                c.execute(stmt, chunk[0] if len(chunk) == 1 else list(chunk))
+        with storage_errors("insert jobs"), self.core.begin(conn, single=single) as c:
+            self.core.insert(c, rows)
 
     def insert_unique(
         self, row: Row, *, override: bool, conn: Connection | None = None
@@ -503,9 +354,9 @@ class JobStore:
                     if replaced is not None:
                         return replaced, True
                 try:
-                    with self._begin(conn, nested=self.dialect == "postgresql") as c:
-                        c.execute(sa.insert(self.table).values(**self._sealed(row)))
-                    return self.to_job(row), True
+                    with self.core.begin(conn, nested=self.core.dialect.savepoint) as c:
+                        c.execute(sa.insert(self.table).values(**self.core.sealed(row)))
+                    return self.core.to_job(row), True
                 except sa.exc.IntegrityError:
                     pass  # a live job holds the id: read (or replace) it next round
                 except sa.exc.DBAPIError as exc:
@@ -518,9 +369,9 @@ class JobStore:
                 if not override:
                     existing = self._read_live(cid, conn)
                     if existing is not None:
-                        return self.to_job(existing), False
+                        return self.core.to_job(existing), False
         raise StorageError(
-            f"Could not enqueue job with id {_text(cid)!r}: it kept changing underneath."
+            f"Could not enqueue job with id {text_of(cid)!r}: it kept changing underneath."
         )
 
     def _replace_live(self, row: Row, conn: Connection | None) -> Job[Any] | None:
@@ -543,76 +394,52 @@ class JobStore:
             # override replaced, still going (its heartbeat extends it). Clearing
             # that one let a second override (a debounce) start the new content
             # beside the old run. Other live rows have none.
-            *((t.c[k], v) for k, v in self._sealed(row).items() if k not in _KEPT_BY_OVERRIDE),
+            *((t.c[k], v) for k, v in self.core.sealed(row).items() if k not in _KEPT_BY_OVERRIDE),
             (t.c.errors, 0),
             (t.c.started_at, None),
         ]
         stmt = sa.update(t).where(t.c.live_custom_id == row["custom_id"]).ordered_values(*values)
-        returning = self.engine.dialect.update_returning
-        with self._begin(conn, single=returning) as c:
+        returning = self.core.dialect.returning
+        with self.core.begin(conn, single=returning) as c:
             if returning:
                 found = c.execute(stmt.returning(*t.c)).first()
-                return self.to_job(found) if found is not None else None
+                return self.core.to_job(found) if found is not None else None
             if c.execute(stmt).rowcount == 0:
                 return None
             found = c.execute(sa.select(t).where(t.c.live_custom_id == row["custom_id"])).first()
-        return self.to_job(found) if found is not None else None
+        return self.core.to_job(found) if found is not None else None
 
     def _read_live(self, key: Any, conn: Connection | None) -> Any:
         """The live row holding ``key`` (a custom id as ``_key`` made it)."""
         t = self.table
         stmt = sa.select(t).where(t.c.live_custom_id == key)
         if conn is None:
-            with self.engine.connect() as c:
+            with self.core.engine.connect() as c:
                 return c.execute(stmt).first()
-        if self.dialect != "sqlite":
+        if self.core.dialect.locking_read:
             # Inside the caller's transaction a plain read sees its snapshot
             # (InnoDB's REPEATABLE READ), which predates the row whose key just
             # refused our insert; a locking read sees the latest committed row.
             stmt = stmt.with_for_update(read=True)
         return conn.execute(stmt).first()
 
-    @contextmanager
-    def _begin(
-        self, conn: Connection | None, *, nested: bool = False, single: bool = False
-    ) -> Iterator[Connection]:
-        """A transaction: our own, or (for transactional enqueue) the caller's.
-
-        ``single`` says the block runs one statement, which may then skip the
-        transaction wrapper (see ``_one_statement``). ``nested`` puts the block in
-        a SAVEPOINT inside the caller's transaction: only PostgreSQL needs that,
-        because a failed statement aborts its whole transaction there, while
-        SQLite and InnoDB undo just the statement. (On SQLite a SAVEPOINT would
-        also be wrong: as the first statement it opens the transaction itself
-        behind the driver's back, and its RELEASE commits the row, so a later
-        rollback would keep it.)
-        """
-        if conn is None:
-            with self._one_statement() if single else self.engine.begin() as c:
-                yield c
-        elif nested:
-            with conn.begin_nested():
-                yield conn
-        else:
-            yield conn
-
     # -- reads ------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job[Any] | None:
         t = self.table
-        with storage_errors("read a job"), self.engine.connect() as c:
+        with storage_errors("read a job"), self.core.engine.connect() as c:
             row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
-        return self.to_job(row) if row else None
+        return self.core.to_job(row) if row else None
 
     def get_by_custom_id(self, custom_id: str) -> Job[Any] | None:
         """The live job holding ``custom_id``, else the latest finished record of it."""
-        with storage_errors("read a job"), self.engine.connect() as c:
+        with storage_errors("read a job"), self.core.engine.connect() as c:
             row = self._by_custom_id(c, custom_id)
-        return self.to_job(row) if row else None
+        return self.core.to_job(row) if row else None
 
     def _by_custom_id(self, c: Connection, custom_id: str) -> Any:
         t = self.table
-        key = self._key(custom_id)
+        key = self.core.key(custom_id)
         return (
             c.execute(sa.select(t).where(t.c.live_custom_id == key)).first()
             or c.execute(
@@ -658,21 +485,10 @@ class JobStore:
             stmt = stmt.where(key)
         order = (t.c.run_at.desc(), t.c.id.desc()) if newest_first else (t.c.run_at, t.c.id)
         stmt = stmt.order_by(*order).limit(limit)
-        with storage_errors("list jobs"), self.engine.connect() as c:
+        with storage_errors("list jobs"), self.core.engine.connect() as c:
             if light:
-                return [self.to_job(r, payload=None) for r in c.execute(stmt)]
-            return [self.to_job(r) for r in c.execute(stmt)]
-
-    def _reason_tail(self) -> Any:
-        """The last ``REASON_TAIL`` characters of ``reason`` for a row written
-        before the ``error`` column was (NULL there), where a traceback names
-        its exception; NULL for every other row, whose ``error`` says it."""
-        t = self.table
-        if self.dialect == "sqlite":
-            tail = sa.func.substr(t.c.reason, -REASON_TAIL)
-        else:
-            tail = sa.func.right(t.c.reason, REASON_TAIL)
-        return sa.case((t.c.error.is_(None), tail), else_=None)
+                return [self.core.to_job(r, payload=None) for r in c.execute(stmt)]
+            return [self.core.to_job(r) for r in c.execute(stmt)]
 
     def _light_columns(self) -> list[Any]:
         """What a list reads: no payload, no history, no traceback."""
@@ -681,7 +497,7 @@ class JobStore:
         return [
             sa.literal(None).label(c.name)
             if c.name in skipped
-            else self._reason_tail().label("reason")
+            else reason_tail(t, self.core.dialect).label("reason")
             if c.name == "reason"
             else c
             for c in t.c
@@ -707,23 +523,25 @@ class JobStore:
     def find(self, key: str) -> Job[Any] | None:
         """The job whose id or custom id is exactly ``key``."""
         t = self.table
-        with storage_errors("find a job"), self.engine.connect() as c:
+        with storage_errors("find a job"), self.core.engine.connect() as c:
             row = c.execute(sa.select(t).where(t.c.id == key)).first() or self._by_custom_id(c, key)
-        return self.to_job(row) if row else None
+        return self.core.to_job(row) if row else None
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Jobs per (status, queue), exact: the CLI's ``stats``."""
         t = self.table
         stmt = sa.select(t.c.status, t.c.queue, sa.func.count()).group_by(t.c.status, t.c.queue)
-        with storage_errors("count jobs"), self.engine.connect() as c:
+        with storage_errors("count jobs"), self.core.engine.connect() as c:
             return {(s, q): n for s, q, n in c.execute(stmt)}
 
     def oldest_due(self, queue: str) -> datetime | None:
         """The ``run_at`` of the queue's oldest due, unclaimed job: one probe of
         (queue, status, run_at)."""
         t = self.table
-        stmt = sa.select(sa.func.min(t.c.run_at)).where(t.c.queue == queue, self._due(self.now()))
-        with storage_errors("read the queue lag"), self.engine.connect() as c:
+        stmt = sa.select(sa.func.min(t.c.run_at)).where(
+            t.c.queue == queue, is_due(self.table, self.core.now())
+        )
+        with storage_errors("read the queue lag"), self.core.engine.connect() as c:
             value = c.execute(stmt).scalar()
         return naive_utc(value) if value is not None else None
 
@@ -753,7 +571,7 @@ class JobStore:
         if not keys:
             return []
         t = self.table
-        now = self.now()
+        now = self.core.now()
         parts = []
         for i, (status, queue) in enumerate(keys):
             inner = sa.select(sa.literal(1).label("one")).select_from(t)
@@ -762,13 +580,13 @@ class JobStore:
             if queue is not None:
                 inner = inner.where(t.c.queue == queue)
             if due:  # due and unclaimed: what a pause or a limit holds back
-                inner = inner.where(self._due(now))
+                inner = inner.where(is_due(self.table, now))
             sub = inner.limit(cap + 1).subquery(f"capped_{i}")
             parts.append(
                 sa.select(sa.literal(i).label("k"), sa.func.count().label("n")).select_from(sub)
             )
         stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
-        with storage_errors("count jobs"), self.engine.connect() as c:
+        with storage_errors("count jobs"), self.core.engine.connect() as c:
             found = {int(k): int(n) for k, n in c.execute(stmt)}
         return [found[i] for i in range(len(keys))]
 
@@ -777,12 +595,12 @@ class JobStore:
         the exception's line, not a thousand whole tracebacks (the end of the
         traceback for rows older than the ``error`` column)."""
         t = self.table
-        error = sa.func.coalesce(t.c.error, self._reason_tail())
+        error = sa.func.coalesce(t.c.error, reason_tail(t, self.core.dialect))
         stmt = sa.select(t.c.queue, error).where(t.c.status == FAILED)
         if queue is not None:
             stmt = stmt.where(t.c.queue == queue)
         stmt = stmt.order_by(t.c.run_at.desc()).limit(limit)
-        with storage_errors("read failures"), self.engine.connect() as c:
+        with storage_errors("read failures"), self.core.engine.connect() as c:
             return [(q, r) for q, r in c.execute(stmt)]
 
     # -- admin actions ----------------------------------------------------------
@@ -793,9 +611,9 @@ class JobStore:
         run's concurrency slot, and the handler goes on running whatever
         happens to the row. A run whose lease expired (dead) may go."""
         t = self.table
-        now = self.now()
+        now = self.core.now()
         unleased = sa.or_(t.c.lease_until.is_(None), t.c.lease_until <= now)
-        with storage_errors("delete a job"), self._one_statement() as c:
+        with storage_errors("delete a job"), self.core.one_statement() as c:
             if c.execute(sa.delete(t).where(t.c.id == job_id, unleased)).rowcount > 0:
                 return True
             held = c.execute(sa.select(t.c.lease_until).where(t.c.id == job_id)).first()
@@ -826,11 +644,11 @@ class JobStore:
         id takes it back on its own, and stays FAILED if a live job holds it.
         """
         t = self.table
-        now = self.now()
+        now = self.core.now()
         where = [t.c.status == FAILED] + ([t.c.queue == queue] if queue is not None else [])
         values = {"status": SCHEDULED, "run_at": now, "errors": 0, "lease_until": None}
         with storage_errors("retry failed jobs"):
-            with self.engine.begin() as c:
+            with self.core.engine.begin() as c:
                 count = c.execute(
                     sa.update(t)
                     .where(*where, t.c.custom_id.is_(None))
@@ -853,17 +671,17 @@ class JobStore:
         stmt = sa.delete(t).where(t.c.status == FAILED)
         if queue is not None:
             stmt = stmt.where(t.c.queue == queue)
-        with storage_errors("delete failed jobs"), self.engine.begin() as c:
+        with storage_errors("delete failed jobs"), self.core.engine.begin() as c:
             return c.execute(stmt).rowcount
 
     def _custom_id_of(self, job_id: str) -> Any:
         t = self.table
-        with storage_errors("read a job"), self.engine.connect() as c:
+        with storage_errors("read a job"), self.core.engine.connect() as c:
             return c.execute(sa.select(t.c.custom_id).where(t.c.id == job_id)).scalar()
 
     def _reschedule_now(self, job_id: str, allowed: tuple[str, ...], action: str) -> Job[Any]:
         t = self.table
-        now = self.now()
+        now = self.core.now()
         stmt = (
             sa.update(t)
             .where(t.c.id == job_id, t.c.status.in_(allowed))
@@ -879,13 +697,13 @@ class JobStore:
             )
         )
         try:
-            with storage_errors(f"{action} a job"), self.engine.begin() as c:
+            with storage_errors(f"{action} a job"), self.core.engine.begin() as c:
                 result = c.execute(stmt)
                 row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
         except StorageError as exc:
             if not isinstance(exc.__cause__, sa.exc.IntegrityError):
                 raise
-            holder = self.get_by_custom_id(_text(self._custom_id_of(job_id)))
+            holder = self.get_by_custom_id(text_of(self._custom_id_of(job_id)))
             raise InvalidStatusError(
                 f"Cannot {action} job {job_id!r}: its custom id is held by live job"
                 f" {holder.id if holder else '?'!r}. Delete one of them first."
@@ -897,79 +715,12 @@ class JobStore:
                 f"Cannot {action} job {job_id!r}: it is {row._mapping['status']},"
                 f" and only {'/'.join(allowed)} jobs can be."
             )
-        return self.to_job(row)
+        return self.core.to_job(row)
 
     # -- the run path ----------------------------------------------------------
 
-    def _due_phases(self, now: Any) -> list[_Phase]:
-        """What is due, in two ranges: SCHEDULED with ``run_at`` reached, walked
-        on (status, priority DESC, run_at) up to the LIMIT, so a due backlog of
-        any size costs the same (what it walks past are future jobs of higher
-        priorities than the ones it takes); and RUNNING with an expired lease,
-        on (status, lease_until) (a range that holds only the dead runs).
-
-        A claim takes the best of both by priority, then by when each row
-        became claimable (``since``: its ``run_at``, or its lease's end), so a
-        dead run is not starved by a backlog of fresh jobs. (One ``OR`` of
-        both ranges would make every database read both; InnoDB would also
-        lock every row it read.)"""
-        t = self.table
-        return [
-            _Phase(self._due(now), [t.c.priority.desc(), t.c.run_at], t.c.run_at),
-            _Phase(self._expired(now), [t.c.priority.desc(), t.c.lease_until], t.c.lease_until),
-        ]
-
-    def _phases(self, now: Any, ids: Any | None) -> list[_Phase]:
-        """``_due_phases``, or only its due range restricted to ``ids`` (values
-        or an expanding ``bindparam``): the dispatch of jobs just enqueued."""
-        phases = self._due_phases(now)
-        if ids is None:
-            return phases
-        due = phases[0]
-        return [due._replace(where=sa.and_(due.where, self.table.c.id.in_(ids)))]
-
-    def _columns(self, whole: bool) -> list[Any]:
-        """What a claim returns: whole rows to run here, or just enough to
-        deliver (and to put one claim's runs in priority order)."""
-        t = self.table
-        return list(t.c) if whole else [t.c.id, t.c.attempt, t.c.queue, t.c.priority, t.c.run_at]
-
-    def _take(
-        self, c: Connection, ids: list[str], values: list[tuple[Any, Any]], columns: list[Any]
-    ) -> list[Any]:
-        """Claim the rows ``ids`` (already locked in ``c``'s transaction) and read
-        them back: MySQL has no UPDATE … RETURNING."""
-        t = self.table
-        c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
-        return list(c.execute(sa.select(*columns).where(t.c.id.in_(ids))))
-
-    def _unrestricted(self) -> sa.ColumnElement[bool]:
-        """A job of a queue that is neither paused nor limited: any claim may
-        take it. The others are claimed only by ``_claim_limited``, one claimer
-        at a time."""
-        q = self.queues
-        restricted = sa.select(q.c.name).where(
-            sa.or_(q.c.paused, q.c.concurrency.is_not(None), q.c.rate_limit.is_not(None))
-        )
-        return self.table.c.queue.not_in(restricted.scalar_subquery())
-
-    def _due(self, now: Any) -> sa.ColumnElement[bool]:
-        """A SCHEDULED job whose time has come: the one definition of "due".
-
-        Every claim path uses it (the producer's batch and the dispatch by id),
-        so a late dispatch can never take a retry before its backoff or a
-        repeating job's next occurrence before its time.
-        """
-        t = self.table
-        # A lease on a SCHEDULED row: replaced (override) while it ran, and
-        # that run has not ended yet (see _replace_live).
-        free = sa.or_(t.c.lease_until.is_(None), t.c.lease_until <= now)
-        return sa.and_(t.c.status == SCHEDULED, t.c.run_at <= now, free)
-
-    def _expired(self, now: Any) -> sa.ColumnElement[bool]:
-        """A RUNNING job whose lease ran out: its runner is presumed dead."""
-        t = self.table
-        return sa.and_(t.c.status == RUNNING, t.c.lease_until <= now)
+    def _due_phases(self, now: Any) -> list[Phase]:
+        return due_phases(self.table, now)
 
     def claim(
         self, limit: int, lease: timedelta, *, ids: Sequence[str] | None = None
@@ -1005,7 +756,7 @@ class JobStore:
         """
         jobs: list[Job[Any]] = []
         for row in self._claim(limit, lease, ids, whole=True):
-            job = self._readable(row)
+            job = self.core.readable(row)
             if job is not None:
                 jobs.append(job)
         return jobs
@@ -1015,7 +766,7 @@ class JobStore:
     ) -> list[Any]:
         if self.before_claim is not None:
             self.before_claim()  # stores the declared limits; unset once it succeeded
-        now = self.now()
+        now = self.core.now()
         with storage_errors("claim jobs"):
             claimed: list[Any] = []
             if self._limited or time.monotonic() >= self._limited_recheck:
@@ -1068,19 +819,19 @@ class JobStore:
         whole: bool,
     ) -> list[Any]:
         """Claim from the queues that are neither paused nor limited."""
-        if self.dialect in ("postgresql", "sqlite"):
+        if self.core.dialect.claims_in_one_statement:
             stmt = self._claim_statement(whole=whole, by_id=ids is not None)
             params: dict[str, Any] = {"now": now, "lease_until": now + lease, "limit": limit}
             if ids is not None:
                 params["ids"] = list(ids)
-            with self._one_statement() as c:
+            with self.core.one_statement() as c:
                 return list(c.execute(stmt, params))
         phases = [
-            phase._replace(where=sa.and_(phase.where, self._unrestricted()))
-            for phase in self._phases(now, None if ids is None else list(ids))
+            phase._replace(where=sa.and_(phase.where, unrestricted(self.table, self.queues)))
+            for phase in phases_for(self.table, now, None if ids is None else list(ids))
         ]
-        values = self._claim_values(now, now + lease)
-        return self._claim_mysql(phases, limit, values, self._columns(whole))
+        values = claim_values(self.table, now, now + lease)
+        return self._claim_mysql(phases, limit, values, claim_columns(self.table, whole))
 
     def _claim_limited(
         self,
@@ -1107,9 +858,9 @@ class JobStore:
             sa.not_(q.c.paused),
             sa.or_(q.c.concurrency.is_not(None), q.c.rate_limit.is_not(None)),
         )
-        engine = self.engine
-        if self.dialect == "mysql":
-            engine = engine.execution_options(isolation_level="READ COMMITTED")
+        engine = self.core.engine
+        if self.core.dialect.claim_isolation is not None:
+            engine = engine.execution_options(isolation_level=self.core.dialect.claim_isolation)
         by_id = None if ids is None else list(ids)
 
         def once() -> list[Any]:
@@ -1118,7 +869,7 @@ class JobStore:
                 c.execute(sa.update(q).where(limited).values(updated_at=now))
                 rows = c.execute(sa.select(q).where(limited).order_by(q.c.name)).all()
                 # The time is read under the lock, not before waiting for it.
-                now = self.now()
+                now = self.core.now()
                 self._limited = bool(rows)
                 rated = [r for r in rows if r.rate_limit is not None]
                 self._note_rated(bool(rated))
@@ -1142,7 +893,7 @@ class JobStore:
                     ).all()
                 )
                 in_window = self._rate_window(c, rated, now) if rated else {}
-                offers: list[_Offer] = []
+                offers: list[Offer] = []
                 for row in rows:
                     room = limit
                     if row.concurrency is not None:
@@ -1155,11 +906,15 @@ class JobStore:
                     return []
                 if by_id is None:
                     offers += self._free_offers(c, now, limit)
-                chosen = [o.id for o in sorted(offers, key=_offer_order)[:limit] if o.id]
+                chosen = [o.id for o in sorted(offers, key=offer_order)[:limit] if o.id]
                 if not chosen:
                     return []
-                got = self._take(
-                    c, chosen, self._claim_values(now, now + lease), self._columns(whole)
+                got = take(
+                    c,
+                    self.table,
+                    chosen,
+                    claim_values(self.table, now, now + lease),
+                    claim_columns(self.table, whole),
                 )
                 rated_names = {r.name for r in rated}
                 log_rows = [
@@ -1212,13 +967,13 @@ class JobStore:
 
     def _offers(
         self, c: Connection, name: str, room: int, now: datetime, ids: list[str] | None
-    ) -> list[_Offer]:
+    ) -> list[Offer]:
         """Up to ``room`` of one limited queue's best due jobs, locked inside
         ``_claim_limited``'s transaction (SKIP LOCKED: rows another claimer
         holds are passed over). Those not chosen are let go at its commit."""
         t = self.table
-        found: list[_Offer] = []
-        for phase in self._phases(now, ids):
+        found: list[Offer] = []
+        for phase in phases_for(self.table, now, ids):
             candidates = (
                 sa.select(t.c.priority, phase.since, t.c.id)
                 .where(phase.where, t.c.queue == name)
@@ -1226,22 +981,22 @@ class JobStore:
                 .limit(room)
                 .with_for_update(skip_locked=True)
             )
-            found += [_Offer(p, since, i, True) for p, since, i in c.execute(candidates)]
-        return sorted(found, key=_offer_order)[:room]  # the room holds for both ranges
+            found += [Offer(p, since, i, True) for p, since, i in c.execute(candidates)]
+        return sorted(found, key=offer_order)[:room]  # the room holds for both ranges
 
-    def _free_offers(self, c: Connection, now: datetime, limit: int) -> list[_Offer]:
+    def _free_offers(self, c: Connection, now: datetime, limit: int) -> list[Offer]:
         """The free queues' best due jobs, read without locks (the free claim
         that follows takes them): what a limited queue's jobs rank against."""
         t = self.table
-        found: list[_Offer] = []
-        for phase in self._due_phases(now):
+        found: list[Offer] = []
+        for phase in due_phases(self.table, now):
             best = (
                 sa.select(t.c.priority, phase.since)
-                .where(phase.where, self._unrestricted())
+                .where(phase.where, unrestricted(self.table, self.queues))
                 .order_by(*phase.order)
                 .limit(limit)
             )
-            found += [_Offer(p, since, "", False) for p, since in c.execute(best)]
+            found += [Offer(p, since, "", False) for p, since in c.execute(best)]
         return found
 
     def _claim_statement(self, *, whole: bool, by_id: bool) -> Any:
@@ -1258,16 +1013,16 @@ class JobStore:
         of both ranges are taken (``_due_phases``); rows locked beyond the
         limit are let go when the statement ends.
         """
-        return self._prebuilt(("claim", whole, by_id), lambda: self._build_claim(whole, by_id))
+        return self.core.prebuilt(("claim", whole, by_id), lambda: self._build_claim(whole, by_id))
 
     def _build_claim(self, whole: bool, by_id: bool) -> Any:
         t = self.table
         now = sa.bindparam("now", type_=t.c.run_at.type)
         limit = sa.bindparam("limit", type_=sa.Integer)
-        phases = self._phases(now, sa.bindparam("ids", expanding=True) if by_id else None)
+        phases = phases_for(self.table, now, sa.bindparam("ids", expanding=True) if by_id else None)
         ctes = [
             sa.select(t.c.id, t.c.priority, phase.since.label("since"))
-            .where(phase.where, self._unrestricted())
+            .where(phase.where, unrestricted(self.table, self.queues))
             .order_by(*phase.order)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -1287,8 +1042,8 @@ class JobStore:
         return (
             sa.update(t)
             .where(t.c.id.in_(chosen.scalar_subquery()))
-            .ordered_values(*self._claim_values(now, lease_until))
-            .returning(*self._columns(whole))
+            .ordered_values(*claim_values(self.table, now, lease_until))
+            .returning(*claim_columns(self.table, whole))
         )
 
     def claim_one(self, job_id: str, lease: timedelta) -> Claimed | None:
@@ -1298,7 +1053,7 @@ class JobStore:
         t = self.table
         if self.before_claim is not None:
             self.before_claim()
-        now = self.now()
+        now = self.core.now()
         if self._limited:
             # A limited queue's job is claimed under its limits, or not now.
             with storage_errors("claim a job"):
@@ -1307,46 +1062,23 @@ class JobStore:
                 return Claimed(limited[0].id, limited[0].attempt, limited[0].queue)
         stmt = (
             sa.update(t)
-            .where(t.c.id == job_id, self._due(now), self._unrestricted())
-            .ordered_values(*self._claim_values(now, now + lease))
+            .where(t.c.id == job_id, is_due(self.table, now), unrestricted(self.table, self.queues))
+            .ordered_values(*claim_values(self.table, now, now + lease))
         )
         claimed_cols = [t.c.id, t.c.attempt, t.c.queue]
         with storage_errors("claim a job"):
-            if self.engine.dialect.update_returning:
-                with self._one_statement() as c:
+            if self.core.dialect.returning:
+                with self.core.one_statement() as c:
                     row = c.execute(stmt.returning(*claimed_cols)).first()
                 return Claimed(*row) if row is not None else None
-            with self.engine.begin() as c:
+            with self.core.engine.begin() as c:
                 if c.execute(stmt).rowcount != 1:
                     return None
                 return Claimed(*c.execute(sa.select(*claimed_cols).where(t.c.id == job_id)).one())
 
-    def _claim_values(self, now: Any, lease_until: Any) -> list[tuple[Any, Any]]:
-        """The SET clause of a claim, in order.
-
-        A RUNNING row whose run had *started* and whose lease expired lost its
-        runner mid-run: that counts as a failed attempt (``errors`` + 1, with a
-        reason saying so), so a handler that kills its process every time is
-        retried by its policy and then FAILED, not re-run forever. A run that
-        never started (a lost dispatch) costs nothing. These two come first:
-        MySQL evaluates SET assignments left to right, on the updated values.
-        """
-        t = self.table
-        died = sa.and_(t.c.status == RUNNING, t.c.started_at.is_not(None))
-        return [
-            (t.c.errors, sa.case((died, t.c.errors + 1), else_=t.c.errors)),
-            (t.c.reason, sa.case((died, sa.literal(LEASE_EXPIRED)), else_=t.c.reason)),
-            (t.c.error, sa.case((died, sa.literal(LEASE_EXPIRED_LINE)), else_=t.c.error)),
-            (t.c.status, RUNNING),
-            (t.c.attempt, t.c.attempt + 1),
-            (t.c.lease_until, lease_until),
-            (t.c.started_at, None),  # set when a runner begins it (start, mark_started)
-            (t.c.updated_at, now),
-        ]
-
     def _claim_mysql(
         self,
-        phases: list[_Phase],
+        phases: list[Phase],
         limit: int,
         values: list[tuple[Any, Any]],
         columns: list[Any],
@@ -1357,19 +1089,19 @@ class JobStore:
         # also locks the gaps it scans, and every claimer's UPDATE inserts index
         # entries into the RUNNING range the others scan: deadlocks by the dozen
         # with eight producers. The claim needs only the row locks.
-        engine = self.engine.execution_options(isolation_level="READ COMMITTED")
+        engine = self.core.engine.execution_options(isolation_level="READ COMMITTED")
 
         def once() -> list[Any]:
             with engine.begin() as c:
-                offers: list[_Offer] = []
+                offers: list[Offer] = []
                 for phase in phases:
                     offers += self._lock_candidates(c, phase, limit)
-                ids = [o.id for o in sorted(offers, key=_offer_order)[:limit]]
-                return self._take(c, ids, values, columns) if ids else []
+                ids = [o.id for o in sorted(offers, key=offer_order)[:limit]]
+                return take(c, self.table, ids, values, columns) if ids else []
 
         return retry_on_deadlock(once)
 
-    def _lock_candidates(self, c: Connection, phase: _Phase, room: int) -> list[_Offer]:
+    def _lock_candidates(self, c: Connection, phase: Phase, room: int) -> list[Offer]:
         """MySQL: lock up to ``room`` rows of ``phase`` in its order.
 
         InnoDB locks every row a locking read looks at, and a read sorted by
@@ -1380,7 +1112,7 @@ class JobStore:
         a claim must not come back empty while due jobs are free.
         """
         t = self.table
-        locked: list[_Offer] = []
+        locked: list[Offer] = []
         seen: list[str] = []
         for _ in range(CANDIDATE_ROUNDS):
             need = room - len(locked)
@@ -1394,7 +1126,7 @@ class JobStore:
             )
             if seen:
                 pick = pick.where(t.c.id.not_in(seen))
-            picked = [_Offer(p, s, i, True) for p, s, i in c.execute(pick)]
+            picked = [Offer(p, s, i, True) for p, s, i in c.execute(pick)]
             if not picked:
                 break
             seen += [o.id for o in picked]
@@ -1415,27 +1147,6 @@ class JobStore:
                 break  # no more candidates than these
         return locked
 
-    def _unstarted(self, job_id: Any, attempt: Any) -> sa.ColumnElement[bool]:
-        """The claimed run ``attempt`` of ``job_id``, not yet started by anyone
-        (values, or ``bindparam``s for a prebuilt statement)."""
-        t = self.table
-        return sa.and_(
-            t.c.id == job_id,
-            t.c.attempt == attempt,
-            t.c.status == RUNNING,
-            t.c.started_at.is_(None),
-        )
-
-    def _owned(self, unstarted: bool) -> sa.ColumnElement[bool]:
-        """``finish``'s guard, on the bound ``b_id`` and ``b_attempt``: the run
-        still owns the row (and, with ``unstarted``, nobody started it)."""
-        t = self.table
-        job_id: Any = sa.bindparam("b_id")
-        attempt: Any = sa.bindparam("b_attempt")
-        if unstarted:
-            return self._unstarted(job_id, attempt)
-        return sa.and_(t.c.id == job_id, t.c.attempt == attempt, t.c.status == RUNNING)
-
     def start(self, job_id: str, attempt: int, lease: timedelta) -> tuple[Job[Any] | None, str]:
         """Mark a claimed run as started; exactly one caller per attempt wins.
 
@@ -1444,13 +1155,13 @@ class JobStore:
         replayed or late request — and the row is left as it was.
         """
         t = self.table
-        now = self.now()
-        returning = self.engine.dialect.update_returning
+        now = self.core.now()
+        returning = self.core.dialect.returning
 
         def build() -> Any:
             stmt = (
                 sa.update(t)
-                .where(self._unstarted(sa.bindparam("b_id"), sa.bindparam("b_attempt")))
+                .where(unstarted_run(self.table, sa.bindparam("b_id"), sa.bindparam("b_attempt")))
                 .values(
                     started_at=sa.bindparam("b_now"),
                     lease_until=sa.bindparam("b_lease_until"),
@@ -1459,11 +1170,11 @@ class JobStore:
             )
             return stmt.returning(*t.c) if returning else stmt
 
-        stmt = self._prebuilt(("start", returning), build)
+        stmt = self.core.prebuilt(("start", returning), build)
         params = {"b_id": job_id, "b_attempt": attempt, "b_now": now, "b_lease_until": now + lease}
         with (
             storage_errors("start a job"),
-            self._one_statement() if returning else self.engine.begin() as c,
+            self.core.one_statement() if returning else self.core.engine.begin() as c,
         ):
             row = None
             if returning:
@@ -1475,34 +1186,8 @@ class JobStore:
                 return None, "stale" if exists else "missing"
         if self._stamps_starts():
             self._stamp([(job_id, attempt)], now)
-        job = self._readable(row)
+        job = self.core.readable(row)
         return (job, "ok") if job is not None else (None, "failed")
-
-    def _readable(self, row: Any) -> Job[Any] | None:
-        """The job of a row just started, or None after failing a row this
-        release cannot read (payload or retry edited by hand, an unknown
-        status): visibly FAILED, rather than looping on leases."""
-        try:
-            return self.to_job(row)
-        except (ValueError, TypeError, KeyError) as exc:
-            m = row._mapping
-            reason = f"flask_queue could not read this job's row: {exc!r}"
-            log.error("flask_queue: job %s: %s", m["id"], reason)
-            t = self.table
-            with storage_errors("fail an unreadable job"), self._one_statement() as c:
-                c.execute(
-                    sa.update(t)
-                    .where(t.c.id == m["id"], t.c.attempt == m["attempt"], t.c.status == RUNNING)
-                    .values(
-                        status=FAILED,
-                        reason=reason,
-                        error=f"UnreadableRow: {exc!r}"[:255],
-                        lease_until=None,
-                        live_custom_id=None,
-                        updated_at=self.now(),
-                    )
-                )
-            return None
 
     def finish(self, job: Job[Any], outcome: Finish, *, unstarted: bool = False) -> bool:
         """Apply a run's outcome if the run still owns the row; False if it does not.
@@ -1512,16 +1197,17 @@ class JobStore:
         itself; this must not overwrite it).
         """
         t = self.table
-        now = self.now()
+        now = self.core.now()
         guard = {"b_id": job.id, "b_attempt": job.attempt}
         single = outcome.failed_copy_reason is None
         with (
             storage_errors("finish a job"),
-            self._one_statement() if single else self.engine.begin() as c,
+            self.core.one_statement() if single else self.core.engine.begin() as c,
         ):
             if outcome.status == "DELETE":
-                stmt = self._prebuilt(
-                    ("finish-delete", unstarted), lambda: sa.delete(t).where(self._owned(unstarted))
+                stmt = self.core.prebuilt(
+                    ("finish-delete", unstarted),
+                    lambda: sa.delete(t).where(finish_guard(self.table, unstarted)),
                 )
                 if c.execute(stmt, guard).rowcount == 1:
                     return True
@@ -1549,11 +1235,11 @@ class JobStore:
                 values["count"] = outcome.count
             # One prebuilt UPDATE per set of columns an outcome writes (a handful).
             columns = tuple(values)
-            stmt = self._prebuilt(
+            stmt = self.core.prebuilt(
                 ("finish-update", unstarted, columns),
                 lambda: (
                     sa.update(t)
-                    .where(self._owned(unstarted))
+                    .where(finish_guard(self.table, unstarted))
                     .values({k: sa.bindparam(f"v_{k}") for k in columns})
                 ),
             )
@@ -1565,7 +1251,7 @@ class JobStore:
                 # The failed run's record is a plain one-off row: retrying it
                 # runs that payload once; it starts no second schedule, and it
                 # holds no custom id.
-                copy = self.new_row(
+                copy = self.core.new_row(
                     queue=job.queue,
                     payload=json.dumps(job.payload),
                     run_at=job.run_at,
@@ -1590,7 +1276,7 @@ class JobStore:
             .where(
                 t.c.status == SCHEDULED,
                 t.c.lease_until.is_not(None),
-                self._runs(runs),
+                these_runs(self.table.c.id, self.table.c.attempt, runs),
             )
             .values(lease_until=None)
         )
@@ -1603,12 +1289,12 @@ class JobStore:
         Rows are locked in id order, and a deadlock with another writer of
         them (InnoDB picks a victim) is tried again: it is safe to repeat."""
         t = self.table
-        now = self.now()
-        for chunk in _chunks(sorted(runs)):
+        now = self.core.now()
+        for chunk in chunks(sorted(runs)):
             stmt = (
                 sa.update(t)
                 .where(
-                    self._runs(chunk),
+                    these_runs(self.table.c.id, self.table.c.attempt, chunk),
                     t.c.status == RUNNING,
                     t.c.started_at.is_(None),
                 )
@@ -1618,22 +1304,11 @@ class JobStore:
         if self._stamps_starts():
             self._stamp(runs, now)
 
-    def _runs(self, runs: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
-        """The rows of these runs (id, attempt). The ids are also given as a
-        plain ``id IN (...)``: a row-constructor IN is not always served from
-        the primary key (InnoDB may scan an index, locking rows that other
-        claimers hold: deadlocks under eight claimers)."""
-        t = self.table
-        pairs = list(runs)
-        return sa.and_(
-            t.c.id.in_([job_id for job_id, _ in pairs]), sa.tuple_(t.c.id, t.c.attempt).in_(pairs)
-        )
-
     def _retrying_deadlocks(self, action: str, stmt: Any) -> int:
         """Run one statement that is safe to repeat, again after an InnoDB deadlock."""
 
         def once() -> int:
-            with storage_errors(action), self._one_statement() as c:
+            with storage_errors(action), self.core.one_statement() as c:
                 return int(c.execute(stmt).rowcount)
 
         return retry_on_deadlock(once, pause=(0.002, 0.01))
@@ -1647,7 +1322,7 @@ class JobStore:
         at most once per ``LIMITS_RECHECK``; a limited claim also updates it)."""
         if time.monotonic() >= self._rated_recheck:
             q = self.queues
-            with storage_errors("read queue limits"), self.engine.connect() as c:
+            with storage_errors("read queue limits"), self.core.engine.connect() as c:
                 found = c.execute(
                     sa.select(q.c.name).where(q.c.rate_limit.is_not(None)).limit(1)
                 ).first()
@@ -1664,7 +1339,7 @@ class JobStore:
         a whole window after it. Stamped after the run's start (a little late
         at most: the limit errs towards fewer starts)."""
         s = self.starts
-        for chunk in _chunks(sorted(runs)):
+        for chunk in chunks(sorted(runs)):
             stmt = (
                 sa.update(s)
                 .where(
@@ -1696,7 +1371,7 @@ class JobStore:
         own, goes through ``finish``.
         """
         t = self.table
-        now = self.now()
+        now = self.core.now()
         progress = progress if progress is not None else Progress()
         deleted: list[tuple[str, int]] = []
         by_status: dict[str, list[dict[str, Any]]] = {SCHEDULED: [], FAILED: [], COMPLETED: []}
@@ -1718,8 +1393,8 @@ class JobStore:
             return progress.owned
         mine = t.c.status == RUNNING
         statements: list[tuple[Any, Any, list[str]]] = []
-        for chunk in _chunks(deleted):
-            where = self._runs(chunk)
+        for chunk in chunks(deleted):
+            where = these_runs(self.table.c.id, self.table.c.attempt, chunk)
             statements.append((sa.delete(t).where(mine, where), None, [i for i, _ in chunk]))
         by_row = sa.and_(
             mine, t.c.id == sa.bindparam("b_id"), t.c.attempt == sa.bindparam("b_attempt")
@@ -1747,9 +1422,9 @@ class JobStore:
                     sa.update(t).where(by_row).values(status=ended, live_custom_id=None, **common)
                 )
                 statements.append((stmt, by_status[ended], [p["b_id"] for p in by_status[ended]]))
-        sane = self.engine.dialect.supports_sane_multi_rowcount
+        sane = self.core.dialect.sane_multi_rowcount
         for stmt, params, ids in statements:
-            with storage_errors("finish jobs"), self._one_statement() as c:
+            with storage_errors("finish jobs"), self.core.one_statement() as c:
                 if params is None:
                     owned = c.execute(stmt).rowcount
                 else:
@@ -1759,7 +1434,7 @@ class JobStore:
             progress.written.update(ids)
             if owned < len(ids):
                 mine_now = set(ids)
-                with storage_errors("finish jobs"), self._one_statement() as c:
+                with storage_errors("finish jobs"), self.core.one_statement() as c:
                     self._let_go(c, [(j.id, j.attempt) for j, _ in runs if j.id in mine_now])
         return progress.owned
 
@@ -1769,20 +1444,20 @@ class JobStore:
         """Extend the leases of these running attempts, in one statement; return
         the (id, attempt) pairs that still owned their row."""
         t = self.table
-        now = self.now()
+        now = self.core.now()
         # A run whose job was replaced (override) while it ran keeps the
         # replaced row's lease alive until it ends: see _replace_live.
         replaced = sa.and_(t.c.status == SCHEDULED, t.c.lease_until.is_not(None))
         owned = sa.and_(
             sa.or_(t.c.status == RUNNING, replaced),
-            self._runs(runs),
+            these_runs(self.table.c.id, self.table.c.attempt, runs),
         )
         stmt = sa.update(t).where(owned).values(lease_until=now + lease)
         with storage_errors("extend leases"):
-            if self.engine.dialect.update_returning:
-                with self._one_statement() as c:
+            if self.core.dialect.returning:
+                with self.core.one_statement() as c:
                     return {(r[0], r[1]) for r in c.execute(stmt.returning(t.c.id, t.c.attempt))}
-            with self.engine.begin() as c:
+            with self.core.engine.begin() as c:
                 c.execute(stmt)
                 rows = c.execute(sa.select(t.c.id, t.c.attempt).where(owned))
                 return {(r[0], r[1]) for r in rows}
@@ -1790,18 +1465,18 @@ class JobStore:
     def release(self, job_id: str, attempt: int) -> bool:
         """Give back a claimed job whose dispatch failed, so the next produce retries it."""
         t = self.table
-        now = self.now()
-        with storage_errors("release a job"), self._one_statement() as c:
+        now = self.core.now()
+        with storage_errors("release a job"), self.core.one_statement() as c:
             result = c.execute(
                 sa.update(t)
-                .where(self._unstarted(job_id, attempt))
+                .where(unstarted_run(self.table, job_id, attempt))
                 .values(status=SCHEDULED, lease_until=None, updated_at=now)
             )
             released = result.rowcount == 1
         if released and self._stamps_starts():
             # A run that never started holds no place in a rate limit's window.
             s = self.starts
-            with storage_errors("release a job"), self._one_statement() as c:
+            with storage_errors("release a job"), self.core.one_statement() as c:
                 c.execute(
                     sa.delete(s).where(
                         s.c.job_id == job_id, s.c.attempt == attempt, s.c.started_at.is_(None)
@@ -1814,7 +1489,7 @@ class JobStore:
     def queue_settings(self) -> dict[str, dict[str, Any]]:
         """Every stored queue row, by name: paused, concurrency, rate."""
         q = self.queues
-        with storage_errors("read queue settings"), self.engine.connect() as c:
+        with storage_errors("read queue settings"), self.core.engine.connect() as c:
             rows = c.execute(sa.select(q).order_by(q.c.name)).all()
         return {
             r.name: {
@@ -1869,10 +1544,10 @@ class JobStore:
 
     def _write_queue(self, name: str, values: dict[str, Any], *, action: str) -> None:
         q = self.queues
-        now = self.now()
+        now = self.core.now()
         for attempt in range(2):
             try:
-                with storage_errors(action), self.engine.begin() as c:
+                with storage_errors(action), self.core.engine.begin() as c:
                     found = c.execute(sa.select(q.c.name).where(q.c.name == name)).first()
                     if found is not None:
                         c.execute(
@@ -1899,18 +1574,18 @@ class JobStore:
         """Tell idle workers that a job is due now (PostgreSQL; a no-op elsewhere,
         where workers poll). Called after the enqueue committed, so a worker
         woken by it finds the job."""
-        if self.dialect != "postgresql":
+        if not self.core.dialect.notifies:
             return
-        with storage_errors("notify workers"), self._one_statement() as c:
+        with storage_errors("notify workers"), self.core.one_statement() as c:
             c.execute(sa.select(sa.func.pg_notify(self.channel, "")))
 
     def listener(self) -> Listener | None:
         """A connection that LISTENs on this table's channel, for a worker to
         wait on between polls; None where the database or driver cannot."""
-        if self.dialect != "postgresql":
+        if not self.core.dialect.notifies:
             return None
         with storage_errors("listen for new jobs"):
-            raw = self.engine.raw_connection()
+            raw = self.core.engine.raw_connection()
             conn = raw.driver_connection
             # Detached: the listening connection is the worker's for its whole
             # life, not a pool slot that other code could be handed mid-LISTEN.
@@ -1933,7 +1608,7 @@ class JobStore:
         primary-key order, each batch its own transaction, so it can run beside
         the app and be stopped and run again. A payload changed meanwhile (an
         ``override``) is left as it is: it was written with the newest key."""
-        if self.cipher is None:
+        if self.core.cipher is None:
             raise ValueError("QUEUE_ENCRYPTION_KEYS is not set: there is no key to encrypt with")
         t = self.table
         rewritten = 0
@@ -1944,7 +1619,7 @@ class JobStore:
             .values(payload=sa.bindparam("b_new"))
         )
         while True:
-            with storage_errors("read payloads to re-encrypt"), self.engine.connect() as c:
+            with storage_errors("read payloads to re-encrypt"), self.core.engine.connect() as c:
                 rows = c.execute(
                     sa.select(t.c.id, t.c.payload)
                     .where(t.c.id > last)
@@ -1956,11 +1631,11 @@ class JobStore:
             last = rows[-1][0]
             changes = []
             for job_id, text in rows:
-                new = self.cipher.resealed(text)
+                new = self.core.cipher.resealed(text)
                 if new is not None:
                     changes.append({"b_id": job_id, "b_old": text, "b_new": new})
             if changes:
-                with storage_errors("re-encrypt payloads"), self.engine.begin() as c:
+                with storage_errors("re-encrypt payloads"), self.core.engine.begin() as c:
                     c.execute(update, changes)
                 rewritten += len(changes)
 
@@ -1975,31 +1650,10 @@ class JobStore:
             {"minute": naive_utc(m), "queue": q, "succeeded": ok, "failed": bad}
             for m, q, ok, bad in rows
         ]
-        stmt: Any
-        if self.dialect == "mysql":
-            from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-            mine = mysql_insert(st).values(values)
-            stmt = mine.on_duplicate_key_update(
-                succeeded=st.c.succeeded + mine.inserted.succeeded,
-                failed=st.c.failed + mine.inserted.failed,
-            )
-        else:
-            # PostgreSQL's and SQLite's ON CONFLICT are spelled alike.
-            dialect_insert: Any
-            if self.dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
-            ins = dialect_insert(st).values(values)
-            stmt = ins.on_conflict_do_update(
-                index_elements=[st.c.minute, st.c.queue],
-                set_={
-                    "succeeded": st.c.succeeded + ins.excluded.succeeded,
-                    "failed": st.c.failed + ins.excluded.failed,
-                },
-            )
-        with storage_errors("count runs"), self._one_statement() as c:
+        stmt = self.core.dialect.adding_upsert(
+            st, values, [st.c.minute, st.c.queue], ["succeeded", "failed"]
+        )
+        with storage_errors("count runs"), self.core.one_statement() as c:
             c.execute(stmt)
 
     def run_stats(
@@ -2012,12 +1666,7 @@ class JobStore:
         st = self.stats
         bucket: Any = st.c.minute
         if by_hour:
-            if self.dialect == "postgresql":
-                bucket = sa.func.date_trunc("hour", st.c.minute)
-            elif self.dialect == "mysql":
-                bucket = sa.func.date_format(st.c.minute, "%Y-%m-%d %H:00:00")
-            else:
-                bucket = sa.func.strftime("%Y-%m-%d %H:00:00", st.c.minute)
+            bucket = self.core.dialect.hour(st.c.minute)
         bucket = bucket.label("bucket")
         stmt = (
             sa.select(bucket, sa.func.sum(st.c.succeeded), sa.func.sum(st.c.failed))
@@ -2025,7 +1674,7 @@ class JobStore:
             .group_by(bucket)
             .order_by(bucket)
         )
-        with storage_errors("read run counts"), self.engine.connect() as c:
+        with storage_errors("read run counts"), self.core.engine.connect() as c:
             rows = c.execute(stmt).all()
         # An hour MySQL or SQLite formatted comes back as text.
         starts = [datetime.fromisoformat(s) if isinstance(s, str) else s for s, _, _ in rows]
@@ -2036,12 +1685,12 @@ class JobStore:
 
     def prune_stats(self, before: datetime) -> int:
         st = self.stats
-        with storage_errors("prune run counts"), self._one_statement() as c:
+        with storage_errors("prune run counts"), self.core.one_statement() as c:
             return c.execute(sa.delete(st).where(st.c.minute < naive_utc(before))).rowcount
 
     def purge_completed(self, older_than: datetime) -> int:
         t = self.table
-        with storage_errors("purge completed jobs"), self.engine.begin() as c:
+        with storage_errors("purge completed jobs"), self.core.engine.begin() as c:
             result = c.execute(
                 # A COMPLETED row's run_at is its finish time: an index range.
                 sa.delete(t).where(t.c.status == COMPLETED, t.c.run_at < naive_utc(older_than))
@@ -2073,9 +1722,9 @@ class JobStore:
         """
         t = self.table
         stats = {"created": 0, "updated": 0, "removed": 0, "failed": 0}
-        with storage_errors("read declared crons"), self.engine.connect() as c:
+        with storage_errors("read declared crons"), self.core.engine.connect() as c:
             rows = [
-                (_text(r.live_custom_id), r)
+                (text_of(r.live_custom_id), r)
                 for r in c.execute(
                     sa.select(t.c.id, t.c.live_custom_id, t.c.schedule, t.c.tz, t.c.status).where(
                         t.c.schedule_type == ScheduleType.CRON.value,
@@ -2091,8 +1740,8 @@ class JobStore:
             try:
                 if current is None:
                     try:
-                        with self.engine.begin() as c:
-                            c.execute(sa.insert(t).values(**self._sealed(row_for(name))))
+                        with self.core.engine.begin() as c:
+                            c.execute(sa.insert(t).values(**self.core.sealed(row_for(name))))
                         stats["created"] += 1
                     except sa.exc.IntegrityError:
                         pass  # another producer created it first
@@ -2105,11 +1754,11 @@ class JobStore:
                     # sync saw a difference.)
                     values: dict[str, Any] = {"schedule": expr, "tz": tz}
                     values["run_at"] = values["occurrence_at"] = row_for(name)["run_at"]
-                    with self.engine.begin() as c:
+                    with self.core.engine.begin() as c:
                         c.execute(
                             sa.update(t)
                             .where(t.c.id == current.id)
-                            .values(updated_at=self.now(), **values)
+                            .values(updated_at=self.core.now(), **values)
                         )
                     stats["updated"] += 1
             except Exception:
@@ -2117,7 +1766,7 @@ class JobStore:
                 log.exception("flask_queue: could not sync declared cron %r; skipped", name)
         gone = [r.id for name, r in existing.items() if name not in declared]
         if prune and gone:
-            with storage_errors("remove undeclared crons"), self.engine.begin() as c:
+            with storage_errors("remove undeclared crons"), self.core.engine.begin() as c:
                 stats["removed"] = c.execute(sa.delete(t).where(t.c.id.in_(gone))).rowcount
         return stats
 
