@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..crypto import PayloadCipher, plain_open
 from ..job import Job, JobStatus, ScheduleType, new_id
 from .dialects import Dialect
-from .errors import storage_errors
+from .errors import retry_on_deadlock, storage_errors
 from .schema import queue_table, starts_table, stats_table
 
 UTC = timezone.utc
@@ -158,6 +158,16 @@ class StoreCore:
             stmt = self._statements[key] = build()
         return stmt
 
+    def repeatable(self, action: str, stmt: Any) -> int:
+        """Run one statement that is safe to repeat, on a connection of its own,
+        again if the database picked it as a deadlock victim; its rowcount."""
+
+        def once() -> int:
+            with storage_errors(action), self.one_statement() as c:
+                return int(c.execute(stmt).rowcount)
+
+        return retry_on_deadlock(once, pause=(0.002, 0.01))
+
     def insert(self, c: Connection, rows: Sequence[Row]) -> None:
         """INSERT ``rows`` in ``c``, sealed (``sealed``), one round trip per
         ``INSERT_CHUNK`` rows."""
@@ -215,7 +225,7 @@ class StoreCore:
             return row
         return {**row, "payload": self.cipher.seal(row["payload"])}
 
-    def new_row(self, **values: Any) -> Row:
+    def new_row(self, /, **values: Any) -> Row:
         """A complete row with defaults; callers pass what differs."""
         now = self.now()
         row: Row = {
@@ -241,7 +251,8 @@ class StoreCore:
             "updated_at": now,
         }
         row.update(values)
-        row["custom_id"] = self.key(row["custom_id"])
+        if row["custom_id"] is not None:
+            row["custom_id"] = self.dialect.key(row["custom_id"])
         if row["status"] in LIVE:
             row["live_custom_id"] = row["custom_id"]
         for key in _TIMES:
@@ -250,10 +261,10 @@ class StoreCore:
         return row
 
     def readable(self, row: Any) -> Job[Any] | None:
-        """The job of a row just claimed or started; or, after one UPDATE by
-        primary key that fails the row, None: a row this release cannot read
-        (payload or retry edited by hand, an unknown status) is visibly FAILED,
-        rather than looping on leases."""
+        """UPDATE by primary key, only of a row this release cannot read: the job
+        of a row just claimed or started, or None after failing the row. One
+        whose payload or retry was edited by hand, or with an unknown status,
+        is visibly FAILED, rather than looping on leases."""
         try:
             return self.to_job(row)
         except (ValueError, TypeError, KeyError) as exc:

@@ -1,6 +1,7 @@
 """The conditions and clauses more than one statement shares: the one "due",
-expired, unrestricted, unstarted, the finish guard, a batch of runs; the ranges a claim takes from and
-how it ranks what it finds; the claim's SET clause; ``take``.
+expired, unrestricted, unstarted, the finish guard, a batch of runs; the
+ranges a claim takes from and how it ranks what it finds; the claim's SET
+clause; ``take``.
 
 Each takes the table (and values, or ``bindparam``s for a prebuilt statement)
 and builds an expression: no statement runs here but ``take``'s.
@@ -9,7 +10,8 @@ and builds an expression: no statement runs here but ``take``'s.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -94,6 +96,18 @@ def reason_tail(t: sa.Table, dialect: Dialect) -> Any:
 
 
 # -- what a claim takes, and in which order ----------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One claim's parameters: up to ``limit`` runs, each leased for
+    ``lease``; of ``ids`` only (the dispatch of jobs just enqueued) or of any
+    due job; ``whole`` rows (to run here) or just enough to deliver them."""
+
+    limit: int
+    lease: timedelta
+    ids: list[str] | None = None
+    whole: bool = False
 
 
 class Phase(NamedTuple):
