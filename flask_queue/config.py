@@ -10,8 +10,8 @@ from typing import Any
 from .crypto import read_keys
 from .durations import to_timedelta
 from .errors import ConfigError, QueueError, shown
-from .models import DEFAULT_TABLE_NAME
 from .scheduling import retry_delays
+from .store.schema import DEFAULT_TABLE_NAME
 
 EXECUTORS = ("inline", "thread", "http", "worker")
 

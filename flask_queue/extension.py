@@ -34,7 +34,6 @@ from .errors import (
 from .finisher import Finisher
 from .heartbeat import Heartbeat
 from .job import Job, JobStatus, ScheduleType, new_id
-from .models import job_table
 from .planning import (
     MAX_NAME,
     RetryPolicy,
@@ -48,6 +47,7 @@ from .planning import (
 from .scheduling import next_cron, retry_delays, validate_cron, zone
 from .stats import Tally
 from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row, naive_utc
+from .store.schema import job_table
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy

@@ -1,7 +1,7 @@
 """Runs succeeded and failed per minute, for the dashboard's charts.
 
 Each process counts in memory and adds its counts to the stats table
-(``models.stats_table``) in one statement at most once per ``FLUSH_EVERY``:
+(``store.schema.stats_table``) in one statement at most once per ``FLUSH_EVERY``:
 the run path never writes a row per job for a chart. A process flushes when it
 counts a run and the interval is up, when it produces (every cron ping) or idles
 (the worker), and at exit. What a process that is killed had not flushed yet

@@ -1,0 +1,124 @@
+"""What differs between the databases, chosen once per store (``Dialect.of``).
+
+Every statement of the store is written once; where a database needs another
+spelling, another kind of connection or another guard, the statement asks the
+store's ``Dialect`` instead of comparing the dialect's name at each call. A
+database other than these three gets the portable defaults of ``Dialect`` (the
+``else`` arms of the branches these replace).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+
+class Dialect:
+    """The defaults; ``Postgres``, ``Sqlite`` and ``MySQL`` override what differs."""
+
+    #: A write that is one statement runs in autocommit (``StoreCore.one_statement``).
+    autocommit: ClassVar[bool] = False
+    #: A failed statement aborts the whole transaction it is in, so one that may
+    #: fail inside a caller's transaction (an INSERT of a taken custom id) runs
+    #: in a SAVEPOINT (``StoreCore.begin``'s ``nested``).
+    savepoint: ClassVar[bool] = False
+    #: Inside a caller's transaction a plain read sees its snapshot (InnoDB's
+    #: REPEATABLE READ), which may predate the row it looks for: such reads lock
+    #: (FOR SHARE) to see the latest committed row.
+    locking_read: ClassVar[bool] = True
+    #: Idle workers can wait for a NOTIFY instead of polling.
+    notifies: ClassVar[bool] = False
+    #: The free claim is one UPDATE ... RETURNING over SKIP LOCKED CTEs
+    #: (``claim/returning.py``); otherwise pick, lock, UPDATE, read back
+    #: (``claim/mysql.py``).
+    claims_in_one_statement: ClassVar[bool] = False
+    #: The isolation level of the limited queues' claim transaction (None: the
+    #: engine's own).
+    claim_isolation: ClassVar[str | None] = None
+    #: How a positional INSERT ... ON CONFLICT is spelled (PostgreSQL's and
+    #: SQLite's are spelled alike).
+    _insert: ClassVar[Any] = staticmethod(sqlite.insert)
+
+    def __init__(self, engine: Engine) -> None:
+        self.name: str = engine.dialect.name
+        #: UPDATE ... RETURNING (PostgreSQL, SQLite 3.35+; not MySQL or MariaDB).
+        self.returning = bool(engine.dialect.update_returning)
+        #: An executemany's rowcount is the sum of its rows' (not PyMySQL's).
+        self.sane_multi_rowcount = bool(engine.dialect.supports_sane_multi_rowcount)
+
+    @staticmethod
+    def of(engine: Engine) -> Dialect:
+        """The ``Dialect`` of ``engine``'s database."""
+        kinds: dict[str, type[Dialect]] = {"postgresql": Postgres, "sqlite": Sqlite, "mysql": MySQL}
+        return kinds.get(engine.dialect.name, Dialect)(engine)
+
+    def key(self, custom_id: str | None) -> Any:
+        """A custom id as the custom id columns take it."""
+        return custom_id
+
+    def tail(self, text: Any, chars: int) -> Any:
+        """The last ``chars`` characters of the column ``text``."""
+        return sa.func.right(text, chars)
+
+    def hour(self, minute: Any) -> Any:
+        """The hour a DATETIME column's value is in (text on SQLite and MySQL)."""
+        return sa.func.strftime("%Y-%m-%d %H:00:00", minute)
+
+    def adding_upsert(
+        self, table: sa.Table, values: list[dict[str, Any]], key: list[Any], added: list[str]
+    ) -> Any:
+        """INSERT ``values``; a row whose ``key`` is taken gets the ``added``
+        columns added to its own, not replaced."""
+        ins = self._insert(table).values(values)
+        return ins.on_conflict_do_update(
+            index_elements=key, set_={name: table.c[name] + ins.excluded[name] for name in added}
+        )
+
+
+class Postgres(Dialect):
+    # Switching to autocommit is free here: no BEGIN/COMMIT round trips, about
+    # 0.1 ms off every enqueue, start and finish.
+    autocommit = True
+    savepoint = True
+    notifies = True
+    claims_in_one_statement = True
+    _insert = staticmethod(postgresql.insert)
+
+    def hour(self, minute: Any) -> Any:
+        return sa.func.date_trunc("hour", minute)
+
+
+class Sqlite(Dialect):
+    # One writer at a time, and a reader sees the latest commit.
+    locking_read = False
+    claims_in_one_statement = True
+
+    def tail(self, text: Any, chars: int) -> Any:
+        return sa.func.substr(text, -chars)
+
+
+class MySQL(Dialect):
+    """MySQL and MariaDB (InnoDB)."""
+
+    # Under InnoDB's default REPEATABLE READ a locking read also locks the gaps
+    # it scans: claimers that insert index entries into each other's ranges
+    # deadlock. A claim needs only the row locks.
+    claim_isolation = "READ COMMITTED"
+
+    def key(self, custom_id: str | None) -> Any:
+        # UTF-8 bytes for the VARBINARY column: it compares byte for byte (see schema).
+        return custom_id.encode("utf-8") if custom_id is not None else None
+
+    def hour(self, minute: Any) -> Any:
+        return sa.func.date_format(minute, "%Y-%m-%d %H:00:00")
+
+    def adding_upsert(
+        self, table: sa.Table, values: list[dict[str, Any]], key: list[Any], added: list[str]
+    ) -> Any:
+        ins = mysql.insert(table).values(values)
+        return ins.on_duplicate_key_update(
+            {name: table.c[name] + ins.inserted[name] for name in added}
+        )

@@ -1,0 +1,133 @@
+"""The rate limits' start log (``<table>_starts``): claims of rate-limited
+queues write an entry, starts stamp it, and each limited claim counts the
+window from it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .core import RUNNING, StoreCore, chunks
+from .errors import storage_errors
+from .predicates import these_runs
+
+#: Seconds between looks at the queue table while it holds no limited queue.
+LIMITS_RECHECK = 1.0
+
+
+class RateLog:
+    """The start log, and whether any queue has a rate limit (looked at once a
+    ``LIMITS_RECHECK`` at most)."""
+
+    def __init__(self, core: StoreCore) -> None:
+        self.core = core
+        #: Whether the queue table held a rate-limited queue at the last look,
+        #: and when to look again (see ``stamps_starts``).
+        self._rated = True
+        self._rated_recheck = 0.0
+
+    def note_rated(self, rated: bool) -> None:
+        """What the limited claim found in the queue table: whether some queue
+        has a rate limit (good for ``LIMITS_RECHECK``)."""
+        self._rated = rated
+        self._rated_recheck = time.monotonic() + LIMITS_RECHECK
+
+    def stamps_starts(self) -> bool:
+        """SELECT ... LIMIT 1 from the queue table, at most once per
+        ``LIMITS_RECHECK`` (a limited claim also updates it): whether starts go
+        in the rate log, because some queue has a rate limit."""
+        if time.monotonic() >= self._rated_recheck:
+            q = self.core.queues
+            with storage_errors("read queue limits"), self.core.engine.connect() as c:
+                found = c.execute(
+                    sa.select(q.c.name).where(q.c.rate_limit.is_not(None)).limit(1)
+                ).first()
+            self.note_rated(found is not None)
+        return self._rated
+
+    def stamp(self, runs: Sequence[tuple[str, int]], now: datetime) -> None:
+        """UPDATE of the start log by its primary key (job_id, attempt) per
+        FINISH_CHUNK runs: stamp the start time on these runs' entries (runs
+        of queues without a rate limit have none: nothing changes).
+
+        Until stamped, an entry counts in every window (claimed, not started),
+        so a run that waited in a pool's queue before it started holds its
+        place from its real start on, not from its claim: the next start comes
+        a whole window after it. Stamped after the run's start (a little late
+        at most: the limit errs towards fewer starts)."""
+        s = self.core.starts
+        for chunk in chunks(sorted(runs)):
+            stmt = (
+                sa.update(s)
+                .where(these_runs(s.c.job_id, s.c.attempt, chunk), s.c.started_at.is_(None))
+                .values(started_at=now)
+            )
+            self.core.repeatable("record rate-limited starts", stmt)
+
+    def window(self, c: Connection, rated: list[Any], now: datetime) -> dict[str, int]:
+        """UPDATE (dead unstamped claims), a DELETE per queue (what left its
+        window), then SELECT count(*) GROUP BY queue, on the start log's
+        (queue, started_at), in the limited claim's transaction: runs of each
+        rate-limited queue that count against its window at ``now``, started
+        within it, or claimed and not started yet (they will start later, so
+        they hold a place in every window from now on).
+
+        First deletes the starts that left the window. A claim whose run is
+        no longer going (not RUNNING under that attempt with a live lease) but
+        was never stamped is stamped ``now``: its run may have started and
+        ended before its start was written (a stamp the database refused, a
+        process killed in between), and forgetting it could let N more start
+        in that window. (A run given back unstarted, ``forget``, removes its
+        claim itself.) Errs towards fewer starts."""
+        s, t = self.core.starts, self.core.table
+        names = [r.name for r in rated]
+        alive = (
+            sa.select(t.c.id)
+            .where(
+                t.c.id == s.c.job_id,
+                t.c.attempt == s.c.attempt,
+                t.c.status == RUNNING,
+                t.c.lease_until > now,
+            )
+            .exists()
+        )
+        c.execute(
+            sa.update(s)
+            .where(s.c.queue.in_(names), s.c.started_at.is_(None), ~alive)
+            .values(started_at=now)
+        )
+        for row in rated:
+            since = now - timedelta(milliseconds=row.rate_window_ms or 0)
+            c.execute(sa.delete(s).where(s.c.queue == row.name, s.c.started_at <= since))
+        counted = c.execute(
+            sa.select(s.c.queue, sa.func.count()).where(s.c.queue.in_(names)).group_by(s.c.queue)
+        )
+        return {name: int(n) for name, n in counted}
+
+    def log_claims(self, c: Connection, claimed: list[Any], rated: set[str]) -> None:
+        """An executemany INSERT into the start log, in the limited claim's
+        transaction: an unstamped entry for each claimed run of a queue in
+        ``rated`` (it counts in every window until its start is stamped)."""
+        entries = [
+            {"job_id": r.id, "attempt": r.attempt, "queue": r.queue}
+            for r in claimed
+            if r.queue in rated
+        ]
+        if entries:
+            c.execute(sa.insert(self.core.starts).values(started_at=None), entries)
+
+    def forget(self, job_id: str, attempt: int) -> None:
+        """DELETE from the start log by its primary key, if unstamped: a run
+        given back before it started holds no place in a window."""
+        s = self.core.starts
+        with storage_errors("release a job"), self.core.one_statement() as c:
+            c.execute(
+                sa.delete(s).where(
+                    s.c.job_id == job_id, s.c.attempt == attempt, s.c.started_at.is_(None)
+                )
+            )

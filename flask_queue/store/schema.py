@@ -1,0 +1,184 @@
+"""The job table, declared on the app's own ``db.metadata``.
+
+Declaring it there (not on a private metadata) is what lets ``db.create_all()``
+create it and ``flask db migrate`` autogenerate it alongside the app's models. It
+is a Core ``Table`` rather than an ORM class: the store only issues Core
+statements (cheaper on the hot paths), and a Core table can be declared once per
+metadata without touching the app's declarative class registry.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+DEFAULT_TABLE_NAME = "queue_job"
+
+# MySQL/MariaDB DATETIME keeps whole seconds unless asked for more; run_at ordering
+# and leases need sub-second precision. TEXT there is 64 KiB; tracebacks and
+# payloads can be longer.
+_DateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+#: Custom ids compare byte for byte on every database. MySQL/MariaDB's default
+#: collations fold case, accents and trailing spaces ("invoice-7" = "Invoice-7" =
+#: "invoice-7 "), and even ``utf8mb4_bin`` pads spaces: there they are VARBINARY
+#: (UTF-8 bytes, every byte significant; the store decodes what it reads).
+#: SQLite and PostgreSQL already compare text exactly. A variant, not a
+#: TypeDecorator, so that Flask-Migrate renders it without importing flask_queue.
+_ExactString = sa.String(255).with_variant(mysql.VARBINARY(4 * 255), "mysql", "mariadb")
+
+
+def _declared(metadata: sa.MetaData, name: str, kind: str) -> sa.Table | None:
+    """Our table ``name`` if ``metadata`` already declares it; an error if the
+    app declares a table of its own by that name."""
+    existing = metadata.tables.get(name)
+    if existing is not None and not existing.info.get("flask_queue"):
+        raise ValueError(
+            f"Table {name!r} already exists on this metadata and is not a flask_queue"
+            f" {kind} table; set QUEUE_TABLE_NAME to another name."
+        )
+    return existing
+
+
+def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """Return the job table called ``name`` on ``metadata``, declaring it once."""
+    existing = _declared(metadata, name, "job")
+    if existing is not None:
+        return existing
+    table = sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.String(32), primary_key=True),
+        # custom_id stays on the row for search and history; live_custom_id is
+        # the same value while the job is live (SCHEDULED/RUNNING) and NULL once
+        # it is COMPLETED or FAILED, so "unique among live jobs" is a plain
+        # unique key on every database (NULLs never collide).
+        sa.Column("custom_id", _ExactString, nullable=True),
+        sa.Column("live_custom_id", _ExactString, nullable=True, unique=True),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("payload", _LongText, nullable=False),
+        sa.Column("run_at", _DateTime, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("reason", _LongText, nullable=True),
+        # The last error in one line ("ValueError: bad card"), set with reason:
+        # lists and the failures overview read this, never the traceback.
+        sa.Column("error", sa.String(255), nullable=True),
+        # The last HISTORY_SIZE attempts (JSON list: number, start, duration,
+        # outcome, error line), appended by each outcome written row by row.
+        sa.Column("history", sa.Text, nullable=True),
+        sa.Column("count", sa.Integer, nullable=False, default=0),
+        sa.Column("schedule_type", sa.String(8), nullable=True),
+        sa.Column("schedule", sa.String(255), nullable=True),
+        sa.Column("count_limit", sa.Integer, nullable=True),
+        sa.Column("tz", sa.String(64), nullable=True),
+        # The slot a repeating job's current run belongs to: run_at moves to a
+        # retry's time, this does not, so the next slot keeps the cadence.
+        sa.Column("occurrence_at", _DateTime, nullable=True),
+        # attempt: runs started, never reset; the signed invoke request names it, so
+        # a stale or replayed request for an earlier run is refused.
+        sa.Column("attempt", sa.Integer, nullable=False, default=0),
+        # Among due jobs the claim takes the highest first (then the oldest run_at).
+        # A server default, so adding the column to a filled table needs no backfill.
+        sa.Column("priority", sa.SmallInteger, nullable=False, server_default="0"),
+        # errors: consecutive failures of the current run, measured against retry.
+        sa.Column("errors", sa.Integer, nullable=False, default=0),
+        sa.Column("retry", sa.Text, nullable=True),
+        sa.Column("lease_until", _DateTime, nullable=True),
+        sa.Column("started_at", _DateTime, nullable=True),
+        sa.Column("created_at", _DateTime, nullable=False),
+        sa.Column("updated_at", _DateTime, nullable=False),
+        # Lists by status in run_at order, and the purge of kept history.
+        sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
+        # The claim of expired RUNNING leases.
+        sa.Index(f"ix_{name}_status_lease_until", "status", "lease_until"),
+        # Lookups and counts by queue, and the dashboard's per-queue lists in
+        # run_at order (keyset pages without a sort), per-queue bulk actions.
+        sa.Index(f"ix_{name}_queue_status_run_at", "queue", "status", "run_at"),
+        # Search and get_by_custom_id, which also find finished records.
+        sa.Index(f"ix_{name}_custom_id", "custom_id"),
+        # Declared crons are found by type on every produce; keep that off a scan.
+        sa.Index(f"ix_{name}_schedule_type", "schedule_type"),
+        info={"flask_queue": True},
+    )
+    # The claim of due jobs, highest priority then oldest first, walks this in
+    # order and stops at its LIMIT: a due backlog of any size costs a claim the
+    # same (ordering the due range of (status, run_at) by priority read all of
+    # it: 80 ms per claim with 100,000 due on PostgreSQL, 430 ms on MariaDB).
+    # What it walks past are future jobs of higher priorities than the ones it
+    # takes. MariaDB before 10.8 and MySQL before 8 ignore DESC here and sort.
+    sa.Index(f"ix_{name}_claim", table.c.status, table.c.priority.desc(), table.c.run_at)
+    return table
+
+
+def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The per-queue settings every claim reads: pause state (set by an operator)
+    and the limits the code declares (synced by each produce), one row per queue
+    that has any. Named after the job table (``<job table>_queues``)."""
+    name = f"{job_table_name}_queues"
+    existing = _declared(metadata, name, "queue")
+    if existing is not None:
+        return existing
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+        # At most this many RUNNING jobs of the queue at once (1: exclusive).
+        sa.Column("concurrency", sa.Integer, nullable=True),
+        # At most rate_limit starts in any rate_window_ms window.
+        sa.Column("rate_limit", sa.Integer, nullable=True),
+        sa.Column("rate_window_ms", sa.BigInteger, nullable=True),
+        # Unused since the rate log got a table of its own (``starts_table``);
+        # kept so that a release older than that can share the table.
+        sa.Column("starts", sa.Text, nullable=True),
+        sa.Column("updated_at", _DateTime, nullable=False),
+        info={"flask_queue": True},
+    )
+
+
+def starts_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The rate limits' start log (``<job table>_starts``): one row per run of
+    a rate-limited queue, written by the claim (``started_at`` NULL: claimed,
+    not started yet) and stamped when the run starts. Rows out of the window,
+    and claims whose run ended unstarted, are deleted by the next claim.
+
+    A table, not a list on the queue's row: a window of 10,000 starts is
+    10,000 small rows on an index, where a JSON list outgrew MySQL's 64 KiB
+    TEXT after about 3,000 and then failed every claim."""
+    name = f"{job_table_name}_starts"
+    existing = _declared(metadata, name, "start log")
+    if existing is not None:
+        return existing
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("job_id", sa.String(32), primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("started_at", _DateTime, nullable=True),
+        # Each claim counts one queue's window and prunes what left it.
+        sa.Index(f"ix_{name}_queue_started_at", "queue", "started_at"),
+        info={"flask_queue": True},
+    )
+
+
+def stats_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """Runs finished per minute and queue (``<job table>_stats``), for the
+    dashboard's charts: each process adds its counts in one statement per
+    interval (see ``stats.Tally``), so the run path writes no row per job."""
+    name = f"{job_table_name}_stats"
+    existing = _declared(metadata, name, "stats")
+    if existing is not None:
+        return existing
+    return sa.Table(
+        name,
+        metadata,
+        # The minute's start, UTC; with queue, the key each flush adds to.
+        sa.Column("minute", _DateTime, primary_key=True),
+        sa.Column("queue", sa.String(255), primary_key=True),
+        sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+        info={"flask_queue": True},
+    )
