@@ -222,6 +222,27 @@ def _producers(apps: list[Flask], queue: Queue, stop: threading.Event) -> list[t
     return threads
 
 
+def sharing_apps(make_app: AppFactory, queue: Queue, **config: Any) -> list[Flask]:
+    """PRODUCERS apps on one job table, as many processes would be."""
+    first = make_app(queue, **config)
+    table = first.config["QUEUE_TABLE_NAME"]
+    return [first] + [
+        make_app(queue, QUEUE_TABLE_NAME=table, **config) for _ in range(PRODUCERS - 1)
+    ]
+
+
+def produce_until(apps: list[Flask], queue: Queue, done: Callable[[], bool], what: str) -> None:
+    """Run ``_producers`` over ``apps`` until ``done``, then stop and join them."""
+    stop = threading.Event()
+    threads = _producers(apps, queue, stop)
+    try:
+        wait_until(done, what)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+
+
 @all_databases
 def test_concurrency_limit_holds_across_eight_producers(
     make_app: AppFactory, queue: Queue, clock: Clock
@@ -240,24 +261,18 @@ def test_concurrency_limit_holds_across_eight_producers(
             state["now"] -= 1
             done.append(job.payload)
 
-    first = make_app(queue)
-    apps = [first] + [
-        make_app(queue, QUEUE_TABLE_NAME=first.config["QUEUE_TABLE_NAME"])
-        for _ in range(PRODUCERS - 1)
-    ]
+    apps = sharing_apps(make_app, queue)
+    first = apps[0]
     with first.app_context():
         queue.enqueue_many("gateway", list(range(40)), delay="1s")
         queue.enqueue_many("echo", list(range(40)), delay="1s")  # unlimited, alongside
     clock.advance(1)
-    stop = threading.Event()
-    threads = _producers(apps, queue, stop)
-    try:
-        wait_until(lambda: len(done) == 40, "40 limited jobs")
-        wait_until(lambda: all_rows(first) == [], "every row finished")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
+    produce_until(
+        apps,
+        queue,
+        lambda: len(done) == 40 and all_rows(first) == [],
+        "40 limited jobs, and every row finished",
+    )
     assert sorted(done) == list(range(40))  # each once
     assert state["max"] <= 3
     assert state["max"] >= 2  # and not one at a time
@@ -281,24 +296,13 @@ def test_exclusive_queue_runs_one_at_a_time(
         with lock:
             state["now"] -= 1
 
-    first = make_app(queue)
-    apps = [first] + [
-        make_app(queue, QUEUE_TABLE_NAME=first.config["QUEUE_TABLE_NAME"])
-        for _ in range(PRODUCERS - 1)
-    ]
-    with first.app_context():
+    apps = sharing_apps(make_app, queue)
+    with apps[0].app_context():
         for i in range(15):
             queue.enqueue("export", i, delay="1s")
             clock.advance(0.001)  # distinct run_at: the order is theirs
     clock.advance(1)
-    stop = threading.Event()
-    threads = _producers(apps, queue, stop)
-    try:
-        wait_until(lambda: len(order) == 15, "15 exclusive jobs")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
+    produce_until(apps, queue, lambda: len(order) == 15, "15 exclusive jobs")
     assert state["max"] == 1
     assert order == list(range(15))  # in run_at order
 
@@ -315,25 +319,16 @@ def test_rate_limit_holds_in_every_window_across_eight_producers(
     def api(job: Job[int]) -> None:
         claimed_at.append(job.updated_at)  # the claim's time: the rate gates claims
 
-    first = make_app(queue, QUEUE_KEEP_COMPLETED="1h")  # keep started_at to check
-    apps = [first] + [
-        make_app(
-            queue,
-            QUEUE_TABLE_NAME=first.config["QUEUE_TABLE_NAME"],
-            QUEUE_KEEP_COMPLETED="1h",
-        )
-        for _ in range(PRODUCERS - 1)
-    ]
+    apps = sharing_apps(make_app, queue, QUEUE_KEEP_COMPLETED="1h")  # keep started_at
+    first = apps[0]
     with first.app_context():
         queue.enqueue_many("api", list(range(25)))
-    stop = threading.Event()
-    threads = _producers(apps, queue, stop)
-    try:
-        wait_until(lambda: sum(r.status == "COMPLETED" for r in all_rows(first)) == 25, "25 jobs")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
+    produce_until(
+        apps,
+        queue,
+        lambda: sum(r.status == "COMPLETED" for r in all_rows(first)) == 25,
+        "25 jobs",
+    )
     starts = sorted(claimed_at)
     assert len(starts) == 25
     for i, begin in enumerate(starts):

@@ -17,7 +17,7 @@ from flask import Flask
 from flask_queue import Job, Queue
 from flask_queue.errors import InvalidStatusError
 from tests.conftest import AppFactory, Clock, Recorder, all_databases, server_databases
-from tests.test_flow_control import PRODUCERS, _producers, all_rows, wait_until
+from tests.test_flow_control import all_rows, produce_until, sharing_apps, wait_until
 
 LEASE = timedelta(minutes=1)
 
@@ -276,21 +276,10 @@ def test_a_rate_limit_holds_for_starts_across_eight_producers(make_app: AppFacto
         with lock:
             starts.append(time.time())
 
-    first = make_app(queue)
-    apps = [first] + [
-        make_app(queue, QUEUE_TABLE_NAME=first.config["QUEUE_TABLE_NAME"])
-        for _ in range(PRODUCERS - 1)
-    ]
-    with first.app_context():
+    apps = sharing_apps(make_app, queue)
+    with apps[0].app_context():
         queue.enqueue_many("api", list(range(10)))
-    stop = threading.Event()
-    threads = _producers(apps, queue, stop)
-    try:
-        wait_until(lambda: len(starts) == 10, "10 starts")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
+    produce_until(apps, queue, lambda: len(starts) == 10, "10 starts")
     starts.sort()
     for i, begin in enumerate(starts):
         assert len([s for s in starts[i:] if s - begin < 1.0]) <= 4, starts

@@ -52,7 +52,8 @@ from .predicates import (
 from .queues import QueueSettings
 from .ratelog import LIMITS_RECHECK, RateLog
 from .reads import Reads
-from .runs import ERROR_WIDTH, Finish, Progress, Runs
+from .runs import Finish, Progress, Runs
+from .schema import ERROR_WIDTH
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -5,7 +5,7 @@ window from it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,29 +26,29 @@ class RateLog:
 
     def __init__(self, core: StoreCore) -> None:
         self.core = core
-        #: Whether the queue table held a rate-limited queue at the last look,
-        #: and when to look again (see ``stamps_starts``).
-        self._rated = True
+        #: The rate-limited queues at the last look, and when to look again
+        #: (see ``stamps_starts``).
+        self._rated: frozenset[str] = frozenset()
         self._rated_recheck = 0.0
 
-    def note_rated(self, rated: bool) -> None:
-        """What the limited claim found in the queue table: whether some queue
-        has a rate limit (good for ``LIMITS_RECHECK``)."""
-        self._rated = rated
+    def note_rated(self, names: Iterable[str]) -> None:
+        """What the limited claim found in the queue table: the queues with a
+        rate limit (good for ``LIMITS_RECHECK``)."""
+        self._rated = frozenset(names)
         self._rated_recheck = time.monotonic() + LIMITS_RECHECK
 
-    def stamps_starts(self) -> bool:
-        """SELECT ... LIMIT 1 from the queue table, at most once per
-        ``LIMITS_RECHECK`` (a limited claim also updates it): whether starts go
-        in the rate log, because some queue has a rate limit."""
+    def stamps_starts(self, queue: str | None = None) -> bool:
+        """SELECT of the rate-limited queues' names from the queue table, at
+        most once per ``LIMITS_RECHECK`` (a limited claim also updates them):
+        whether a start of ``queue`` (of any queue, without one) goes in the
+        rate log. Runs of other queues have no entry to stamp: the invoke
+        path's start writes nothing more for them."""
         if time.monotonic() >= self._rated_recheck:
             q = self.core.queues
             with storage_errors("read queue limits"), self.core.engine.connect() as c:
-                found = c.execute(
-                    sa.select(q.c.name).where(q.c.rate_limit.is_not(None)).limit(1)
-                ).first()
-            self.note_rated(found is not None)
-        return self._rated
+                names = c.execute(sa.select(q.c.name).where(q.c.rate_limit.is_not(None)))
+                self.note_rated(names.scalars())
+        return queue in self._rated if queue is not None else bool(self._rated)
 
     def stamp(self, runs: Sequence[tuple[str, int]], now: datetime) -> None:
         """UPDATE of the start log by its primary key (job_id, attempt) per

@@ -17,6 +17,7 @@ from .core import COMPLETED, FAILED, RUNNING, SCHEDULED, StoreCore, chunks, naiv
 from .errors import storage_errors
 from .predicates import finish_guard, these_runs, unstarted_run
 from .ratelog import RateLog
+from .schema import ERROR_WIDTH
 
 
 def _storable(text: str | None) -> str | None:
@@ -25,10 +26,6 @@ def _storable(text: str | None) -> str | None:
     if text is None:
         return None
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-#: Characters the ``error`` column holds (``schema``: String(255)).
-ERROR_WIDTH = 255
 
 
 def _storable_line(text: str | None) -> str | None:
@@ -138,7 +135,7 @@ class Runs:
             if row is None:
                 exists = c.execute(sa.select(t.c.id).where(t.c.id == job_id)).first()
                 return None, "stale" if exists else "missing"
-        if self.rates.stamps_starts():
+        if self.rates.stamps_starts(row.queue):
             self.rates.stamp([(job_id, attempt)], now)
         job = self.core.readable(row)
         return (job, "ok") if job is not None else (None, "failed")

@@ -9,6 +9,8 @@ metadata without touching the app's declarative class registry.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
@@ -30,6 +32,10 @@ _LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 _ExactString = sa.String(255).with_variant(mysql.VARBINARY(4 * 255), "mysql", "mariadb")
 
 
+#: Characters of the ``error`` column (one line: "ValueError: bad card").
+ERROR_WIDTH = 255
+
+
 def _declared(metadata: sa.MetaData, name: str, kind: str) -> sa.Table | None:
     """Our table ``name`` if ``metadata`` already declares it; an error if the
     app declares a table of its own by that name."""
@@ -40,6 +46,14 @@ def _declared(metadata: sa.MetaData, name: str, kind: str) -> sa.Table | None:
             f" {kind} table; set QUEUE_TABLE_NAME to another name."
         )
     return existing
+
+
+def _table(metadata: sa.MetaData, name: str, kind: str, *items: Any) -> sa.Table:
+    """Table ``name`` of ``items`` on ``metadata``, declared once."""
+    existing = _declared(metadata, name, kind)
+    if existing is not None:
+        return existing
+    return sa.Table(name, metadata, *items, info={"flask_queue": True})
 
 
 def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table:
@@ -64,7 +78,7 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Column("reason", _LongText, nullable=True),
         # The last error in one line ("ValueError: bad card"), set with reason:
         # lists and the failures overview read this, never the traceback.
-        sa.Column("error", sa.String(255), nullable=True),
+        sa.Column("error", sa.String(ERROR_WIDTH), nullable=True),
         # The last HISTORY_SIZE attempts (JSON list: number, start, duration,
         # outcome, error line), appended by each outcome written row by row.
         sa.Column("history", sa.Text, nullable=True),
@@ -116,13 +130,10 @@ def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
     """The per-queue settings every claim reads: pause state (set by an operator)
     and the limits the code declares (synced by each produce), one row per queue
     that has any. Named after the job table (``<job table>_queues``)."""
-    name = f"{job_table_name}_queues"
-    existing = _declared(metadata, name, "queue")
-    if existing is not None:
-        return existing
-    return sa.Table(
-        name,
+    return _table(
         metadata,
+        f"{job_table_name}_queues",
+        "queue",
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
         # At most this many RUNNING jobs of the queue at once (1: exclusive).
@@ -134,33 +145,30 @@ def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
         # kept so that a release older than that can share the table.
         sa.Column("starts", sa.Text, nullable=True),
         sa.Column("updated_at", _DateTime, nullable=False),
-        info={"flask_queue": True},
     )
 
 
 def starts_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
     """The rate limits' start log (``<job table>_starts``): one row per run of
     a rate-limited queue, written by the claim (``started_at`` NULL: claimed,
-    not started yet) and stamped when the run starts. Rows out of the window,
-    and claims whose run ended unstarted, are deleted by the next claim.
+    not started yet) and stamped when the run starts (or, if its run ended
+    unstamped, by the next claim). Rows out of the window are deleted by the
+    next claim.
 
     A table, not a list on the queue's row: a window of 10,000 starts is
     10,000 small rows on an index, where a JSON list outgrew MySQL's 64 KiB
     TEXT after about 3,000 and then failed every claim."""
     name = f"{job_table_name}_starts"
-    existing = _declared(metadata, name, "start log")
-    if existing is not None:
-        return existing
-    return sa.Table(
-        name,
+    return _table(
         metadata,
+        name,
+        "start log",
         sa.Column("job_id", sa.String(32), primary_key=True),
         sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("queue", sa.String(255), nullable=False),
         sa.Column("started_at", _DateTime, nullable=True),
         # Each claim counts one queue's window and prunes what left it.
         sa.Index(f"ix_{name}_queue_started_at", "queue", "started_at"),
-        info={"flask_queue": True},
     )
 
 
@@ -168,17 +176,13 @@ def stats_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
     """Runs finished per minute and queue (``<job table>_stats``), for the
     dashboard's charts: each process adds its counts in one statement per
     interval (see ``stats.Tally``), so the run path writes no row per job."""
-    name = f"{job_table_name}_stats"
-    existing = _declared(metadata, name, "stats")
-    if existing is not None:
-        return existing
-    return sa.Table(
-        name,
+    return _table(
         metadata,
+        f"{job_table_name}_stats",
+        "stats",
         # The minute's start, UTC; with queue, the key each flush adds to.
         sa.Column("minute", _DateTime, primary_key=True),
         sa.Column("queue", sa.String(255), primary_key=True),
         sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
         sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
-        info={"flask_queue": True},
     )

@@ -88,7 +88,7 @@ class LimitedClaim:
         the limited claim under the queue rows' locks."""
         self.held = bool(rows)
         rated = [r for r in rows if r.rate_limit is not None]
-        self.rates.note_rated(bool(rated))
+        self.rates.note_rated(r.name for r in rated)
         if not rows:
             # Look again in a while: a limit declared meanwhile is
             # safe (free claims never take a limited queue's jobs),
