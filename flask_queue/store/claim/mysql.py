@@ -58,42 +58,47 @@ class LockingClaim:
 
         def once() -> list[Any]:
             with engine.begin() as c:
-                offers: list[Offer] = []
-                for phase in phases:
-                    offers += self._lock_candidates(c, phase, limit)
-                chosen = [o.id for o in sorted(offers, key=offer_order)[:limit]]
+                offers = self._lock_candidates(c, phases, limit)
+                chosen = [o.id for o in offers[:limit]]
                 return take(c, t, chosen, values, columns) if chosen else []
 
         return retry_on_deadlock(once)
 
-    def _lock_candidates(self, c: Connection, phase: Phase, room: int) -> list[Offer]:
-        """SELECT candidates in ``phase``'s index order without locks, then
-        SELECT ... FOR UPDATE SKIP LOCKED of just those by primary key: lock up
-        to ``room`` rows of ``phase`` in its order.
+    def _lock_candidates(self, c: Connection, phases: list[Phase], room: int) -> list[Offer]:
+        """One SELECT of candidates from every range in its index order, without
+        locks (a UNION ALL of each range's best), then SELECT ... FOR UPDATE
+        SKIP LOCKED of just the best of them by primary key: lock up to
+        ``room`` rows, best first (``offer_order``).
 
         InnoDB locks every row a locking read looks at, and a read sorted by
         priority looks at the whole due range: so candidates are picked without
         locks, then just those are locked (SKIP LOCKED; the WHERE is checked
-        again, so a row taken meanwhile is not). Candidates that other claimers
-        locked first are passed over for the next ones, a few rounds at most:
-        a claim must not come back empty while due jobs are free.
+        again, so a row taken meanwhile is not). Both ranges in one pick: a
+        dead run competes by priority, and the (usually empty) expired range
+        costs no round trip of its own. Candidates that other claimers locked
+        first are passed over for the next ones, a few rounds at most: a claim
+        must not come back empty while due jobs are free.
         """
         t = self.core.table
+        either = sa.or_(*(phase.where for phase in phases))
         locked: list[Offer] = []
         seen: list[str] = []
         for _ in range(CANDIDATE_ROUNDS):
             need = room - len(locked)
             if need <= 0:
                 break
-            pick = (
-                sa.select(t.c.priority, phase.since, t.c.id)
-                .where(phase.where)
-                .order_by(*phase.order)
-                .limit(2 * need)
-            )
-            if seen:
-                pick = pick.where(t.c.id.not_in(seen))
-            picked = [Offer(p, s, i, True) for p, s, i in c.execute(pick)]
+            picks = []
+            for phase in phases:
+                pick = sa.select(t.c.priority, phase.since.label("since"), t.c.id).where(
+                    phase.where
+                )
+                if seen:
+                    pick = pick.where(t.c.id.not_in(seen))
+                picks.append(pick.order_by(*phase.order).limit(2 * need).subquery())
+            parts = [sa.select(p.c.priority, p.c.since, p.c.id) for p in picks]
+            stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+            found = [Offer(p, since, i, True) for p, since, i in c.execute(stmt)]
+            picked = sorted(found, key=offer_order)[: 2 * need]
             if not picked:
                 break
             seen += [o.id for o in picked]
@@ -105,11 +110,11 @@ class LockingClaim:
                 c.execute(
                     sa.select(t.c.id)
                     .with_hint(t, "FORCE INDEX (PRIMARY)", "mysql")
-                    .where(phase.where, t.c.id.in_([o.id for o in picked]))
+                    .where(either, t.c.id.in_([o.id for o in picked]))
                     .with_for_update(skip_locked=True)
                 ).scalars()
             )
             locked += [o for o in picked if o.id in free][:need]
-            if len(picked) < 2 * need:
+            if len(found) < 2 * need:
                 break  # no more candidates than these
-        return locked
+        return sorted(locked, key=offer_order)
