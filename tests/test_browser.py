@@ -322,6 +322,7 @@ MEASURE = """() => {
 
 def _check_layout(page: Any, name: str, width: int) -> dict[str, Any]:
     """No page wider than the screen, no table cell whose content spills out."""
+    page.wait_for_load_state("load")  # a layout read before the CSS applies is unstyled
     m = page.evaluate(MEASURE)
     assert m["viewport"] == width
     assert m["page"] <= m["viewport"], (name, width, m["page"])

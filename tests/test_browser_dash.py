@@ -181,6 +181,11 @@ def test_error_lines_are_whole_and_wrap(
     more = row.get_by_role("link", name="full error on the job page")
     assert more.is_visible()
     more.click()
+    # Measure only once the job page's stylesheet applies: the click returns when the
+    # navigation commits, and a layout read before the CSS loads sees an unstyled page
+    # (CI saw 16 px text that did not wrap: scrollWidth 1,625 px in a 359 px box).
+    page.wait_for_url("**/job/*")
+    page.wait_for_load_state("load")
     whole = page.locator("p.error-full")
     assert LONG_CARD in whole.inner_text()
     box = whole.evaluate(BOX)
