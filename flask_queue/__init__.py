@@ -15,7 +15,8 @@ from .errors import (
     UnreadablePayloadError,
 )
 from .extension import Handler, ProduceResult, Queue
-from .job import Job, JobStatus, ScheduleType
+from .job import Job, JobStatus
+from .scheduling import ScheduleType
 
 __version__ = "0.1.0"
 

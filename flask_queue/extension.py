@@ -33,7 +33,7 @@ from .errors import (
 )
 from .finisher import Finisher
 from .heartbeat import Heartbeat
-from .job import Job, JobStatus, ScheduleType, new_id
+from .job import Job, JobStatus, new_id
 from .planning import (
     MAX_NAME,
     RetryPolicy,
@@ -44,7 +44,7 @@ from .planning import (
     parse_rate,
     plan,
 )
-from .scheduling import next_cron, retry_delays, validate_cron, zone
+from .scheduling import ScheduleType, next_cron, retry_delays, validate_cron, zone
 from .stats import Tally
 from .store import CRON_ID_PREFIX, SCHEDULED, JobStore, Row, naive_utc
 from .store.schema import job_table

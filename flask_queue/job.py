@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+# Re-exported: ScheduleType lives with the schedule maths it names (scheduling.py),
+# so job.py imports scheduling and never the other way round.
+from .scheduling import Schedule, ScheduleType
+
 T = TypeVar("T")
 
 # RFC 4648 base32 -> Crockford's alphabet, lower case: no i, l, o, u to misread.
@@ -36,14 +40,6 @@ class JobStatus(str, enum.Enum):
     RUNNING = "RUNNING"
     FAILED = "FAILED"
     COMPLETED = "COMPLETED"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class ScheduleType(str, enum.Enum):
-    CRON = "CRON"
-    EVERY = "EVERY"
 
     def __str__(self) -> str:
         return self.value
@@ -103,8 +99,6 @@ class Job(Generic[T]):
         """An ``every`` job's interval (stored as whole milliseconds); else None."""
         if self.schedule_type is not ScheduleType.EVERY or self.schedule is None:
             return None
-        from .scheduling import Schedule
-
         return Schedule.of(self).interval
 
     def as_dict(self) -> dict[str, Any]:
@@ -117,3 +111,6 @@ class Job(Generic[T]):
                 value = value.value
             out[key] = value
         return out
+
+
+__all__ = ["Job", "JobStatus", "ScheduleType", "new_id"]

@@ -13,8 +13,8 @@ from . import history
 from .durations import to_milliseconds
 from .errors import QueueError
 from .history import ERROR_LINE
-from .job import Job, ScheduleType
-from .scheduling import Schedule
+from .job import Job
+from .scheduling import Schedule, ScheduleType
 
 _SENSITIVE = re.compile(r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|card", re.I)
 MASK = "••••••"

@@ -6,12 +6,13 @@ into the naive UTC values the columns hold.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
@@ -24,12 +25,30 @@ from .errors import (
     QueueError,
     shown,
 )
-from .job import ScheduleType
-
-if TYPE_CHECKING:
-    from .job import Job
 
 UTC = timezone.utc
+
+
+class ScheduleType(str, enum.Enum):
+    CRON = "CRON"
+    EVERY = "EVERY"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Repeating(Protocol):
+    """What :meth:`Schedule.of` reads of a job: a ``Job`` has these fields."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def schedule_type(self) -> ScheduleType | None: ...
+    @property
+    def schedule(self) -> str | None: ...
+    @property
+    def tz(self) -> str | None: ...
+
 
 #: Retry delays used for ``retry=N``: 10 s, 20 s, 40 s ... capped at one day.
 DEFAULT_BACKOFF_BASE = timedelta(seconds=10)
@@ -227,7 +246,7 @@ class Schedule:
             ) from None
 
     @classmethod
-    def of(cls, job: Job[Any]) -> Schedule:
+    def of(cls, job: Repeating) -> Schedule:
         """The schedule of a repeating job (see :meth:`parse`)."""
         if job.schedule_type is None or job.schedule is None:
             raise InvalidScheduleError(f"Job {job.id!r} does not repeat.")

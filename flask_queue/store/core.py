@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..crypto import PayloadCipher, plain_open
-from ..job import Job, JobStatus, ScheduleType, new_id
+from ..job import Job, JobStatus, new_id
+from ..scheduling import ScheduleType
 from .dialects import Dialect
 from .errors import retry_on_deadlock, storage_errors
 from .schema import queue_table, starts_table, stats_table

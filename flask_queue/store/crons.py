@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..job import ScheduleType
+from ..scheduling import ScheduleType
 from .core import RUNNING, Row, StoreCore, text_of
 from .errors import storage_errors
 
