@@ -1,4 +1,5 @@
-"""``flask queue ...``: thin click wrappers over ``Queue`` methods."""
+"""``flask queue ...``: each command is its options and one call into
+``actions``, ``enqueue``, ``producer`` or ``worker``."""
 
 from __future__ import annotations
 
@@ -13,20 +14,23 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from . import actions, enqueue, producer
 from .durations import parse_ms, to_timedelta
 from .errors import InvalidDurationError, QueueError, shown
-from .extension import ProduceResult, Queue
 from .job import Job, JobStatus
 from .planning import json_problem
+from .producer import ProduceResult
+from .signing import produce_token_for
+from .state import QueueState
 
 queue_cli = AppGroup("queue", help="Background jobs stored in the app's database.")
 
 
-def _queue() -> Queue:
+def _state() -> QueueState:
     state = current_app.extensions.get("queue")
     if state is None:
         raise click.ClickException("flask_queue is not initialised on this app.")
-    return state.queue  # type: ignore[no-any-return]
+    return state  # type: ignore[no-any-return]
 
 
 def _log_to_stderr() -> None:
@@ -188,13 +192,13 @@ def produce_command(loop: bool, interval: timedelta | None) -> None:
     if loop:
         _log_to_stderr()
 
-    q = _queue()
+    state = _state()
     try:
         if loop:
-            every = interval or q.state().config.produce_interval
-            produce_loop(q, every.total_seconds(), report=click.echo)
+            every = interval or state.config.produce_interval
+            produce_loop(state.queue, every.total_seconds(), report=click.echo)
         else:
-            result = q.produce()
+            result = producer.produce(state)
             click.echo(json.dumps(result.as_dict()))
             if result.failed_deliveries:
                 click.echo(_delivery_warning(result), err=True)
@@ -229,7 +233,7 @@ def work_command(concurrency: int, interval: timedelta, max_jobs: int | None) ->
 
     try:
         work(
-            _queue(),
+            _state().queue,
             concurrency=concurrency,
             interval=interval.total_seconds(),
             max_jobs=max_jobs,
@@ -271,13 +275,14 @@ def enqueue_command(
         raise click.UsageError("--cron and --every both given: a job repeats one way.")
     if times is not None and cron is None and every is None:
         raise click.UsageError("--times needs --cron or --every: it counts a repeating job's runs.")
-    q = _queue()
+    state = _state()
     try:
         # Looked up first only to say what happened: enqueue keeps (or with
         # --override replaces) a live job holding this custom id, and returns a
         # job either way.
-        before = q.get_by_custom_id(custom_id) if custom_id is not None else None
-        job = q.enqueue(
+        before = actions.get_by_custom_id(state, custom_id) if custom_id is not None else None
+        job = enqueue.enqueue(
+            state,
             name,
             payload,
             delay=delay,
@@ -317,7 +322,7 @@ def list_command(status: str | None, queue_name: str | None, limit: int) -> None
     try:
         # jobs() may return an iterator over every match: read at most limit,
         # and inside the try, where its reads happen.
-        found = _queue().jobs(status=status, queue=queue_name, limit=limit, payloads=False)
+        found = actions.jobs(_state(), status=status, queue=queue_name, limit=limit, payloads=False)
         jobs = list(itertools.islice(found, limit))
     except QueueError as exc:
         raise _fail(exc) from None
@@ -336,7 +341,7 @@ def list_command(status: str | None, queue_name: str | None, limit: int) -> None
 def show_command(key: str) -> None:
     """Show one job in full (JSON), by id or custom id (an id match wins)."""
     try:
-        job = _queue().store.find(key)
+        job = actions.find(_state(), key)
     except QueueError as exc:
         raise _fail(exc) from None
     if job is None:
@@ -349,7 +354,7 @@ def show_command(key: str) -> None:
 def retry_command(job_id: str) -> None:
     """Put a FAILED job back to SCHEDULED, due now."""
     try:
-        job = _queue().retry(job_id)
+        job = actions.retry(_state(), job_id)
     except QueueError as exc:
         raise _fail(exc) from None
     click.echo(f"{job.id} {job.status.value}")
@@ -360,7 +365,7 @@ def retry_command(job_id: str) -> None:
 def delete_command(job_id: str) -> None:
     """Delete a job."""
     try:
-        deleted = _queue().delete(job_id)
+        deleted = actions.delete(_state(), job_id)
     except QueueError as exc:
         raise _fail(exc) from None
     if not deleted:
@@ -373,7 +378,7 @@ def delete_command(job_id: str) -> None:
 def pause_command(name: str) -> None:
     """Stop claiming queue NAME's jobs (every process, from its next claim)."""
     try:
-        _queue().pause(name)
+        actions.pause(_state(), name)
     except QueueError as exc:
         raise _fail(exc) from None
     click.echo(f"{name} paused: its jobs stay SCHEDULED; running ones finish")
@@ -384,7 +389,7 @@ def pause_command(name: str) -> None:
 def resume_command(name: str) -> None:
     """Claim queue NAME's jobs again."""
     try:
-        _queue().resume(name)
+        actions.resume(_state(), name)
     except QueueError as exc:
         raise _fail(exc) from None
     click.echo(f"{name} resumed")
@@ -394,7 +399,7 @@ def resume_command(name: str) -> None:
 def stats_command() -> None:
     """Jobs per queue and status."""
     try:
-        counts = _queue().store.counts()
+        counts = actions.counts(_state())
     except QueueError as exc:
         raise _fail(exc) from None
     statuses = [s.value for s in JobStatus]
@@ -410,7 +415,7 @@ def stats_command() -> None:
 def token_command() -> None:
     """Print the bearer token for GET|POST <prefix>/produce."""
     try:
-        click.echo(_queue().produce_token())
+        click.echo(produce_token_for(_state().config))
     except QueueError as exc:
         raise _fail(exc) from None
 
@@ -419,7 +424,7 @@ def token_command() -> None:
 def sync_crons_command() -> None:
     """Make the table hold exactly the crons declared with @queue.cron."""
     try:
-        stats = _queue().sync_crons()
+        stats = producer.sync_crons(_state())
     except QueueError as exc:
         raise _fail(exc) from None
     click.echo(", ".join(f"{k} {v}" for k, v in stats.items()))
@@ -430,7 +435,7 @@ def sync_crons_command() -> None:
 def rotate_keys_command(batch: int) -> None:
     """Re-encrypt every payload with the newest of QUEUE_ENCRYPTION_KEYS."""
     try:
-        count = _queue().rotate_keys(batch=batch)
+        count = actions.rotate_keys(_state(), batch=batch)
     except QueueError as exc:
         raise _fail(exc) from None
     click.echo(f"{count} payload(s) encrypted with the newest key")

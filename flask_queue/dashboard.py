@@ -29,7 +29,7 @@ from flask import (
 from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from wtforms import ValidationError
 
-from . import present
+from . import actions, present
 from .errors import (
     InvalidStatusError,
     JobNotFoundError,
@@ -41,7 +41,7 @@ from .job import JobStatus
 from .signing import tokens_equal
 
 if TYPE_CHECKING:
-    from .extension import QueueState
+    from .state import QueueState
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self';"
@@ -178,7 +178,6 @@ def _status_arg(status: str) -> str:
 
 
 def register_dashboard(bp: Blueprint, state: QueueState) -> None:
-    store = state.store
 
     def queue_names() -> list[str]:
         return sorted(state.queue.handlers)
@@ -237,7 +236,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             "totals": dict(
                 zip(
                     STATUSES,
-                    store.counts_capped(TOTAL_CAP, [(s, None) for s in STATUSES]),
+                    actions.counts_capped(state, TOTAL_CAP, [(s, None) for s in STATUSES]),
                     strict=True,
                 )
             ),
@@ -275,11 +274,11 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     @bp.get("/")
     def index() -> Any:
         cells = [(s, q) for q in queue_names() for s in STATUSES]
-        grid = dict(zip(cells, store.counts_capped(CELL_CAP, cells), strict=True))
+        grid = dict(zip(cells, actions.counts_capped(state, CELL_CAP, cells), strict=True))
         failures = Counter(
-            (q, present.error_type(r)) for q, r in store.recent_failures(FAILURE_SAMPLE)
+            (q, present.error_type(r)) for q, r in actions.recent_failures(state, FAILURE_SAMPLE)
         )
-        settings = store.queue_settings()
+        settings = actions.queue_settings(state)
         # Due but not claimed: what a pause or a limit holds back right now.
         held = [
             q
@@ -289,14 +288,16 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         waiting = dict(
             zip(
                 held,
-                store.counts_capped(CELL_CAP, [(None, q) for q in held], due=True),
+                actions.counts_capped(state, CELL_CAP, [(None, q) for q in held], due=True),
                 strict=True,
             )
         )
         now = state.queue.clock()
         hour_from, day_from = present.charts_since(now)
         charts = present.run_charts(
-            store.run_stats(hour_from), store.run_stats(day_from, by_hour=True), now
+            actions.run_stats(state, hour_from),
+            actions.run_stats(state, day_from, by_hour=True),
+            now,
         )
         return render_template(
             "flask_queue/index.html",
@@ -322,13 +323,13 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         rows = (
             []
             if unknown
-            else store.jobs(
+            else actions.page(
+                state,
                 status=value,
                 queue=queue,
                 limit=PAGE_SIZE + 1,
                 after=before or after,
                 newest_first=newest_first != backward,
-                light=True,
             )
         )
         beyond = len(rows) > PAGE_SIZE  # more past the page, in the order it was read
@@ -350,7 +351,9 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
                 "phone": _pager(rows, *phone, earlier, later),
             },
             # Unfiltered, the count is the nav's total for this status: not counted twice.
-            matching=(0 if unknown else store.count_capped(TOTAL_CAP, status=value, queue=queue))
+            matching=(
+                0 if unknown else actions.count_capped(state, TOTAL_CAP, status=value, queue=queue)
+            )
             if queue
             else None,
         )
@@ -363,8 +366,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         if _unstorable(key):
             return render_template("flask_queue/search.html", q=key, matches=[]), 404
         # An exact id, then an exact custom id, wins over the longer ones it begins.
-        job = store.find(key)
-        matches = [job] if job is not None else store.search(key, SEARCH_LIMIT + 1)
+        job = actions.find(state, key)
+        matches = [job] if job is not None else actions.search(state, key, SEARCH_LIMIT + 1)
         if len(matches) == 1:
             return redirect(url_for("queue.job", job_id=matches[0].id))
         return render_template(
@@ -375,7 +378,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         ), (200 if matches else 404)
 
     def job_or_none(job_id: str) -> Any:
-        return None if _unstorable(job_id) else store.get(job_id)
+        return None if _unstorable(job_id) else actions.get(state, job_id)
 
     @bp.get("/job/<job_id>")
     def job(job_id: str) -> Any:
@@ -403,13 +406,13 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
             abort(404, f"No job with id {job_id!r}.")
         try:
             if action == "run-now":
-                state.queue.run_now(job_id)
+                actions.run_now(state, job_id)
                 flash("The job is due now; the next produce runs it.", "ok")
             elif action == "retry":
-                state.queue.retry(job_id)
+                actions.retry(state, job_id)
                 flash("The job is scheduled again, due now.", "ok")
             elif action == "delete":
-                if not state.queue.delete(job_id):
+                if not actions.delete(state, job_id):
                     raise JobNotFoundError(f"No job with id {job_id!r}.")
                 flash(f"Deleted job {job_id}.", "ok")
                 target = _same_site(request.form.get("next")) or url_for("queue.index")
@@ -426,10 +429,10 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     def queue_action(name: str, action: str) -> Any:
         try:
             if action == "pause":
-                state.queue.pause(name)
+                actions.pause(state, name)
                 flash(f"Paused {name}: its jobs stay scheduled; running ones finish.", "ok")
             elif action == "resume":
-                state.queue.resume(name)
+                actions.resume(state, name)
                 flash(f"Resumed {name}.", "ok")
             else:
                 abort(404, f"No action {action!r}.")
@@ -444,10 +447,10 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
         where = f" in queue {queue!r}" if queue else ""
         nothing = _unstorable(queue)
         if action == "retry":
-            count = 0 if nothing else store.retry_failed(queue)
+            count = 0 if nothing else actions.retry_failed(state, queue)
             flash(f"Scheduled {count:,} failed job(s){where} again.", "ok")
         elif action == "delete":
-            count = 0 if nothing else store.delete_failed(queue)
+            count = 0 if nothing else actions.delete_failed(state, queue)
             flash(f"Deleted {count:,} failed job(s){where}.", "ok")
         else:
             abort(400, f"No bulk action {action!r}.")

@@ -24,7 +24,7 @@ from .runner import refuse_delivery, run_claimed
 from .signing import sign_invoke
 
 if TYPE_CHECKING:
-    from .extension import QueueState
+    from .state import QueueState
 
 log = logging.getLogger("flask_queue")
 

@@ -30,7 +30,7 @@ from .errors import ConfigError
 from .job import JobStatus
 
 if TYPE_CHECKING:
-    from .extension import QueueState
+    from .state import QueueState
 
 #: Counts stop here, as the dashboard's queue cells do.
 CELL_CAP = 10_000

@@ -25,8 +25,8 @@ from .scheduling import Schedule
 from .store import COMPLETED, FAILED, SCHEDULED, Finish
 
 if TYPE_CHECKING:
-    from .extension import QueueState
     from .finisher import Finisher
+    from .state import QueueState
 
 log = logging.getLogger("flask_queue")
 

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .producer import produce
+
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .extension import QueueState
+    from .state import QueueState
 
 log = logging.getLogger("flask_queue")
 
@@ -120,7 +122,7 @@ def start_scheduler(state: QueueState) -> None:
     def tick() -> None:
         with state.app.app_context():
             try:
-                state.queue.produce()
+                produce(state)
             except Exception:
                 log.exception("flask_queue: scheduled produce failed")
 

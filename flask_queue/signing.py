@@ -28,10 +28,16 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from itsdangerous import BadData, BadSignature, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 from itsdangerous.signer import Signer
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import QueueConfig
 
 INVOKE_SALT = "flask_queue.invoke"
 PRODUCE_SALT = "flask_queue.produce-token"
@@ -111,6 +117,19 @@ def verify_invoke(secret_keys: list[str], body: bytes, max_age: timedelta) -> In
 def produce_token(secret: str) -> str:
     """The bearer token ``/produce`` accepts when ``QUEUE_PRODUCE_TOKEN`` is unset."""
     return Signer(secret, salt=PRODUCE_SALT).derive_key().hex()
+
+
+def produce_token_for(config: QueueConfig) -> str:
+    """The bearer token ``/produce`` accepts under ``config``: ``QUEUE_PRODUCE_TOKEN``,
+    else derived from the signing secret."""
+    if config.produce_token:
+        return str(config.produce_token)
+    if not config.secret:
+        raise ConfigError(
+            "No produce token: set QUEUE_PRODUCE_TOKEN, or QUEUE_SECRET/SECRET_KEY to"
+            " derive one from."
+        )
+    return produce_token(config.secret)
 
 
 def tokens_equal(given: str, expected: str) -> bool:

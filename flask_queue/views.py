@@ -11,11 +11,19 @@ from typing import IO, TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import producer
 from .errors import ConfigError
-from .signing import BODY_TOO_LARGE, MAX_INVOKE_BODY, InvokeRefused, tokens_equal, verify_invoke
+from .signing import (
+    BODY_TOO_LARGE,
+    MAX_INVOKE_BODY,
+    InvokeRefused,
+    produce_token_for,
+    tokens_equal,
+    verify_invoke,
+)
 
 if TYPE_CHECKING:
-    from .extension import QueueState
+    from .state import QueueState
 
 _HERE = Path(__file__).resolve().parent
 
@@ -53,7 +61,7 @@ def _bearer_denied(state: QueueState) -> Any:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     try:
-        expected = state.queue.produce_token()
+        expected = produce_token_for(state.config)
     except ConfigError as exc:  # no token and no secret: nobody may
         return _error(503, str(exc))
     if scheme.lower() != "bearer" or not tokens_equal(given.strip(), expected):
@@ -109,7 +117,7 @@ def make_blueprint(state: QueueState) -> Blueprint:
         denied = _bearer_denied(state)
         if denied is not None:
             return denied
-        return jsonify(state.queue.produce().as_dict())
+        return jsonify(producer.produce(state).as_dict())
 
     @bp.get("/metrics")
     def metrics() -> Any:

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidOptionError, StorageError
 from .executors import ThreadExecutor
 from .history import LOG_LINE, clipped
+from .producer import ProduceResult, produce
+from .state import QueueState, current_state
 
 if TYPE_CHECKING:
-    from .extension import ProduceResult, Queue
+    from .registry import Registry
     from .store import JobStore, Listener
 
 log = logging.getLogger("flask_queue")
@@ -88,11 +90,13 @@ class _Outage:
         # reconnect in the same instant when it ends.
         return delay * random.uniform(0.8, 1.0)
 
-    def produce(self, queue: Queue, stop: threading.Event, **options: Any) -> ProduceResult | None:
-        """``queue.produce(**options)``, or None after waiting out a failure that
+    def produce(
+        self, state: QueueState, stop: threading.Event, **options: Any
+    ) -> ProduceResult | None:
+        """``produce(state, **options)``, or None after waiting out a failure that
         an outage explains; any other error ends the loop."""
         try:
-            result = queue.produce(**options)
+            result = produce(state, **options)
         except StorageError as exc:
             if not exc.transient:
                 raise
@@ -113,7 +117,7 @@ class _Outage:
 
 
 def produce_loop(
-    queue: Queue,
+    queue: Registry,
     interval: float,
     *,
     stop: threading.Event | None = None,
@@ -134,9 +138,10 @@ def produce_loop(
     if stop is None:  # the CLI: SIGTERM/SIGINT stop the loop
         stop = threading.Event()
         _stop_on_signals(stop)
+    state = current_state(queue)
     outage = _Outage(backoff, max_backoff)
     while not stop.is_set():
-        result = outage.produce(queue, stop)
+        result = outage.produce(state, stop)
         if result is None:
             continue
         if result.failed_deliveries:
@@ -150,7 +155,7 @@ def produce_loop(
 
 
 def work(
-    queue: Queue,
+    queue: Registry,
     *,
     concurrency: int,
     interval: float,
@@ -171,7 +176,7 @@ def work(
     """
     _check_interval(interval)
     _check_backoff(backoff, max_backoff)
-    state = queue.state()
+    state = current_state(queue)
     report(_started_line(queue, state.store.dialect, concurrency, interval, max_jobs))
     if stop is None:  # the CLI: SIGTERM/SIGINT stop the worker
         stop = threading.Event()
@@ -197,7 +202,7 @@ def work(
             # produce claims in batches sized to the pool: without the limit,
             # --max-jobs 1 would claim (and run) a whole batch.
             result = outage.produce(
-                queue, stop, executor=executor, limit=left, housekeeping=housekeeping
+                state, stop, executor=executor, limit=left, housekeeping=housekeeping
             )
             if result is None:
                 continue
@@ -266,7 +271,7 @@ class _Idle:
 
 
 def _started_line(
-    queue: Queue, dialect: str, concurrency: int, interval: float, max_jobs: int | None
+    queue: Registry, dialect: str, concurrency: int, interval: float, max_jobs: int | None
 ) -> str:
     names = ", ".join(queue.handlers) or "(none registered)"
     line = (

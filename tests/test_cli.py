@@ -303,13 +303,15 @@ def test_list_reads_at_most_limit_jobs_from_an_iterator(
     jobs = queue.enqueue_many("echo", list(range(5)), delay="1h")
     taken: list[int] = []
 
-    def every_job(**kwargs: Any) -> Any:
-        # What Queue.jobs is becoming: a lazy iterator over every matching job.
+    def every_job(state: Any, **kwargs: Any) -> Any:
+        # As actions.jobs is: a lazy iterator over every matching job.
         for job in sorted(jobs, key=lambda j: j.id):
             taken.append(1)
             yield job
 
-    monkeypatch.setattr(queue, "jobs", every_job)
+    import flask_queue.actions
+
+    monkeypatch.setattr(flask_queue.actions, "jobs", every_job)
     listed = runner.invoke(args=["queue", "list", "--limit", "2"])
     assert listed.exit_code == 0, listed.output
     assert len(listed.output.splitlines()) == 2 + 2  # header, rule, two rows

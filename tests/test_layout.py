@@ -105,7 +105,6 @@ def test_the_checker_sees_a_circle() -> None:
     assert "flask_queue.store.claim.base" in _graph()["flask_queue.store.claim"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the state/actions moves (steps 5-8) break it")
 def test_no_import_circle() -> None:
     assert _circles(_graph()) == []
 
@@ -150,19 +149,12 @@ def _sizes() -> list[tuple[str, str, int, int]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: extension.py and register_dashboard")
+@pytest.mark.xfail(strict=True, reason="issue 18 step 10: register_dashboard")
 def test_no_room_is_too_big() -> None:
     assert [s for s in _sizes() if s[2] > s[3]] == []
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param("cli", marks=pytest.mark.xfail(strict=True, reason="issue 18 step 8")),
-        pytest.param("dashboard", marks=pytest.mark.xfail(strict=True, reason="step 8")),
-        "views",
-    ],
-)
+@pytest.mark.parametrize("module", ["cli", "dashboard", "views"])
 def test_commands_and_views_reach_the_store_through_actions(module: str) -> None:
     """CLI commands and views call actions and the producer, never ``state.store``."""
     path = PACKAGE / f"{module}.py"
