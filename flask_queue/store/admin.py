@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from ..errors import InvalidStatusError, JobNotFoundError, StorageError
 from ..job import Job
-from .core import COMPLETED, FAILED, SCHEDULED, StoreCore, naive_utc, text_of
+from .core import COMPLETED, FAILED, SCHEDULED, StoreCore, naive_utc, nameable, text_of
 from .errors import storage_errors
 from .reads import Reads
 
@@ -28,6 +28,8 @@ class Admin:
         lease (RUNNING, or replaced while running) is refused: its row is the
         run's concurrency slot, and the handler goes on running whatever
         happens to the row. A run whose lease expired (dead) may go."""
+        if not nameable(job_id):
+            return False
         t = self.core.table
         now = self.core.now()
         unleased = sa.or_(t.c.lease_until.is_(None), t.c.lease_until <= now)
@@ -107,6 +109,8 @@ class Admin:
         transaction: a job of an ``allowed`` status becomes SCHEDULED, due now,
         and takes its custom id back (the unique live_custom_id refuses it if
         another live job holds it)."""
+        if not nameable(job_id):
+            raise JobNotFoundError(f"No job with id {job_id!r}.")
         t = self.core.table
         now = self.core.now()
         stmt = (

@@ -60,6 +60,21 @@ def aware_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def nameable(key: str) -> bool:
+    """Whether a job's id or custom id can be ``key``. Neither holds NUL (ids are
+    generated; custom ids refuse it) nor a lone surrogate (not UTF-8), and
+    neither can be sent to every database (PostgreSQL refuses NUL in a text
+    parameter, and no driver encodes a surrogate): such a key names no job, and
+    the look-ups answer so without asking."""
+    if "\x00" in key:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def text_of(value: Any) -> Any:
     """A custom id as text: MySQL hands the VARBINARY column back as bytes."""
     if isinstance(value, (bytes, bytearray, memoryview)):

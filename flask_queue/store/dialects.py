@@ -52,7 +52,14 @@ class Dialect:
     @staticmethod
     def of(engine: Engine) -> Dialect:
         """The ``Dialect`` of ``engine``'s database."""
-        kinds: dict[str, type[Dialect]] = {"postgresql": Postgres, "sqlite": Sqlite, "mysql": MySQL}
+        # SQLAlchemy names its dialect for ``mariadb+pymysql://`` URLs "mariadb":
+        # the same server, the same statements.
+        kinds: dict[str, type[Dialect]] = {
+            "postgresql": Postgres,
+            "sqlite": Sqlite,
+            "mysql": MySQL,
+            "mariadb": MySQL,
+        }
         return kinds.get(engine.dialect.name, Dialect)(engine)
 
     def key(self, custom_id: str | None) -> Any:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..job import Job
-from .core import StoreCore, naive_utc
+from .core import StoreCore, naive_utc, nameable
 from .errors import storage_errors
 from .predicates import reason_tail
 
@@ -23,6 +23,8 @@ class Reads:
 
     def get(self, job_id: str) -> Job[Any] | None:
         """SELECT by primary key: the job ``job_id``, or None."""
+        if not nameable(job_id):
+            return None
         t = self.core.table
         with storage_errors("read a job"), self.core.engine.connect() as c:
             row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
@@ -31,6 +33,8 @@ class Reads:
     def get_by_custom_id(self, custom_id: str) -> Job[Any] | None:
         """``_by_custom_id``: the live job holding ``custom_id``, else the latest
         finished record of it."""
+        if not nameable(custom_id):
+            return None
         with storage_errors("read a job"), self.core.engine.connect() as c:
             row = self._by_custom_id(c, custom_id)
         return self.core.to_job(row) if row else None
@@ -125,6 +129,8 @@ class Reads:
     def find(self, key: str) -> Job[Any] | None:
         """SELECT by primary key, then ``_by_custom_id``: the job whose id or
         custom id is exactly ``key``."""
+        if not nameable(key):
+            return None
         t = self.core.table
         with storage_errors("find a job"), self.core.engine.connect() as c:
             row = c.execute(sa.select(t).where(t.c.id == key)).first() or self._by_custom_id(c, key)
@@ -133,8 +139,7 @@ class Reads:
     def search(self, prefix: str, limit: int = 20) -> list[Job[Any]]:
         """``search_statements``: jobs whose id or custom id starts with
         ``prefix``, at most ``limit`` of each, ids first, as lists read them (no
-        payload). Nothing for a prefix with NUL, which no id holds and
-        PostgreSQL refuses to compare."""
+        payload). Nothing for a prefix no id can begin (``nameable``)."""
         found: dict[str, Job[Any]] = {}
         with storage_errors("search jobs"), self.core.engine.connect() as c:
             for stmt in self.search_statements(prefix, limit):
@@ -147,7 +152,7 @@ class Reads:
         index on every database (no LIKE: PostgreSQL serves a LIKE prefix from
         a btree only under the C collation or text_pattern_ops): the id's, when
         ``prefix`` can begin one, then the custom id's."""
-        if not prefix or "\x00" in prefix:
+        if not prefix or not nameable(prefix):
             return []
         t = self.core.table
         stmts = []

@@ -110,6 +110,7 @@ class LockingClaim:
                 c.execute(
                     sa.select(t.c.id)
                     .with_hint(t, "FORCE INDEX (PRIMARY)", "mysql")
+                    .with_hint(t, "FORCE INDEX (PRIMARY)", "mariadb")
                     .where(either, t.c.id.in_([o.id for o in picked]))
                     .with_for_update(skip_locked=True)
                 ).scalars()
