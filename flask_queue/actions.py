@@ -7,23 +7,80 @@ Each function takes the app's ``QueueState`` first; names are the facade's.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import ConfigError, InvalidOptionError, JobNotFoundError, shown
+from .durations import Duration, to_timedelta
+from .errors import ConfigError, InvalidOptionError, JobNotFoundError, JobTimeoutError, shown
 from .job import Job, JobStatus
 from .state import QueueState
+
+J = TypeVar("J", "Job[Any]", "Job[Any] | None")
 
 # -- one job -----------------------------------------------------------------------
 
 
 def get(state: QueueState, job_id: str) -> Job[Any] | None:
-    return state.store.get(job_id)
+    return waitable(state, state.store.get(job_id))
+
+
+def waitable(state: QueueState, job: J) -> J:
+    """``job``, with ``job.wait()`` bound to this app's queue."""
+    if job is not None:
+        object.__setattr__(job, "_waiter", lambda job_id, timeout: wait(state, job_id, timeout))
+    return job
+
+
+#: Statuses a job stays in once its run is over.
+ENDED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+#: The first and the longest pause between two reads of a waited-for job.
+WAIT_FIRST, WAIT_LONGEST = 0.02, 0.5
+
+
+def wait(state: QueueState, job_id: str, timeout: Duration | None = "30s") -> Job[Any]:
+    """The job once COMPLETED, FAILED or CANCELLED (``queue.wait``).
+
+    It reads the row by primary key, every 20 ms at first and then at most every
+    half second (a wait costs one indexed read per pause, no lock, no listen).
+    Raises ``JobTimeoutError`` when ``timeout`` passes first, and
+    ``JobNotFoundError`` when there is no such job, or it is gone: a job whose
+    handler returned None is deleted at its success unless QUEUE_KEEP_COMPLETED
+    keeps it (return a value to keep it for QUEUE_KEEP_RESULTS)."""
+    limit = to_timedelta(timeout, name="timeout").total_seconds() if timeout is not None else None
+    give_up = None if limit is None else time.monotonic() + limit
+    pause = WAIT_FIRST
+    seen: Job[Any] | None = None
+    while True:
+        job = state.store.get(job_id)
+        if job is None:
+            if seen is None:
+                raise JobNotFoundError(f"No job with id {job_id!r}.")
+            raise JobNotFoundError(
+                f"Job {job_id!r} is gone: it completed without a result and"
+                " QUEUE_KEEP_COMPLETED is 0, or it was deleted."
+            )
+        if job.status in ENDED:
+            return waitable(state, job)
+        seen = job
+        left = None if give_up is None else give_up - time.monotonic()
+        if left is not None and left <= 0:
+            raise JobTimeoutError(
+                f"Job {job_id!r} is still {job.status.value} after {limit:g}s of waiting."
+            )
+        time.sleep(pause if left is None else min(pause, left))
+        pause = min(pause * 2, WAIT_LONGEST)
+
+
+def cancel(state: QueueState, job_id: str) -> Job[Any]:
+    """A SCHEDULED job becomes CANCELLED; a RUNNING one is asked to stop and ends
+    CANCELLED (its run sees it within one heartbeat, in any process)."""
+    return state.store.admin.cancel(job_id)
 
 
 def get_by_custom_id(state: QueueState, custom_id: str) -> Job[Any] | None:
-    return state.store.get_by_custom_id(custom_id)
+    return waitable(state, state.store.get_by_custom_id(custom_id))
 
 
 def find(state: QueueState, key: str) -> Job[Any] | None:

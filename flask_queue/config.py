@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_HANDLER_GRACE": "15m",  # a job whose handler this release lacks waits this long
     "QUEUE_BATCH_SIZE": 100,
     "QUEUE_KEEP_COMPLETED": 0,
+    # A job whose handler returned a value stays COMPLETED this long with it.
+    "QUEUE_KEEP_RESULTS": "1d",
     "QUEUE_DASHBOARD_AUTH": None,
     "QUEUE_TABLE_NAME": DEFAULT_TABLE_NAME,
     "QUEUE_INVOKE_MAX_AGE": "5m",
@@ -59,6 +61,7 @@ class QueueConfig:
     handler_grace: timedelta
     batch_size: int
     keep_completed: timedelta
+    keep_results: timedelta
     dashboard_auth: Callable[[], bool] | str | None
     table_name: str
     invoke_max_age: timedelta
@@ -163,6 +166,7 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         handler_grace=_duration(config, "QUEUE_HANDLER_GRACE", allow_zero=True),
         batch_size=_positive_int(config, "QUEUE_BATCH_SIZE"),
         keep_completed=_duration(config, "QUEUE_KEEP_COMPLETED", allow_zero=True),
+        keep_results=_duration(config, "QUEUE_KEEP_RESULTS", allow_zero=True),
         dashboard_auth=auth,
         table_name=table_name,
         invoke_max_age=_duration(config, "QUEUE_INVOKE_MAX_AGE"),

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import signals
+from .actions import waitable
 from .durations import Duration
 from .errors import InvalidOptionError
 from .job import Job, new_id
@@ -35,6 +36,7 @@ def enqueue(
     times: int | None = None,
     retry: RetryPolicy | None = None,
     priority: int | None = None,
+    timeout: Duration | None = None,
     session: AnySession | None = None,
 ) -> Job[Any]:
     """``Queue.enqueue`` for the app of ``state`` (see there)."""
@@ -55,6 +57,7 @@ def enqueue(
         times=times,
         retry=retry,
         priority=registry.priority_of(name, priority),
+        timeout=timeout,
     )
     text = encode_payload(payload, state.config.max_payload)
     row = store.new_row(custom_id=id, payload=text, **fields)
@@ -68,7 +71,7 @@ def enqueue(
         store.insert([row], notify=True)
         job = store.to_job(row, payload=payload)
         signals.send(signals.job_enqueued, state.app, job=job)
-        return job
+        return waitable(state, job)
     else:
         store.insert([row], conn=conn)
         job, created = store.to_job(row, payload=payload), True
@@ -76,7 +79,7 @@ def enqueue(
         signals.send(signals.job_enqueued, state.app, job=job)
     if created and due:
         dispatch_after_commit(state, [job.id], session)
-    return job
+    return waitable(state, job)
 
 
 def enqueue_many(
@@ -92,6 +95,7 @@ def enqueue_many(
     times: int | None = None,
     retry: RetryPolicy | None = None,
     priority: int | None = None,
+    timeout: Duration | None = None,
     session: AnySession | None = None,
 ) -> list[Job[Any]]:
     """``Queue.enqueue_many`` for the app of ``state`` (see there)."""
@@ -109,6 +113,7 @@ def enqueue_many(
         times=times,
         retry=retry,
         priority=registry.priority_of(name, priority),
+        timeout=timeout,
     )
     # Every payload checked before any write.
     encoded = [encode_payload(p, state.config.max_payload) for p in items]

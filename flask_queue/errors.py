@@ -117,3 +117,15 @@ class StorageError(QueueError):
 
 class UnreadablePayloadError(QueueError, ValueError):
     """A stored payload cannot be read with the configured QUEUE_ENCRYPTION_KEYS."""
+
+
+class InvalidResultError(QueueError):
+    """The handler's return value is not JSON, or larger than QUEUE_MAX_PAYLOAD."""
+
+
+class JobTimeoutError(QueueError, TimeoutError):
+    """The job did not finish in time (a run past its timeout, or a wait that ran out)."""
+
+
+class JobCancelled(QueueError):
+    """The job was cancelled: its handler should stop (raised by job.check())."""

@@ -172,6 +172,7 @@ class Queue(Registry):
         times: int | None = None,
         retry: RetryPolicy | None = None,
         priority: int | None = None,
+        timeout: Duration | None = None,
         session: AnySession | None = None,
     ) -> Job[Any]:
         """Store a job for queue ``name``; dispatch it now if it is due now.
@@ -194,6 +195,7 @@ class Queue(Registry):
             times=times,
             retry=retry,
             priority=priority,
+            timeout=timeout,
             session=session,
         )
 
@@ -210,6 +212,7 @@ class Queue(Registry):
         times: int | None = None,
         retry: RetryPolicy | None = None,
         priority: int | None = None,
+        timeout: Duration | None = None,
         session: AnySession | None = None,
         **unsupported: Any,
     ) -> list[Job[Any]]:
@@ -230,6 +233,7 @@ class Queue(Registry):
             times=times,
             retry=retry,
             priority=priority,
+            timeout=timeout,
             session=session,
         )
 
@@ -252,6 +256,22 @@ class Queue(Registry):
     def run_now(self, job_id: str) -> Job[Any]:
         """Make a SCHEDULED or FAILED job due now and dispatch it at the next produce."""
         return actions.run_now(self.state(), job_id)
+
+    def cancel(self, job_id: str) -> Job[Any]:
+        """Cancel a job: a SCHEDULED one becomes CANCELLED at once; a RUNNING one
+        is asked to stop (``job.cancelled``, ``job.check()``; an async handler's
+        task is cancelled) within one heartbeat, wherever it runs, and ends
+        CANCELLED, never retried. ``retry`` brings a CANCELLED job back."""
+        return actions.cancel(self.state(), job_id)
+
+    def wait(self, job_id: str, *, timeout: Duration | None = "30s") -> Job[Any]:
+        """The job once it is COMPLETED (``job.result``), FAILED or CANCELLED.
+
+        Raises ``JobTimeoutError`` (a ``TimeoutError``) if it is not by
+        ``timeout`` (None: no limit), and ``JobNotFoundError`` if there is no
+        such job, or it was deleted at its success (a handler that returned
+        None, with QUEUE_KEEP_COMPLETED at 0)."""
+        return actions.wait(self.state(), job_id, timeout)
 
     def jobs(
         self,

@@ -27,6 +27,8 @@ FAILED = "failed"
 REFUSED = "refused"
 #: This release has no handler for the job's queue: nothing ran.
 NO_HANDLER = "no handler"
+#: The run was cancelled (queue.cancel, or a delete of the running job).
+CANCELLED = "cancelled"
 
 
 def line(text: str) -> str:

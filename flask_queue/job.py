@@ -6,12 +6,13 @@ import base64
 import enum
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 # Re-exported: ScheduleType lives with the schedule maths it names (scheduling.py),
 # so job.py imports scheduling and never the other way round.
+from .errors import InvalidStatusError
 from .scheduling import Schedule, ScheduleType
 
 T = TypeVar("T")
@@ -40,9 +41,41 @@ class JobStatus(str, enum.Enum):
     RUNNING = "RUNNING"
     FAILED = "FAILED"
     COMPLETED = "COMPLETED"
+    #: Cancelled by ``queue.cancel``: kept like FAILED, and retryable.
+    CANCELLED = "CANCELLED"
 
     def __str__(self) -> str:
         return self.value
+
+
+class Progress(tuple):  # type: ignore[type-arg]
+    """``(fraction, message)`` of a job's last reported progress (``()`` before
+    any), and, in the job its handler got, the call that reports it:
+    ``job.progress(0.5, "half way")``. Written with the run's next heartbeat,
+    not once per call; raises ``JobCancelled`` (or ``JobTimeoutError``) once the
+    run must stop, like ``job.check()``."""
+
+    _control: Any = None
+
+    def __new__(
+        cls, values: tuple[float, str | None] | tuple[()] = (), control: Any = None
+    ) -> Progress:
+        made = super().__new__(cls, values)
+        made._control = control
+        return made
+
+    def __call__(self, fraction: float, message: str | None = None) -> None:
+        if self._control is None:
+            raise InvalidStatusError("job.progress() works inside the job's handler only.")
+        self._control.report(fraction, message)
+
+    @property
+    def fraction(self) -> float | None:
+        return self[0] if self else None
+
+    @property
+    def message(self) -> str | None:
+        return self[1] if self else None
 
 
 @dataclass(frozen=True)
@@ -78,6 +111,18 @@ class Job(Generic[T]):
     started_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: What the handler returned (JSON), for a COMPLETED job; None otherwise.
+    result: Any = None
+    #: The run's last ``job.progress(fraction, message)`` as of its last beat:
+    #: ``(fraction, message)``, or ``()`` before any. Inside the handler it is
+    #: also what the handler calls to report.
+    progress: Progress = field(default_factory=lambda: Progress())
+    #: When a cancel was asked for (a RUNNING job ends CANCELLED at its next beat).
+    cancelled_at: datetime | None = None
+    #: "DELETE" when a delete of the running job removes the row at the run's end.
+    cancel_action: str | None = None
+    #: The job's own run timeout (None: the handler's ``timeout=``, or none).
+    timeout: timedelta | None = None
 
     def _twin(self, id: str, payload: Any) -> Job[Any]:
         """This job with another id and payload: ``enqueue_many``'s jobs differ
@@ -89,6 +134,38 @@ class Job(Generic[T]):
         fields["id"] = id
         fields["payload"] = payload
         return twin
+
+    # -- inside a handler: the run's control (control.py) -----------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was asked to stop: cancelled (seen within one
+        heartbeat, from any process), or past its timeout."""
+        control = self.__dict__.get("_control")
+        return control is not None and control.stopping
+
+    def check(self) -> None:
+        """Raise ``JobCancelled`` (or ``JobTimeoutError``) if the run must stop:
+        call it between units of work in a long sync handler."""
+        self._run_control("check").check()
+
+    def _run_control(self, what: str) -> Any:
+        control = self.__dict__.get("_control")
+        if control is None:
+            raise InvalidStatusError(
+                f"job.{what}() works inside the job's handler only (job {self.id})."
+            )
+        return control
+
+    def wait(self, timeout: Any = "30s") -> Job[Any]:
+        """``queue.wait(self.id, timeout=...)``: the job once COMPLETED, FAILED or
+        CANCELLED. For the ``Job`` that ``enqueue`` or ``queue.get`` returned."""
+        waiter = self.__dict__.get("_waiter")
+        if waiter is None:
+            raise InvalidStatusError(
+                f"Job {self.id} was not returned by enqueue or queue.get: use queue.wait(id)."
+            )
+        return waiter(self.id, timeout)  # type: ignore[no-any-return]
 
     @property
     def is_repeating(self) -> bool:
@@ -105,7 +182,13 @@ class Job(Generic[T]):
         """JSON-ready view, for the CLI and API responses."""
         out: dict[str, Any] = {}
         for key, value in self.__dict__.items():
-            if isinstance(value, datetime):
+            if key.startswith("_"):
+                continue  # the run's control and waiter: not the job's data
+            if isinstance(value, Progress):
+                value = list(value) or None
+            elif isinstance(value, timedelta):
+                value = value.total_seconds()
+            elif isinstance(value, datetime):
                 value = value.isoformat()
             elif isinstance(value, enum.Enum):
                 value = value.value

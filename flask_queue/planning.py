@@ -17,6 +17,7 @@ from .durations import MAX_DURATION, Duration, to_timedelta
 from .errors import (
     InvalidOptionError,
     InvalidPayloadError,
+    InvalidResultError,
     InvalidScheduleError,
     QueueError,
     UnknownQueueError,
@@ -77,6 +78,7 @@ def plan(
     times: int | None = None,
     retry: RetryPolicy | None = None,
     priority: int = 0,
+    timeout: Duration | None = None,
 ) -> dict[str, Any]:
     """Validate the options and return the row fields they decide."""
     if name not in handlers:
@@ -92,6 +94,7 @@ def plan(
     if delay is not None and run_at is not None:
         raise InvalidOptionError("delay= and run_at= both given: pass one of them.")
     check_priority(priority)
+    limit = check_timeout(timeout)
     if tz is not None and cron is None:
         raise InvalidOptionError(f"tz={shown(tz)} given without cron=: it is the cron's timezone.")
     if times is not None:
@@ -135,6 +138,7 @@ def plan(
         "occurrence_at": when if schedule else None,
         "retry": retry_seconds,
         "priority": priority,
+        "timeout_ms": None if limit is None else round(limit.total_seconds() * 1000),
     }
 
 
@@ -229,6 +233,45 @@ def encode_payload(payload: Any, max_bytes: int | None = None) -> str:
             f"Payload {shown(payload)} does not survive a JSON round trip (it would come"
             f" back as {shown(back)}); use lists, dicts with str keys, str, numbers,"
             " bools and None."
+        )
+    return text
+
+
+#: The longest run timeout: a day (a longer job is a workflow of steps).
+MAX_TIMEOUT = timedelta(days=1)
+
+
+def check_timeout(timeout: Duration | None) -> timedelta | None:
+    """``timeout=`` as a timedelta (None: none), or an InvalidOptionError naming it."""
+    if timeout is None:
+        return None
+    try:
+        value = to_timedelta(timeout)
+    except QueueError as exc:
+        raise InvalidOptionError(f"Invalid timeout {shown(timeout)}: {exc}") from None
+    if value <= timedelta(0) or value > MAX_TIMEOUT:
+        raise InvalidOptionError(
+            f"Invalid timeout {shown(timeout)}: use a duration more than 0 and at most a day."
+        )
+    return value
+
+
+def encode_result(value: Any, max_bytes: int | None = None) -> str | None:
+    """JSON text of a handler's return value (None for None), or an
+    ``InvalidResultError`` naming what is wrong with it."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidResultError(
+            f"The handler returned {shown(value)}, which is not JSON: {json_problem(exc)}."
+            " Return JSON data (lists, dicts with str keys, str, numbers, bools, None)."
+        ) from None
+    if max_bytes is not None and len(text) > max_bytes:
+        raise InvalidResultError(
+            f"The handler returned {len(text):,} bytes of JSON, more than QUEUE_MAX_PAYLOAD"
+            f" ({max_bytes:,}): store large results elsewhere and return their key."
         )
     return text
 

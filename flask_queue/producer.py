@@ -91,11 +91,12 @@ def sync_crons(state: QueueState, *, prune: bool = True) -> dict[str, int]:
 
 
 def purge_history(state: QueueState) -> int:
-    """Delete the completed jobs kept longer than ``QUEUE_KEEP_COMPLETED``."""
-    keep = state.config.keep_completed
-    if not keep:
-        return 0
-    return state.store.purge_completed(state.queue.clock() - keep)
+    """Delete the completed jobs kept longer than ``QUEUE_KEEP_COMPLETED``, and
+    those kept for their result longer than ``QUEUE_KEEP_RESULTS`` too."""
+    now = state.queue.clock()
+    keep, results = state.config.keep_completed, state.config.keep_results
+    purged = state.store.purge_completed(now - keep, results_until=now - max(keep, results))
+    return purged
 
 
 def flush_stats(state: QueueState) -> None:

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, cast
 from .durations import Duration
 from .errors import ConfigError, InvalidOptionError, UnknownQueueError, shown
 from .job import Job
-from .planning import MAX_NAME, RetryPolicy, check_priority, check_text, parse_rate
+from .planning import (
+    MAX_NAME,
+    RetryPolicy,
+    check_priority,
+    check_text,
+    check_timeout,
+    parse_rate,
+)
 from .scheduling import retry_delays, validate_cron, zone
 from .store.crons import CRON_ID_PREFIX
 
@@ -88,8 +95,11 @@ class Handler(Generic[T, R]):
         *,
         priority: int = 0,
         limits: Limits | None = None,
+        timeout: timedelta | None = None,
     ) -> None:
         self.queue = queue
+        #: A run still going after this long fails (and is retried by its policy).
+        self.timeout = timeout
         self.name = name
         self.func = func
         self.retry = retry
@@ -112,6 +122,9 @@ class Handler(Generic[T, R]):
         thread has no loop of its own), so it may await I/O but shares nothing
         with other runs; the app context the runner pushed is current inside."""
         if self.is_async:
+            control = job.__dict__.get("_control")
+            if control is not None:  # a cancel or the timeout cancels the task
+                return control.run_async(self.func(job))
             return asyncio.run(self.func(job))  # type: ignore[arg-type]
         return self.func(job)
 
@@ -132,6 +145,7 @@ class Handler(Generic[T, R]):
         times: int | None = None,
         retry: RetryPolicy | None = None,
         priority: int | None = None,
+        timeout: Duration | None = None,
         session: AnySession | None = None,
     ) -> Job[T]:
         return self.queue.enqueue(
@@ -147,6 +161,7 @@ class Handler(Generic[T, R]):
             times=times,
             retry=retry,
             priority=priority,
+            timeout=timeout,
             session=session,
         )
 
@@ -186,6 +201,7 @@ class Registry:
         concurrency: int | None = None,
         exclusive: bool = False,
         rate: str | None = None,
+        timeout: Duration | None = None,
     ) -> Callable[[Callable[[Job[T]], R]], Handler[T, R]]:
         """Register the decorated function as the handler of queue ``name``.
 
@@ -193,6 +209,8 @@ class Registry:
         never more than N of this queue's jobs RUNNING at once, across every
         process; ``exclusive=True`` is ``concurrency=1``. ``rate="10/s"``: no
         more than 10 runs start in any second, across every process.
+        ``timeout="30s"``: a run still going then is a failed attempt (an async
+        handler is cancelled; a sync one is asked to stop, see ``job.check``).
         """
         # NUL as for custom ids: PostgreSQL cannot store it, and the dashboard can
         # then answer a NUL in a queue filter as "no such queue" on every database.
@@ -205,13 +223,20 @@ class Registry:
         delays = retry_delays(retry) if retry is not None else None
         check_priority(priority)
         limits = Limits.declare(concurrency=concurrency, exclusive=exclusive, rate=rate)
+        limit = check_timeout(timeout)
 
         def decorator(func: Callable[[Job[T]], R]) -> Handler[T, R]:
             if name in self.handlers:
                 raise ConfigError(f"Queue {name!r} already has a handler.")
             # The Queue that extends this registry is what its handlers enqueue through.
             handle: Handler[T, R] = Handler(
-                cast(Enqueuer, self), name, func, delays, priority=priority, limits=limits
+                cast(Enqueuer, self),
+                name,
+                func,
+                delays,
+                priority=priority,
+                limits=limits,
+                timeout=limit,
             )
             self.handlers[name] = handle
             return handle

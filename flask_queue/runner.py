@@ -19,12 +19,17 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from . import history, signals
+from .control import CANCELLED as CANCEL
+from .control import RunControl
 from .errors import StorageError
-from .job import Job
+from .job import Job, Progress
+from .planning import encode_result
 from .scheduling import Schedule
 from .store import COMPLETED, FAILED, SCHEDULED, Finish
+from .store.core import CANCELLED
 
 if TYPE_CHECKING:
+    from .config import QueueConfig
     from .finisher import Finisher
     from .state import QueueState
 
@@ -67,6 +72,8 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
         except BaseException:
             state.heartbeat.discard(job.id, job.attempt)
             raise
+        if outcome is None:
+            return _timed_out(state, job)
         return _finish_now(state, job, outcome)
 
 
@@ -88,10 +95,18 @@ def run_claimed(state: QueueState, job: Job[Any], finisher: Finisher | None) -> 
         except BaseException:
             state.heartbeat.discard(job.id, job.attempt)
             raise
+        if outcome is None:
+            return _timed_out(state, job)
         if finisher is not None:
             finisher.add(job, outcome)
             return RunResult(_describe(outcome), job.id, job.attempt)
         return _finish_now(state, job, outcome)
+
+
+def _timed_out(state: QueueState, job: Job[Any]) -> RunResult:
+    """A run whose timeout wrote its outcome: its late one is discarded."""
+    state.heartbeat.discard(job.id, job.attempt)
+    return RunResult("timed out", job.id, job.attempt)
 
 
 def _finish_now(state: QueueState, job: Job[Any], outcome: Finish) -> RunResult:
@@ -104,16 +119,21 @@ def _finish_now(state: QueueState, job: Job[Any], outcome: Finish) -> RunResult:
     return RunResult(_describe(outcome) if owned else "lost", job.id, job.attempt)
 
 
-def decide(state: QueueState, job: Job[Any]) -> Finish:
-    """Run a started job's handler; return what the store must make of the row."""
+def decide(state: QueueState, job: Job[Any]) -> Finish | None:
+    """Run a started job's handler; return what the store must make of the row,
+    or None when it is written already (the run timed out: see ``_control``)."""
     now = state.store.clock
     handler = state.queue.handlers.get(job.queue)
     if handler is None:
         return _no_handler(job, state.config.handler_grace, now())
+    if job.cancelled_at is not None:
+        # Cancelled after its claim, or re-claimed after its process died: never run.
+        return _cancelled(job, now(), ran=False)
     # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
     default = handler.retry if handler.retry is not None else state.config.retry
+    control = _control(state, job, handler.timeout, default)
     try:
-        outcome, succeeded = _run(job, handler.run, default, state.config.keep_completed, now)
+        outcome, succeeded = _run(job, handler.run, default, state.config, now, control)
     except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
         reason = (
             "flask_queue could not work out what comes after this run from the"
@@ -128,8 +148,50 @@ def decide(state: QueueState, job: Job[Any]) -> Finish:
         )
         outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
         return _recorded(job, outcome, now(), None, history.FAILED, history.line(reason))
+    if not control.take_outcome():
+        return None  # timed out: that outcome is written; this late one is not
     state.tally.count(job.queue, succeeded, now())
     return outcome
+
+
+def _control(
+    state: QueueState, job: Job[Any], default_timeout: timedelta | None, retry: list[timedelta]
+) -> RunControl:
+    """The run's control, attached to the job the handler gets and to the
+    heartbeat; its ``on_timeout`` records the timed-out attempt at the deadline."""
+    limit = job.timeout or default_timeout
+    control = RunControl(job.id, job.attempt, limit.total_seconds() if limit else None)
+    # Job is frozen; the control is not the job's data, and progress reports to it.
+    object.__setattr__(job, "_control", control)
+    object.__setattr__(job, "progress", Progress(tuple(job.progress), control))
+
+    def on_timeout() -> None:
+        at = state.store.clock()
+        reason = f"JobTimeoutError: the run passed its timeout of {control.timeout:g}s."
+        outcome = _recorded(
+            job, after_failure(job, reason, retry, at), at, control.timeout, history.FAILED, reason
+        )
+        _log_failure(job, reason, outcome, len(_delays(job, retry)))
+        try:
+            _finish(state, job, outcome)
+        finally:
+            state.heartbeat.discard(job.id, job.attempt)
+
+    control.on_timeout = on_timeout
+    state.heartbeat.attach(control)
+    return control
+
+
+def _cancelled(job: Job[Any], at: datetime, *, ran: bool) -> Finish:
+    """A cancelled run's outcome: CANCELLED (or the row deleted, for a delete of a
+    running job), never retried, however the handler ended."""
+    if job.cancel_action == "DELETE":
+        return Finish(status="DELETE")
+    reason = f"Cancelled at {at:%Y-%m-%d %H:%M:%S} UTC" + (
+        " while it ran." if ran else " before it ran."
+    )
+    outcome = Finish(status=CANCELLED, reason=reason, errors=job.errors)
+    return _recorded(job, outcome, at, None, history.CANCELLED, "Cancelled")
 
 
 def _recorded(
@@ -249,8 +311,9 @@ def _run(
     job: Job[Any],
     func: Callable[[Job[Any]], Any],
     default_retry: list[timedelta],
-    keep_completed: timedelta,
+    config: QueueConfig,
     now: Callable[[], datetime],
+    control: RunControl,
 ) -> tuple[Finish, bool]:
     """Run the handler: the outcome to write, and whether the run succeeded."""
     delays = _delays(job, default_retry)
@@ -270,13 +333,18 @@ def _run(
     at = now()
     started = time.perf_counter()
     try:
-        func(job)
+        value = func(job)
+        if control.stopping and control.why == CANCEL:
+            return _cancelled(job, now(), ran=True), False
+        result = encode_result(value, config.max_payload)
     # CancelledError is a BaseException: an async handler's task cancelled (by
     # itself, or a library it awaits) ends the run as a failure, with an
     # outcome, instead of escaping the runner and leaving the job RUNNING.
     # KeyboardInterrupt and SystemExit stop the process: its runs are recovered
     # when their leases run out, as for any process that dies.
     except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - the job's failure
+        if control.stopping and control.why == CANCEL:
+            return _cancelled(job, now(), ran=True), False
         seconds = time.perf_counter() - started
         outcome = after_failure(job, "".join(traceback.format_exception(exc)), default_retry, now())
         _log_failure(job, repr(exc), outcome, len(delays))
@@ -286,7 +354,8 @@ def _run(
         return _recorded(job, outcome, at, seconds, history.FAILED, error), False
     seconds = time.perf_counter() - started
     signals.send(signals.job_succeeded, app, job=job, duration=seconds)
-    outcome = after_success(job, keep_completed, now())
+    keep = max(config.keep_completed, config.keep_results) if result is not None else None
+    outcome = after_success(job, keep or config.keep_completed, now(), result)
     return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None), True
 
 
@@ -316,6 +385,8 @@ def _log_failure(job: Job[Any], error: str, outcome: Finish, retries: int) -> No
 def _describe(outcome: Finish) -> str:
     if outcome.status == FAILED:
         return "failed"
+    if outcome.status == CANCELLED:
+        return "cancelled"
     if outcome.status == SCHEDULED:
         return "retrying" if outcome.errors else "rescheduled"
     return "completed"
@@ -340,22 +411,33 @@ def next_occurrence(job: Job[Any], now: datetime) -> datetime | None:
     return schedule.after(job.occurrence_at or job.run_at, now)
 
 
-def _done(keep_completed: timedelta, count: int, now: datetime) -> Finish:
+def _done(keep_completed: timedelta, count: int, now: datetime, result: str | None) -> Finish:
     if keep_completed:
         # A kept job's run_at becomes the time it finished: the completed list
         # reads newest first on (status, run_at), and the purge of expired history
         # is a range on the same index instead of a scan of every kept row.
-        return Finish(status=COMPLETED, run_at=now, count=count)
+        return Finish(status=COMPLETED, run_at=now, count=count, result=result)
     return Finish(status="DELETE")
 
 
-def after_success(job: Job[Any], keep_completed: timedelta, now: datetime) -> Finish:
+def after_success(
+    job: Job[Any], keep_completed: timedelta, now: datetime, result: str | None = None
+) -> Finish:
+    """``keep_completed``: how long the COMPLETED row stays (0: deleted now);
+    the caller passes ``QUEUE_KEEP_RESULTS`` when the handler returned a value."""
     if not job.is_repeating:
-        return _done(keep_completed, job.count + 1, now)
+        return _done(keep_completed, job.count + 1, now, result)
     nxt = next_occurrence(job, now)
     if nxt is None:
-        return _done(keep_completed, job.count + 1, now)
-    return Finish(status=SCHEDULED, run_at=nxt, occurrence_at=nxt, count=job.count + 1, errors=0)
+        return _done(keep_completed, job.count + 1, now, result)
+    return Finish(
+        status=SCHEDULED,
+        run_at=nxt,
+        occurrence_at=nxt,
+        count=job.count + 1,
+        errors=0,
+        result=result,
+    )
 
 
 def after_failure(

@@ -122,6 +122,14 @@ def _breaks_only_at_separators(page: Any, selector: str, must_wrap: bool) -> Non
             assert lines["ends"], (selector, "a 200-character name on one line")
 
 
+def _follow(page: Any, name: str) -> None:
+    """Click the link ``name`` and wait for the page it leads to: a click returns
+    before its navigation, and a read then sees the old page, or none."""
+    with page.expect_navigation():
+        page.get_by_role("link", name=name).click()
+    page.wait_for_load_state("load")
+
+
 def _visible_ids(page: Any) -> list[str]:
     links = page.locator("table.jobs tbody tr td.job-id > a")
     return [a.get_attribute("href").rsplit("/", 1)[1] for a in links.all() if a.is_visible()]
@@ -152,15 +160,15 @@ def test_pages_fit_a_phone_and_go_back(
     assert len(first) == per_page, len(first)
     for label in ("Previous page", "First page"):
         assert not page.get_by_role("link", name=label).is_visible()
-    page.get_by_role("link", name="Next page").click()
+    _follow(page, "Next page")
     second = _visible_ids(page)
     assert second and not set(second) & set(first)
     assert len(second) == min(per_page, FAILED - per_page)
     assert page.get_by_role("link", name="Previous page").is_visible(), "no way back"
-    page.get_by_role("link", name="Previous page").click()
+    _follow(page, "Previous page")
     assert _visible_ids(page) == first
-    page.get_by_role("link", name="Next page").click()
-    page.get_by_role("link", name="First page").click()
+    _follow(page, "Next page")
+    _follow(page, "First page")
     assert _visible_ids(page) == first
 
 
@@ -180,11 +188,11 @@ def test_error_lines_are_whole_and_wrap(
     assert box["height"] > 2 * box["line"], box  # wrapped, not cut or scrolled
     more = row.get_by_role("link", name="full error on the job page")
     assert more.is_visible()
-    more.click()
-    # Measure only once the job page's stylesheet applies: the click returns when the
-    # navigation commits, and a layout read before the CSS loads sees an unstyled page
-    # (CI saw 16 px text that did not wrap: scrollWidth 1,625 px in a 359 px box).
-    page.wait_for_url("**/job/*")
+    # Measure only once the job page's stylesheet applies: a layout read before the
+    # CSS loads sees an unstyled page (CI saw 16 px text that did not wrap:
+    # scrollWidth 1,625 px in a 359 px box).
+    with page.expect_navigation():
+        more.click()
     page.wait_for_load_state("load")
     whole = page.locator("p.error-full")
     assert LONG_CARD in whole.inner_text()

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+import flask_queue.worker
 from flask_queue import Queue, StorageError
 from flask_queue.errors import InvalidOptionError
 from flask_queue.extension import ProduceResult
@@ -194,7 +195,12 @@ def test_produce_loop_survives_a_database_outage(
 @server_databases
 @pytest.mark.parametrize("loop_name", ["work", "produce_loop"])
 def test_a_blip_between_polls_leaves_no_dead_connection_behind(
-    outage: Outage, queue: Queue, clock: Clock, recorder: Recorder, loop_name: str
+    outage: Outage,
+    queue: Queue,
+    clock: Clock,
+    recorder: Recorder,
+    loop_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The database drops and returns while the loop sleeps: no failed produce
     # has told the pool, which still holds the dead connections. The next
@@ -209,7 +215,8 @@ def test_a_blip_between_polls_leaves_no_dead_connection_behind(
         finally:
             produced.set()
 
-    queue.produce = produce  # type: ignore[method-assign]
+    # The loops call producer.produce(state): stub it where the worker looks it up.
+    monkeypatch.setattr(flask_queue.worker, "produce", lambda state, **kw: produce(**kw))
     interval = 0.5
 
     def loop() -> None:
@@ -356,7 +363,11 @@ def down(message: str = "down") -> StorageError:
 
 @pytest.mark.parametrize("loop_name", ["work", "produce_loop"])
 def test_loops_back_off_while_the_database_is_away(
-    app: Flask, queue: Queue, caplog: pytest.LogCaptureFixture, loop_name: str
+    app: Flask,
+    queue: Queue,
+    caplog: pytest.LogCaptureFixture,
+    loop_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="flask_queue")
     stop = RecordingEvent()
@@ -369,7 +380,8 @@ def test_loops_back_off_while_the_database_is_away(
             raise outcome
         return outcome
 
-    queue.produce = produce  # type: ignore[method-assign]
+    # The loops call producer.produce(state): stub it where the worker looks it up.
+    monkeypatch.setattr(flask_queue.worker, "produce", lambda state, **kw: produce(**kw))
     with pytest.raises(KeyError, match="a bug"):  # not an outage: ends the loop
         if loop_name == "work":
             work(queue, concurrency=1, interval=5, stop=stop, report=lambda _: None)
@@ -415,7 +427,7 @@ def _invalidated() -> Exception:
     ],
 )
 def test_only_an_unreachable_database_is_waited_out(
-    app: Flask, queue: Queue, cause: Exception | None, outage: bool
+    app: Flask, queue: Queue, cause: Exception | None, outage: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stop = RecordingEvent()
     error = storage_error("Could not claim jobs", cause) if cause else StorageError("kept changing")
@@ -428,7 +440,8 @@ def test_only_an_unreachable_database_is_waited_out(
         stop.set()
         return ProduceResult()
 
-    queue.produce = produce  # type: ignore[method-assign]
+    # The loops call producer.produce(state): stub it where the worker looks it up.
+    monkeypatch.setattr(flask_queue.worker, "produce", lambda state, **kw: produce(**kw))
     if outage:
         produce_loop(queue, 1, stop=stop, report=lambda _: None)
         assert len(calls) == 2

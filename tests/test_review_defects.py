@@ -14,8 +14,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_queue import Job, Queue
-from flask_queue.errors import InvalidStatusError
+from flask_queue import Job, JobStatus, Queue
 from tests.conftest import AppFactory, Clock, Recorder, all_databases, server_databases
 from tests.test_flow_control import all_rows, produce_until, sharing_apps, wait_until
 
@@ -461,20 +460,22 @@ def test_mark_started_chosen_as_a_deadlock_victim_tries_again(
 
 
 @all_databases
-def test_deleting_a_running_job_is_refused_while_its_run_holds_the_lease(
+def test_deleting_a_running_job_keeps_its_row_while_its_run_holds_the_lease(
     make_app: AppFactory, queue: Queue, clock: Clock, recorder: Recorder
 ) -> None:
     """Before: the delete removed the row, and with it the run's concurrency
-    slot, while the handler went on running."""
+    slot, while the handler went on running. Since issue 19 the delete cancels
+    the run first and the row goes when the run ends (tests/test_job_control.py)."""
     app = make_app(queue)
     store = _store(app)
     with app.app_context():
         job = queue.enqueue("echo", 1, delay="1s")
         clock.advance(1)
         store.claim_started(1, LEASE)
-        with pytest.raises(InvalidStatusError, match=job.id):
-            queue.delete(job.id)
-        assert queue.get(job.id) is not None
+        assert queue.delete(job.id) is True
+        asked = queue.get(job.id)
+        assert asked is not None and asked.status is JobStatus.RUNNING
+        assert asked.cancelled_at is not None and asked.cancel_action == "DELETE"
         clock.advance(LEASE.total_seconds() + 1)  # the run died: its row may go
         assert queue.delete(job.id) is True
         assert queue.get(job.id) is None

@@ -10,7 +10,17 @@ import sqlalchemy as sa
 
 from ..errors import InvalidStatusError, JobNotFoundError, StorageError
 from ..job import Job
-from .core import COMPLETED, FAILED, SCHEDULED, StoreCore, naive_utc, nameable, text_of
+from .core import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    SCHEDULED,
+    StoreCore,
+    naive_utc,
+    nameable,
+    text_of,
+)
 from .errors import storage_errors
 from .reads import Reads
 
@@ -36,13 +46,60 @@ class Admin:
         with storage_errors("delete a job"), self.core.one_statement() as c:
             if c.execute(sa.delete(t).where(t.c.id == job_id, unleased)).rowcount > 0:
                 return True
+            asked = c.execute(
+                sa.update(t)
+                .where(t.c.id == job_id, t.c.status == RUNNING)
+                .values(cancelled_at=now, cancel_action="DELETE", updated_at=now)
+            )
+            if asked.rowcount > 0:
+                return True
             held = c.execute(sa.select(t.c.lease_until).where(t.c.id == job_id)).first()
         if held is None:
             return False
         raise InvalidStatusError(
-            f"Cannot delete job {job_id!r}: it is running (its run holds a lease until"
-            f" {held[0]:%Y-%m-%d %H:%M:%S} UTC). Delete it once the run has ended."
+            f"Cannot delete job {job_id!r}: it replaced a run that is still going (its"
+            f" lease holds until {held[0]:%Y-%m-%d %H:%M:%S} UTC). Delete it once that"
+            " run has ended."
         )
+
+    def cancel(self, job_id: str) -> Job[Any]:
+        """UPDATE by primary key of a live row, then SELECT by primary key, in one
+        transaction: a SCHEDULED job becomes CANCELLED (it gives up its custom
+        id, like a finished job); a RUNNING one is asked to stop (``cancelled_at``),
+        which its run sees at its next heartbeat, in whatever process, and ends
+        CANCELLED. A finished job is refused."""
+        if not nameable(job_id):
+            raise JobNotFoundError(f"No job with id {job_id!r}.")
+        t = self.core.table
+        now = self.core.now()
+        with storage_errors("cancel a job"), self.core.engine.begin() as c:
+            now_cancelled = c.execute(
+                sa.update(t)
+                .where(t.c.id == job_id, t.c.status == SCHEDULED)
+                .values(
+                    status=CANCELLED,
+                    cancelled_at=now,
+                    live_custom_id=None,
+                    reason=f"Cancelled at {now:%Y-%m-%d %H:%M:%S} UTC before it ran.",
+                    error="Cancelled",
+                    updated_at=now,
+                )
+            )
+            c.execute(
+                sa.update(t)
+                .where(t.c.id == job_id, t.c.status == RUNNING, t.c.cancelled_at.is_(None))
+                .values(cancelled_at=now, updated_at=now)
+            )
+            row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFoundError(f"No job with id {job_id!r}.")
+        status = row._mapping["status"]
+        if status != RUNNING and not now_cancelled.rowcount:
+            raise InvalidStatusError(
+                f"Cannot cancel job {job_id!r}: it is {status} (only SCHEDULED and RUNNING"
+                " jobs can be)."
+            )
+        return self.core.to_job(row)
 
     def retry(self, job_id: str) -> Job[Any]:
         """``_reschedule_now``: a FAILED job goes back to SCHEDULED, due now,
@@ -52,11 +109,11 @@ class Admin:
         job holds it already, the retry is refused, so no id, and no declared
         cron, ever has two live rows.
         """
-        return self._reschedule_now(job_id, (FAILED,), "retry")
+        return self._reschedule_now(job_id, (FAILED, CANCELLED), "retry")
 
     def run_now(self, job_id: str) -> Job[Any]:
         """``_reschedule_now``: a SCHEDULED or FAILED job becomes due now."""
-        return self._reschedule_now(job_id, (SCHEDULED, FAILED), "run now")
+        return self._reschedule_now(job_id, (SCHEDULED, FAILED, CANCELLED), "run now")
 
     def retry_failed(self, queue: str | None = None) -> int:
         """UPDATE of the FAILED range on (status, run_at) or (queue, status,
@@ -124,6 +181,8 @@ class Admin:
                 # Inserts._replace_live): the new content waits for it even when run now.
                 lease_until=sa.case((t.c.status == SCHEDULED, t.c.lease_until), else_=None),
                 updated_at=now,
+                cancelled_at=None,
+                cancel_action=None,
                 live_custom_id=t.c.custom_id,  # a live job holds its custom id again
             )
         )
@@ -148,15 +207,20 @@ class Admin:
             )
         return self.core.to_job(row)
 
-    def purge_completed(self, older_than: datetime) -> int:
-        """DELETE the COMPLETED range on (status, run_at) older than ``older_than``."""
+    def purge_completed(self, older_than: datetime, results_until: datetime | None = None) -> int:
+        """DELETE the COMPLETED range on (status, run_at) older than ``older_than``
+        (rows without a result), and older than ``results_until`` (every row:
+        one kept for its result, ``QUEUE_KEEP_RESULTS``, is kept at least as long)."""
         t = self.core.table
+        done = t.c.status == COMPLETED
+        oldest = min(older_than, results_until) if results_until is not None else older_than
         with storage_errors("purge completed jobs"), self.core.engine.begin() as c:
-            result = c.execute(
-                # A COMPLETED row's run_at is its finish time: an index range.
-                sa.delete(t).where(t.c.status == COMPLETED, t.c.run_at < naive_utc(older_than))
-            )
-            return result.rowcount
+            # A COMPLETED row's run_at is its finish time: an index range.
+            purged = c.execute(sa.delete(t).where(done, t.c.run_at < naive_utc(oldest))).rowcount
+            if results_until is not None and older_than > results_until:
+                newer = sa.and_(t.c.run_at < naive_utc(older_than), t.c.result.is_(None))
+                purged += c.execute(sa.delete(t).where(done, newer)).rowcount
+            return purged
 
     def reseal_payloads(self, batch: int = 500) -> int:
         """SELECT (id, payload) pages in primary-key order, then an executemany

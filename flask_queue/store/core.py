@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..crypto import PayloadCipher, plain_open
-from ..job import Job, JobStatus, new_id
+from ..job import Job, JobStatus, Progress, new_id
 from ..scheduling import ScheduleType
 from .dialects import Dialect
 from .errors import retry_on_deadlock, storage_errors
@@ -33,6 +33,7 @@ SCHEDULED = JobStatus.SCHEDULED.value
 RUNNING = JobStatus.RUNNING.value
 FAILED = JobStatus.FAILED.value
 COMPLETED = JobStatus.COMPLETED.value
+CANCELLED = JobStatus.CANCELLED.value
 #: Statuses that hold a custom id.
 LIVE = (SCHEDULED, RUNNING)
 
@@ -73,6 +74,13 @@ def nameable(key: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _progress(text: str | None) -> Progress:
+    if not text:
+        return Progress()
+    fraction, message = json.loads(text)
+    return Progress((float(fraction), message))
 
 
 def text_of(value: Any) -> Any:
@@ -229,6 +237,11 @@ class StoreCore:
             started_at=aware_utc(m["started_at"]),
             created_at=aware_utc(m["created_at"]),
             updated_at=aware_utc(m["updated_at"]),
+            result=json.loads(m["result"]) if m["result"] is not None else None,
+            progress=_progress(m["progress"]),
+            cancelled_at=aware_utc(m["cancelled_at"]),
+            cancel_action=m["cancel_action"],
+            timeout=timedelta(milliseconds=m["timeout_ms"]) if m["timeout_ms"] else None,
         )
 
     def opened(self, text: str) -> str:
@@ -265,6 +278,11 @@ class StoreCore:
             "started_at": None,
             "created_at": now,
             "updated_at": now,
+            "result": None,
+            "progress": None,
+            "cancelled_at": None,
+            "cancel_action": None,
+            "timeout_ms": None,
         }
         row.update(values)
         if row["custom_id"] is not None:

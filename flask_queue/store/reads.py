@@ -98,7 +98,7 @@ class Reads:
     def _light_columns(self) -> list[Any]:
         """What a list reads: no payload, no history, no traceback."""
         t = self.core.table
-        skipped = {"payload", "history"}
+        skipped = {"payload", "history", "result"}
         return [
             sa.literal(None).label(c.name)
             if c.name in skipped

@@ -13,7 +13,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..job import Job
-from .core import COMPLETED, FAILED, RUNNING, SCHEDULED, StoreCore, chunks, naive_utc
+from .core import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    SCHEDULED,
+    StoreCore,
+    chunks,
+    naive_utc,
+)
 from .errors import storage_errors
 from .predicates import finish_guard, these_runs, unstarted_run
 from .ratelog import RateLog
@@ -55,6 +64,7 @@ def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
         if outcome.occurrence_at is not None
         else (naive_utc(job.occurrence_at) if job.occurrence_at is not None else None),
         "b_count": job.count if outcome.count is None else outcome.count,
+        "b_result": outcome.result,
     }
 
 
@@ -62,7 +72,7 @@ def _finish_params(job: Job[Any], outcome: Finish) -> dict[str, Any]:
 class Finish:
     """What the runner decided after a run; the store applies it atomically."""
 
-    status: str  # COMPLETED, SCHEDULED (retry or next occurrence), FAILED, or "DELETE"
+    status: str  # COMPLETED, SCHEDULED (retry or next occurrence), FAILED, CANCELLED, "DELETE"
     run_at: datetime | None = None
     occurrence_at: datetime | None = None  # a repeating job's next slot
     reason: str | None = None
@@ -74,6 +84,8 @@ class Finish:
     error: str | None = None
     #: The job's attempt history with this run added (None: left as it is).
     history: list[dict[str, Any]] | None = None
+    #: The handler's return value as JSON text (None: it returned None, or failed).
+    result: str | None = None
 
     @property
     def row_error(self) -> str | None:
@@ -166,6 +178,16 @@ class Runs:
                     return True
                 self._let_go(c, [(job.id, job.attempt)])
                 return False
+            if outcome.status == CANCELLED:
+                # A delete of the running job asked for the row to go at its end.
+                stmt = self.core.prebuilt(
+                    ("finish-cancel-delete",),
+                    lambda: sa.delete(t).where(
+                        finish_guard(t, False), t.c.cancel_action == "DELETE"
+                    ),
+                )
+                if c.execute(stmt, guard).rowcount == 1:
+                    return True
             values: dict[str, Any] = {
                 "status": outcome.status,
                 "errors": outcome.errors,
@@ -173,11 +195,13 @@ class Runs:
                 "updated_at": now,
                 "reason": _storable(outcome.reason),
                 "error": _storable_line(outcome.row_error),
+                "result": outcome.result,
             }
             if outcome.history is not None:
                 values["history"] = _history_json(outcome.history)
             if outcome.status == SCHEDULED:
                 values["started_at"] = None  # the next run has not started
+                values["progress"] = None  # nor reported any progress
             else:
                 values["live_custom_id"] = None  # a finished job releases its id
             if outcome.run_at is not None:
@@ -316,12 +340,17 @@ class Runs:
             "run_at": sa.bindparam("b_run_at"),
             "occurrence_at": sa.bindparam("b_occurrence_at"),
             "count": sa.bindparam("b_count"),
+            "result": sa.bindparam("b_result"),
             "lease_until": None,
             "updated_at": now,
         }
         if by_status[SCHEDULED]:
             # A retry or the next occurrence: not started, still holding its id.
-            stmt = sa.update(t).where(by_row).values(status=SCHEDULED, started_at=None, **common)
+            stmt = (
+                sa.update(t)
+                .where(by_row)
+                .values(status=SCHEDULED, started_at=None, progress=None, **common)
+            )
             statements.append(
                 (stmt, by_status[SCHEDULED], [p["b_id"] for p in by_status[SCHEDULED]])
             )
@@ -348,11 +377,17 @@ class Runs:
         return progress.owned
 
     def extend_leases(
-        self, runs: Sequence[tuple[str, int]], lease: timedelta
-    ) -> set[tuple[str, int]]:
+        self,
+        runs: Sequence[tuple[str, int]],
+        lease: timedelta,
+        progress: dict[str, str] | None = None,
+    ) -> dict[tuple[str, int], bool]:
         """UPDATE by primary key over these runs (... RETURNING, or a SELECT by
-        primary key after it): extend the leases of these running attempts;
-        return the (id, attempt) pairs that still owned their row."""
+        primary key after it): extend the leases of these running attempts, and
+        write the ``progress`` (job id -> JSON) they reported since the last
+        beat; return the (id, attempt) pairs that still owned their row, each
+        with whether a cancel was asked for (``cancelled_at``). One statement a
+        beat, however many runs and however often their handlers report."""
         t = self.core.table
         now = self.core.now()
         # A run whose job was replaced (override) while it ran keeps the
@@ -362,15 +397,26 @@ class Runs:
             sa.or_(t.c.status == RUNNING, replaced),
             these_runs(t.c.id, t.c.attempt, runs),
         )
-        stmt = sa.update(t).where(owned).values(lease_until=now + lease)
+        values: dict[str, Any] = {"lease_until": now + lease}
+        if progress:
+            # Only a RUNNING row's progress: a replaced row's belongs to its new content.
+            values["progress"] = sa.case(
+                *((sa.and_(t.c.id == i, t.c.status == RUNNING), p) for i, p in progress.items()),
+                else_=t.c.progress,
+            )
+        stmt = sa.update(t).where(owned).values(values)
+        # Columns, not an expression of them: SQLite's RETURNING got a bound
+        # parameter of one wrong (every run read as cancelled).
+        back = (t.c.id, t.c.attempt, t.c.cancelled_at, t.c.status)
         with storage_errors("extend leases"):
             if self.core.dialect.returning:
                 with self.core.one_statement() as c:
-                    return {(r[0], r[1]) for r in c.execute(stmt.returning(t.c.id, t.c.attempt))}
-            with self.core.engine.begin() as c:
-                c.execute(stmt)
-                rows = c.execute(sa.select(t.c.id, t.c.attempt).where(owned))
-                return {(r[0], r[1]) for r in rows}
+                    rows = list(c.execute(stmt.returning(*back)))
+            else:
+                with self.core.engine.begin() as c:
+                    c.execute(stmt)
+                    rows = list(c.execute(sa.select(*back).where(owned)))
+        return {(r[0], r[1]): r[2] is not None and r[3] == RUNNING for r in rows}
 
     def release(self, job_id: str, attempt: int) -> bool:
         """UPDATE by primary key guarded by the attempt (and a DELETE of its

@@ -103,6 +103,21 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Column("started_at", _DateTime, nullable=True),
         sa.Column("created_at", _DateTime, nullable=False),
         sa.Column("updated_at", _DateTime, nullable=False),
+        # Job control (issue 19). All nullable: a table migrated from an earlier
+        # release needs no backfill, and that release's writes leave them NULL.
+        # The handler's return value (JSON), kept with a COMPLETED row.
+        sa.Column("result", _LongText, nullable=True),
+        # The run's last reported progress, JSON [fraction, message], written by
+        # the heartbeat (one write per beat, however often the handler reports).
+        sa.Column("progress", sa.Text, nullable=True),
+        # When a cancel was asked for: a RUNNING job's run sees it at its next
+        # beat and ends CANCELLED; a SCHEDULED job is CANCELLED at once.
+        sa.Column("cancelled_at", _DateTime, nullable=True),
+        # What the end of a cancelled run does with the row: NULL keeps it
+        # CANCELLED; "DELETE" (a delete of a running job) removes it.
+        sa.Column("cancel_action", sa.String(16), nullable=True),
+        # The job's own run timeout in milliseconds (None: the handler's, or none).
+        sa.Column("timeout_ms", sa.Integer, nullable=True),
         # Lists by status in run_at order, and the purge of kept history.
         sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
         # The claim of expired RUNNING leases.
