@@ -37,6 +37,9 @@ def enqueue(
     retry: RetryPolicy | None = None,
     priority: int | None = None,
     timeout: Duration | None = None,
+    debounce: Duration | None = None,
+    max_wait: Duration | None = None,
+    unique_for: Duration | None = None,
     session: AnySession | None = None,
 ) -> Job[Any]:
     """``Queue.enqueue`` for the app of ``state`` (see there)."""
@@ -45,6 +48,11 @@ def enqueue(
         check_custom_id(id)
     if override and id is None:
         raise InvalidOptionError("override=True needs id=: it replaces the job with that id.")
+    for option, value in (("debounce", debounce), ("unique_for", unique_for)):
+        if value is not None and id is None:
+            raise InvalidOptionError(f"{option}= needs id=: the window is per custom id.")
+        if value is not None and override:
+            raise InvalidOptionError(f"{option}= and override=True both given: pass one.")
     fields = plan(
         registry.handlers,
         registry.clock(),
@@ -58,13 +66,22 @@ def enqueue(
         retry=retry,
         priority=registry.priority_of(name, priority),
         timeout=timeout,
+        debounce=debounce,
+        max_wait=max_wait,
+        unique_for=unique_for,
     )
     text = encode_payload(payload, state.config.max_payload)
     row = store.new_row(custom_id=id, payload=text, **fields)
     conn = session.connection() if session is not None else None
     due = row["run_at"] <= naive_utc(registry.clock())
     if id is not None:
-        job, created = store.insert_unique(row, override=override, conn=conn)
+        job, created = store.insert_unique(
+            row,
+            override=override or debounce is not None,
+            conn=conn,
+            debounce=debounce is not None,
+            unique=unique_for is not None,
+        )
     elif due and conn is None and state.executor.notifies:
         # Idle workers are told in the INSERT's own statement: one round
         # trip instead of two (a third of an enqueue->start on PostgreSQL).

@@ -173,6 +173,9 @@ class Queue(Registry):
         retry: RetryPolicy | None = None,
         priority: int | None = None,
         timeout: Duration | None = None,
+        debounce: Duration | None = None,
+        max_wait: Duration | None = None,
+        unique_for: Duration | None = None,
         session: AnySession | None = None,
     ) -> Job[Any]:
         """Store a job for queue ``name``; dispatch it now if it is due now.
@@ -180,6 +183,13 @@ class Queue(Registry):
         With ``session=db.session`` the job is written in that session's
         transaction: it commits or rolls back with the caller's rows, and is
         dispatched only after the commit.
+
+        ``debounce="5s"`` (with ``id=``): each enqueue of that id within the
+        window replaces the payload and moves the run to 5 s from now, never
+        past the first enqueue + ``max_wait``; it runs once, after the last.
+        ``unique_for="1h"`` (with ``id=``): an enqueue of an id first enqueued
+        less than an hour ago, even one that finished, stores nothing and
+        returns that job. ``timeout=``: see ``@queue.handler``.
         """
         return enqueue.enqueue(
             self.state(),
@@ -196,6 +206,9 @@ class Queue(Registry):
             retry=retry,
             priority=priority,
             timeout=timeout,
+            debounce=debounce,
+            max_wait=max_wait,
+            unique_for=unique_for,
             session=session,
         )
 

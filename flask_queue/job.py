@@ -123,6 +123,8 @@ class Job(Generic[T]):
     cancel_action: str | None = None
     #: The job's own run timeout (None: the handler's ``timeout=``, or none).
     timeout: timedelta | None = None
+    #: ``unique_for``: until then an enqueue of its custom id returns this job.
+    unique_until: datetime | None = None
 
     def _twin(self, id: str, payload: Any) -> Job[Any]:
         """This job with another id and payload: ``enqueue_many``'s jobs differ

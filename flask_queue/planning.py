@@ -79,6 +79,9 @@ def plan(
     retry: RetryPolicy | None = None,
     priority: int = 0,
     timeout: Duration | None = None,
+    debounce: Duration | None = None,
+    max_wait: Duration | None = None,
+    unique_for: Duration | None = None,
 ) -> dict[str, Any]:
     """Validate the options and return the row fields they decide."""
     if name not in handlers:
@@ -104,7 +107,12 @@ def plan(
             )
         if cron is None and every is None:
             raise InvalidOptionError(f"times={times} given without cron= or every=.")
+    window = _check_windows(
+        debounce, max_wait, unique_for, delay=delay, run_at=run_at, repeats=cron or every
+    )
     start: datetime | None = None
+    if debounce is not None:
+        start = now + min(window["debounce"], window.get("max_wait", window["debounce"]))
     if run_at is not None:
         start = _check_run_at(run_at, now)
     elif delay is not None:
@@ -139,7 +147,42 @@ def plan(
         "retry": retry_seconds,
         "priority": priority,
         "timeout_ms": None if limit is None else round(limit.total_seconds() * 1000),
+        "latest_run_at": now + window["max_wait"] if "max_wait" in window else None,
+        "unique_until": now + window["unique_for"] if "unique_for" in window else None,
     }
+
+
+def _check_windows(
+    debounce: Duration | None,
+    max_wait: Duration | None,
+    unique_for: Duration | None,
+    *,
+    delay: Duration | None,
+    run_at: datetime | None,
+    repeats: Any,
+) -> dict[str, timedelta]:
+    """The debounce/max_wait/unique_for windows as timedeltas, refusing the
+    combinations that contradict each other (``id=`` is checked by enqueue)."""
+    out: dict[str, timedelta] = {}
+    for name, value in (("debounce", debounce), ("max_wait", max_wait), ("unique_for", unique_for)):
+        if value is None:
+            continue
+        span = to_timedelta(value, name=name)
+        if span <= timedelta(0):
+            raise InvalidOptionError(f"Invalid {name} {shown(value)}: use a duration more than 0.")
+        out[name] = span
+    if "max_wait" in out and "debounce" not in out:
+        raise InvalidOptionError("max_wait= caps a debounce: it needs debounce=.")
+    if "debounce" in out and "unique_for" in out:
+        raise InvalidOptionError(
+            "debounce= and unique_for= both given: a debounce replaces the job, a unique"
+            " window keeps it; pass one."
+        )
+    if out and repeats:
+        raise InvalidOptionError("debounce= and unique_for= are for one-off jobs, not cron/every.")
+    if "debounce" in out and (delay is not None or run_at is not None):
+        raise InvalidOptionError("debounce= sets the run time: drop delay=/run_at=.")
+    return out
 
 
 def check_priority(priority: object) -> int:

@@ -146,6 +146,9 @@ class Handler(Generic[T, R]):
         retry: RetryPolicy | None = None,
         priority: int | None = None,
         timeout: Duration | None = None,
+        debounce: Duration | None = None,
+        max_wait: Duration | None = None,
+        unique_for: Duration | None = None,
         session: AnySession | None = None,
     ) -> Job[T]:
         return self.queue.enqueue(
@@ -162,6 +165,9 @@ class Handler(Generic[T, R]):
             retry=retry,
             priority=priority,
             timeout=timeout,
+            debounce=debounce,
+            max_wait=max_wait,
+            unique_for=unique_for,
             session=session,
         )
 

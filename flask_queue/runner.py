@@ -355,7 +355,11 @@ def _run(
     seconds = time.perf_counter() - started
     signals.send(signals.job_succeeded, app, job=job, duration=seconds)
     keep = max(config.keep_completed, config.keep_results) if result is not None else None
-    outcome = after_success(job, keep or config.keep_completed, now(), result)
+    finished = now()
+    if job.unique_until is not None and job.unique_until > finished:
+        # unique_for: the finished job answers enqueues of its id until then.
+        keep = max(keep or config.keep_completed, job.unique_until - finished)
+    outcome = after_success(job, keep or config.keep_completed, finished, result)
     return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None), True
 
 

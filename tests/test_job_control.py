@@ -26,6 +26,7 @@ from flask_queue import (
     JobStatus,
     JobTimeoutError,
     Queue,
+    QueueError,
 )
 from tests.conftest import AppFactory, Clock, all_databases, row_snapshot
 
@@ -390,3 +391,97 @@ def test_bad_timeouts_are_refused_and_store_nothing(app: Flask, queue: Queue, ti
     with pytest.raises(InvalidOptionError, match="timeout"):
         queue.handler(f"h{abs(hash(str(timeout)))}", timeout=timeout)
     assert row_snapshot(app) == before
+
+
+# -- windows -------------------------------------------------------------------------
+
+
+@all_databases
+def test_debounce_runs_once_after_the_last_enqueue_capped_by_max_wait(
+    app: Flask, queue: Queue, clock: Clock, recorder: Any
+) -> None:
+    first = queue.enqueue("echo", "v1", id="search-index", debounce="5s", max_wait="12s")
+    assert first.run_at == clock.now + timedelta(seconds=5)
+    for n in range(2, 6):  # an edit every 2 s: each pushes the run back
+        clock.advance(2)
+        job = queue.enqueue("echo", f"v{n}", id="search-index", debounce="5s", max_wait="12s")
+        assert job.id == first.id
+        queue.produce()
+    assert recorder.payloads("echo") == []
+    stored = queue.get(first.id)
+    # Pushed to 8 s + 5 s = 13 s, but capped at the first enqueue + 12 s.
+    assert stored is not None and stored.run_at == first.run_at + timedelta(seconds=7)
+    assert stored.payload == "v5"
+    clock.advance(4)
+    queue.produce()
+    assert recorder.payloads("echo") == ["v5"]  # once, the last payload
+
+
+@all_databases
+def test_unique_for_returns_the_same_job_even_after_it_finished(
+    app: Flask, queue: Queue, clock: Clock, recorder: Any
+) -> None:
+    job = queue.enqueue("echo", "once", id="daily-7", unique_for="1h")
+    assert recorder.payloads("echo") == ["once"]  # due now: it ran (inline)
+    clock.advance(minutes=30)
+    again = queue.enqueue("echo", "twice", id="daily-7", unique_for="1h")
+    assert again.id == job.id and again.status is JobStatus.COMPLETED
+    assert recorder.payloads("echo") == ["once"]
+    queue.produce()  # the purge keeps the row while its window is open
+    clock.advance(minutes=31)
+    queue.produce()
+    later = queue.enqueue("echo", "next hour", id="daily-7", unique_for="1h")
+    assert later.id != job.id
+    assert recorder.payloads("echo") == ["once", "next hour"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"debounce": "5s"}, "needs id="),
+        ({"unique_for": "1h"}, "needs id="),
+        ({"id": "x", "max_wait": "1m"}, "needs debounce="),
+        ({"id": "x", "debounce": "5s", "unique_for": "1h"}, "pass one"),
+        ({"id": "x", "debounce": "5s", "override": True}, "pass one"),
+        ({"id": "x", "debounce": "5s", "delay": "1s"}, "drop delay="),
+        ({"id": "x", "debounce": -1}, "debounce"),
+        ({"id": "x", "unique_for": "1h", "every": "1m"}, "one-off"),
+    ],
+)
+def test_bad_windows_are_refused_and_store_nothing(
+    app: Flask, queue: Queue, options: dict[str, Any], message: str
+) -> None:
+    before = row_snapshot(app)
+    with pytest.raises(QueueError, match=message):
+        queue.enqueue("echo", 1, **options)
+    assert row_snapshot(app) == before
+
+
+@all_databases
+@pytest.mark.parametrize("window", ["debounce", "unique_for"])
+def test_windows_hold_under_eight_concurrent_enqueuers(
+    make_app: AppFactory, queue: Queue, window: str
+) -> None:
+    app = make_app(queue)
+    options = {"debounce": {"debounce": "1h"}, "unique_for": {"unique_for": "1h", "delay": "1h"}}
+    ids: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def enqueuer(n: int) -> None:
+        try:
+            with app.app_context():
+                start.wait(10)
+                for i in range(10):
+                    ids.append(queue.enqueue("echo", [n, i], id="tenant-9", **options[window]).id)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueuer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(ids) == 80 and len(set(ids)) == 1
+    assert len(row_snapshot(app)) == 1  # one job, whichever enqueuer wrote it

@@ -212,7 +212,11 @@ class Admin:
         (rows without a result), and older than ``results_until`` (every row:
         one kept for its result, ``QUEUE_KEEP_RESULTS``, is kept at least as long)."""
         t = self.core.table
-        done = t.c.status == COMPLETED
+        # A row kept for its unique_for window stays until the window closes.
+        done = sa.and_(
+            t.c.status == COMPLETED,
+            sa.or_(t.c.unique_until.is_(None), t.c.unique_until <= self.core.now()),
+        )
         oldest = min(older_than, results_until) if results_until is not None else older_than
         with storage_errors("purge completed jobs"), self.core.engine.begin() as c:
             # A COMPLETED row's run_at is its finish time: an index range.

@@ -46,7 +46,16 @@ INSERT_CHUNK = 1000
 FINISH_CHUNK = 500
 _UNSET: Any = object()
 #: The datetime columns ``new_row`` makes naive UTC.
-_TIMES = ("run_at", "occurrence_at", "lease_until", "started_at", "created_at", "updated_at")
+_TIMES = (
+    "run_at",
+    "occurrence_at",
+    "lease_until",
+    "started_at",
+    "created_at",
+    "updated_at",
+    "latest_run_at",
+    "unique_until",
+)
 
 
 def naive_utc(value: datetime) -> datetime:
@@ -242,6 +251,7 @@ class StoreCore:
             cancelled_at=aware_utc(m["cancelled_at"]),
             cancel_action=m["cancel_action"],
             timeout=timedelta(milliseconds=m["timeout_ms"]) if m["timeout_ms"] else None,
+            unique_until=aware_utc(m["unique_until"]),
         )
 
     def opened(self, text: str) -> str:
@@ -283,6 +293,8 @@ class StoreCore:
             "cancelled_at": None,
             "cancel_action": None,
             "timeout_ms": None,
+            "latest_run_at": None,
+            "unique_until": None,
         }
         row.update(values)
         if row["custom_id"] is not None:

@@ -72,7 +72,13 @@ class Inserts:
             self.core.insert(c, rows)
 
     def insert_unique(
-        self, row: Row, *, override: bool, conn: Connection | None = None
+        self,
+        row: Row,
+        *,
+        override: bool,
+        conn: Connection | None = None,
+        debounce: bool = False,
+        unique: bool = False,
     ) -> tuple[Job[Any], bool]:
         """INSERT arbitrated by the unique live_custom_id (with ``override``,
         ``_replace_live`` first; a ``_read_live`` when the key refused it): insert
@@ -86,12 +92,22 @@ class Inserts:
         The unique key on ``live_custom_id`` is the arbiter: any number of
         concurrent callers end with exactly one live row, and each either wrote
         it or gets it back.
+
+        ``debounce`` (with ``override``): the rewrite keeps the live job's cap
+        (``latest_run_at``) and moves its run to the row's, but not past the
+        cap. ``unique``: first, each round, the newest row of that custom id
+        whose ``unique_until`` is ahead, live or finished, is returned as it is
+        (``_read_unique``, on (custom_id)); a finished row is kept that long.
         """
         cid = row["custom_id"]
         for _ in range(UNIQUE_ROUNDS):
             with storage_errors("enqueue a job"):
+                if unique:
+                    kept = self._read_unique(cid, conn)
+                    if kept is not None:
+                        return self.core.to_job(kept), False
                 if override:
-                    replaced = self._replace_live(row, conn)
+                    replaced = self._replace_live(row, conn, debounce=debounce)
                     if replaced is not None:
                         return replaced, True
                 try:
@@ -115,7 +131,23 @@ class Inserts:
             f"Could not enqueue job with id {text_of(cid)!r}: it kept changing underneath."
         )
 
-    def _replace_live(self, row: Row, conn: Connection | None) -> Job[Any] | None:
+    def _read_unique(self, key: Any, conn: Connection | None) -> Any:
+        """SELECT the newest on (custom_id) whose unique window is still open."""
+        t = self.core.table
+        stmt = (
+            sa.select(t)
+            .where(t.c.custom_id == key, t.c.unique_until > self.core.now())
+            .order_by(t.c.created_at.desc())
+            .limit(1)
+        )
+        if conn is None:
+            with self.core.engine.connect() as c:
+                return c.execute(stmt).first()
+        return conn.execute(stmt).first()
+
+    def _replace_live(
+        self, row: Row, conn: Connection | None, *, debounce: bool = False
+    ) -> Job[Any] | None:
         """UPDATE on the unique live_custom_id (... RETURNING, or a SELECT on it
         after): rewrite the live job holding ``row``'s custom id in place; None
         if none.
@@ -132,16 +164,33 @@ class Inserts:
         (the lease ran out).
         """
         t = self.core.table
+        kept = _KEPT_BY_OVERRIDE | ({"latest_run_at", "run_at"} if debounce else set())
         values = [
             # The lease is kept (not in the SET): a RUNNING row's belongs to its
             # run, and a SCHEDULED row's to the run of content an earlier
             # override replaced, still going (its heartbeat extends it). Clearing
             # that one let a second override (a debounce) start the new content
             # beside the old run. Other live rows have none.
-            *((t.c[k], v) for k, v in self.core.sealed(row).items() if k not in _KEPT_BY_OVERRIDE),
+            *((t.c[k], v) for k, v in self.core.sealed(row).items() if k not in kept),
             (t.c.errors, 0),
             (t.c.started_at, None),
         ]
+        if debounce:
+            # In the statement, so concurrent debounces each see the cap the
+            # first enqueue set, whichever of them wins the row.
+            pushed = row["run_at"]
+            values.append(
+                (
+                    t.c.run_at,
+                    sa.case(
+                        (
+                            sa.and_(t.c.latest_run_at.is_not(None), t.c.latest_run_at < pushed),
+                            t.c.latest_run_at,
+                        ),
+                        else_=sa.literal(pushed, type_=t.c.run_at.type),
+                    ),
+                )
+            )
         stmt = sa.update(t).where(t.c.live_custom_id == row["custom_id"]).ordered_values(*values)
         returning = self.core.dialect.returning
         with self.core.begin(conn, single=returning) as c:

@@ -118,6 +118,12 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         sa.Column("cancel_action", sa.String(16), nullable=True),
         # The job's own run timeout in milliseconds (None: the handler's, or none).
         sa.Column("timeout_ms", sa.Integer, nullable=True),
+        # Windows (issue 19): a debounced job is pushed back by each enqueue of
+        # its id, but never past this (its first enqueue + max_wait).
+        sa.Column("latest_run_at", _DateTime, nullable=True),
+        # unique_for: until then an enqueue of the same custom id returns this
+        # job, finished or not (the row is kept that long).
+        sa.Column("unique_until", _DateTime, nullable=True),
         # Lists by status in run_at order, and the purge of kept history.
         sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
         # The claim of expired RUNNING leases.
