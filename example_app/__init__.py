@@ -91,6 +91,19 @@ def slow(job: Job[float]) -> None:
     _log(job)
 
 
+@queue.handler("export", timeout="1h")
+def export(job: Job[dict[str, Any]]) -> dict[str, int]:
+    """Exports ``rows`` rows ``pause`` seconds apart, reporting its progress; a
+    cancel (dashboard, ``flask queue cancel``) stops it at its next report. What
+    it returns is kept as the job's result."""
+    rows, pause = int(job.payload.get("rows", 20)), float(job.payload.get("pause", 0.5))
+    for i in range(rows):
+        job.progress(i / rows, f"row {i + 1} of {rows}")  # raises JobCancelled once cancelled
+        time.sleep(pause)
+    _log(job)
+    return {"rows": rows}
+
+
 @queue.handler("noop")
 def noop(job: Job[None]) -> None:
     """Does nothing: the benchmark measures delivery itself with it."""
