@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
+import sys
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -225,12 +227,27 @@ def _delivery_warning(result: ProduceResult) -> str:
     help=f"Time between polls while idle: {DURATION_FORMS}.",
 )
 @click.option("--max-jobs", type=click.IntRange(1), default=None, help="Stop after this many.")
-def work_command(concurrency: int, interval: timedelta, max_jobs: int | None) -> None:
-    """Produce and run jobs in this process until SIGTERM/SIGINT."""
+@click.option(
+    "--grace",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help=f"After SIGTERM/SIGINT, how long running jobs may finish: {DURATION_FORMS}.",
+)
+def work_command(
+    concurrency: int, interval: timedelta, max_jobs: int | None, grace: timedelta
+) -> None:
+    """Produce and run jobs in this process until SIGTERM/SIGINT.
+
+    The first signal stops claiming and lets running jobs finish for up to
+    --grace; the second, or the grace's end, hands the unfinished ones back
+    (due now, for another worker) and exits."""
+    import threading
+
     from .worker import work
 
     _log_to_stderr()
-
+    force = threading.Event()
     try:
         work(
             _state().queue,
@@ -238,9 +255,17 @@ def work_command(concurrency: int, interval: timedelta, max_jobs: int | None) ->
             interval=interval.total_seconds(),
             max_jobs=max_jobs,
             report=click.echo,
+            grace=grace.total_seconds(),
+            force=force,
         )
     except QueueError as exc:
         raise _fail(exc) from None
+    if force.is_set():
+        # Handlers still running were handed back; Python cannot stop their
+        # threads, and the interpreter would join them at exit: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @queue_cli.command("enqueue")

@@ -246,7 +246,9 @@ class _PoolExecutor(Executor):
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=wait)
+            # Not waiting: what is queued never starts (a stopping worker handed
+            # those runs back); what runs goes on, on threads nobody waits for.
+            pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
 class ThreadExecutor(_PoolExecutor, _RunsHere):

@@ -29,13 +29,22 @@ BACKOFF = 0.5
 #: The longest wait between retries while the database stays away: bounds how
 #: late a loop notices that it is back.
 MAX_BACKOFF = 30.0
+#: Seconds a stopping worker lets its runs finish (``flask queue work --grace``).
+GRACE = 30.0
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event, force: threading.Event | None = None) -> None:
+    """SIGTERM/SIGINT set ``stop``; a second one sets ``force``."""
     if threading.current_thread() is not threading.main_thread():
         return
+
+    def handle(*_: Any) -> None:
+        if stop.is_set() and force is not None:
+            force.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, handle)
 
 
 def _check_interval(interval: float) -> None:
@@ -164,23 +173,32 @@ def work(
     report: Callable[[str], None] = print,
     backoff: float = BACKOFF,
     max_backoff: float = MAX_BACKOFF,
+    grace: float = GRACE,
+    force: threading.Event | None = None,
 ) -> int:
     """Claim and run jobs on ``concurrency`` threads until stopped; return jobs run.
 
     The worker runs jobs itself whatever ``QUEUE_EXECUTOR`` says: it is the
-    process that exists to run them. On SIGTERM/SIGINT it stops claiming and
-    lets running handlers finish. ``report`` gets one line on start (what it
-    serves, and how) and one on stop. While the database is away it retries
-    with backoff, as :func:`produce_loop` does; runs already started finish or
-    fail on their own threads.
+    process that exists to run them. The first SIGTERM/SIGINT (``stop``) stops
+    claiming, says so in one line, and lets running handlers finish for up to
+    ``grace`` seconds; the second signal (``force``), or the grace's end, stops
+    at once: the unfinished runs are handed back (SCHEDULED, due now, the
+    attempt not counted as a failure) for another worker to take now, not a
+    lease later. ``report`` gets one line on start (what it serves, and how)
+    and one on stop. While the database is away it retries with backoff, as
+    :func:`produce_loop` does; runs already started finish or fail on their
+    own threads.
     """
     _check_interval(interval)
     _check_backoff(backoff, max_backoff)
+    if not (math.isfinite(grace) and grace >= 0):
+        raise InvalidOptionError(f"grace must be a finite number of seconds >= 0, got {grace!r}.")
     state = current_state(queue)
     report(_started_line(queue, state.store.dialect, concurrency, interval, max_jobs))
-    if stop is None:  # the CLI: SIGTERM/SIGINT stop the worker
+    force = force or threading.Event()
+    if stop is None:  # the CLI: SIGTERM/SIGINT stop the worker, a second one at once
         stop = threading.Event()
-        _stop_on_signals(stop)
+        _stop_on_signals(stop, force)
     executor = ThreadExecutor(state, workers=concurrency)
     outage = _Outage(backoff, max_backoff)
     idle = _Idle(state.store, stop, interval)
@@ -211,12 +229,42 @@ def work(
             total += result.claimed
             if not result.claimed:
                 idle.wait()  # nothing due: the only time the worker idles
+        if stop.is_set():
+            _wind_down(state, executor, grace, force, report)
     finally:
         idle.close()
-        executor.shutdown(wait=True)
+        executor.shutdown(wait=not force.is_set())
         state.tally.flush()
     report(f"worker stopped after {total} job(s)")
     return total
+
+
+def _wind_down(
+    state: QueueState,
+    executor: ThreadExecutor,
+    grace: float,
+    force: threading.Event,
+    report: Callable[[str], None],
+) -> None:
+    """Let the runs in progress finish for up to ``grace`` seconds (or until
+    ``force``), then hand the unfinished ones back and stop waiting for them."""
+    running = executor.inflight()
+    report(f"stopping: {running} run(s) in progress, up to --grace {grace:g}s")
+    give_up = time.monotonic() + grace
+    while executor.inflight() and not force.is_set() and time.monotonic() < give_up:
+        force.wait(min(0.05, max(give_up - time.monotonic(), 0)))
+    if not executor.inflight():
+        return
+    force.set()  # shutdown no longer waits for the stuck threads
+    runs = state.heartbeat.running()
+    for job_id, attempt in runs:
+        # Out of the beat first: a handed-back run's lease is not kept alive.
+        state.heartbeat.discard(job_id, attempt)
+    handed = state.store.hand_back(runs)
+    report(
+        f"stopped at once: {handed} unfinished run(s) handed back, due now;"
+        " their late outcomes are discarded"
+    )
 
 
 #: Seconds between a worker's cron syncs and history purges, at least.

@@ -221,6 +221,7 @@ class JobStore:
     finish_many = _Delegated("runs", Runs.finish_many)
     extend_leases = _Delegated("runs", Runs.extend_leases)
     release = _Delegated("runs", Runs.release)
+    hand_back = _Delegated("runs", Runs.hand_back)
 
     # -- queue settings, crons, waking workers ----------------------------------------
 

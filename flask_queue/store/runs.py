@@ -418,6 +418,32 @@ class Runs:
                     rows = list(c.execute(sa.select(*back).where(owned)))
         return {(r[0], r[1]): r[2] is not None and r[3] == RUNNING for r in rows}
 
+    def hand_back(self, runs: Sequence[tuple[str, int]]) -> int:
+        """UPDATE by primary key per FINISH_CHUNK runs, guarded by the attempt and
+        RUNNING: give back runs a stopping worker will not finish (SCHEDULED, due
+        now, lease and start cleared, ``errors`` unchanged: no failure is
+        counted), so another worker takes them now rather than a lease later.
+        Their late outcomes then match no row (``finish_guard``). How many."""
+        t = self.core.table
+        now = self.core.now()
+        handed = 0
+        for chunk in chunks(sorted(runs)):
+            stmt = (
+                sa.update(t)
+                .where(these_runs(t.c.id, t.c.attempt, chunk), t.c.status == RUNNING)
+                .values(
+                    status=SCHEDULED,
+                    run_at=now,
+                    lease_until=None,
+                    started_at=None,
+                    progress=None,
+                    updated_at=now,
+                )
+            )
+            with storage_errors("hand back runs"), self.core.one_statement() as c:
+                handed += c.execute(stmt).rowcount
+        return handed
+
     def release(self, job_id: str, attempt: int) -> bool:
         """UPDATE by primary key guarded by the attempt (and a DELETE of its
         rate log entry): give back a claimed job whose dispatch failed, so the
