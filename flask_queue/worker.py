@@ -249,6 +249,8 @@ def _wind_down(
     """Let the runs in progress finish for up to ``grace`` seconds (or until
     ``force``), then hand the unfinished ones back and stop waiting for them."""
     running = executor.inflight()
+    if not running:
+        return  # the "worker stopped" line follows at once
     report(f"stopping: {running} run(s) in progress, up to --grace {grace:g}s")
     give_up = time.monotonic() + grace
     while executor.inflight() and not force.is_set() and time.monotonic() < give_up:

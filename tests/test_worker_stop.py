@@ -38,11 +38,13 @@ def reader(db_url: str, table: str) -> Iterator[Any]:
         db.engine.dispose()
 
 
+WORK = [sys.executable, "-m", "flask", "--app", "tests.stop_app:create_app", "queue", "work"]
+
+
 def _worker(db_url: str, table: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "STOP_DB_URL": db_url, "STOP_TABLE": table, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "tests.stop_app:create_app", "queue", "work"]
-        + ["--interval", "0.05", *args],
+        [*WORK, "--interval", "0.05", *args],
         env=env,
         cwd=str(REPO),
         stdout=subprocess.PIPE,
@@ -134,8 +136,7 @@ def test_grace_must_be_a_duration(tmp_path: Path) -> None:
         "PYTHONPATH": str(REPO),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "tests.stop_app:create_app", "queue", "work"]
-        + ["--grace", "soon"],
+        [*WORK, "--grace", "soon"],
         env=env,
         cwd=str(REPO),
         capture_output=True,
