@@ -80,7 +80,6 @@ def enqueue(
             override=override or debounce is not None,
             conn=conn,
             debounce=debounce is not None,
-            unique=unique_for is not None,
         )
     elif due and conn is None and state.executor.notifies:
         # Idle workers are told in the INSERT's own statement: one round

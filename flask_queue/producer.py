@@ -95,8 +95,10 @@ def purge_history(state: QueueState) -> int:
     those kept for their result longer than ``QUEUE_KEEP_RESULTS`` too."""
     now = state.queue.clock()
     keep, results = state.config.keep_completed, state.config.keep_results
-    purged = state.store.purge_completed(now - keep, results_until=now - max(keep, results))
-    return purged
+    if not keep:
+        # Only rows kept for a result (or a unique window) exist: one range.
+        return state.store.purge_completed(now - results)
+    return state.store.purge_completed(now - keep, results_until=now - max(keep, results))
 
 
 def flush_stats(state: QueueState) -> None:

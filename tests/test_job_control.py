@@ -485,3 +485,35 @@ def test_windows_hold_under_eight_concurrent_enqueuers(
     assert errors == []
     assert len(ids) == 80 and len(set(ids)) == 1
     assert len(row_snapshot(app)) == 1  # one job, whichever enqueuer wrote it
+
+
+@all_databases
+def test_unique_for_holds_when_the_first_job_finishes_during_the_race(
+    make_app: AppFactory, queue: Queue
+) -> None:
+    """Review H2: a window read before the INSERT let a quick job that finished in
+    between make room for a second one. Eight enqueuers, due now, run inline."""
+    app = make_app(queue)
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def enqueuer() -> None:
+        try:
+            with app.app_context():
+                for n in range(15):
+                    barrier.wait(10)
+                    queue.enqueue("echo", n, id=f"u-{n}", unique_for="1h")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueuer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with app.app_context():
+        per_id: dict[str, int] = {}
+        for job in queue.jobs():
+            per_id[job.custom_id or ""] = per_id.get(job.custom_id or "", 0) + 1
+    assert per_id == {f"u-{n}": 1 for n in range(15)}

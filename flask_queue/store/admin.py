@@ -22,6 +22,7 @@ from .core import (
     text_of,
 )
 from .errors import storage_errors
+from .predicates import released_id
 from .reads import Reads
 
 
@@ -79,7 +80,7 @@ class Admin:
                 .values(
                     status=CANCELLED,
                     cancelled_at=now,
-                    live_custom_id=None,
+                    live_custom_id=released_id(t, now),
                     reason=f"Cancelled at {now:%Y-%m-%d %H:%M:%S} UTC before it ran.",
                     error="Cancelled",
                     updated_at=now,
@@ -208,21 +209,31 @@ class Admin:
         return self.core.to_job(row)
 
     def purge_completed(self, older_than: datetime, results_until: datetime | None = None) -> int:
-        """DELETE the COMPLETED range on (status, run_at) older than ``older_than``
-        (rows without a result), and older than ``results_until`` (every row:
-        one kept for its result, ``QUEUE_KEEP_RESULTS``, is kept at least as long)."""
+        """DELETE ranges of COMPLETED on (status, run_at) (a COMPLETED row's
+        run_at is its finish time): every row finished before ``results_until``
+        (kept for its result, ``QUEUE_KEEP_RESULTS``, at most that long), and
+        rows without a result finished before ``older_than``
+        (``QUEUE_KEEP_COMPLETED``): a bounded range between the two. A row
+        kept for its ``unique_for`` window stays until the window closes."""
         t = self.core.table
-        # A row kept for its unique_for window stays until the window closes.
+        now = self.core.now()
         done = sa.and_(
             t.c.status == COMPLETED,
-            sa.or_(t.c.unique_until.is_(None), t.c.unique_until <= self.core.now()),
+            sa.or_(t.c.unique_until.is_(None), t.c.unique_until <= now),
         )
         oldest = min(older_than, results_until) if results_until is not None else older_than
         with storage_errors("purge completed jobs"), self.core.engine.begin() as c:
-            # A COMPLETED row's run_at is its finish time: an index range.
             purged = c.execute(sa.delete(t).where(done, t.c.run_at < naive_utc(oldest))).rowcount
-            if results_until is not None and older_than > results_until:
-                newer = sa.and_(t.c.run_at < naive_utc(older_than), t.c.result.is_(None))
+            if results_until is not None and results_until < older_than:
+                # Rows without a result between the two cut-offs (the caller
+                # passes no ``results_until`` when QUEUE_KEEP_COMPLETED is 0:
+                # such rows are then deleted at their success, and this range
+                # would be every kept result).
+                newer = sa.and_(
+                    t.c.run_at >= naive_utc(oldest),
+                    t.c.run_at < naive_utc(older_than),
+                    t.c.result.is_(None),
+                )
                 purged += c.execute(sa.delete(t).where(done, newer)).rowcount
             return purged
 

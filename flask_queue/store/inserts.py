@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StorageError
 from ..job import Job
-from .core import INSERT_CHUNK, Row, StoreCore, text_of
+from .core import INSERT_CHUNK, LIVE, Row, StoreCore, naive_utc, text_of
 from .errors import is_deadlock, storage_errors
 from .notify import channel_of
 
@@ -78,7 +78,6 @@ class Inserts:
         override: bool,
         conn: Connection | None = None,
         debounce: bool = False,
-        unique: bool = False,
     ) -> tuple[Job[Any], bool]:
         """INSERT arbitrated by the unique live_custom_id (with ``override``,
         ``_replace_live`` first; a ``_read_live`` when the key refused it): insert
@@ -95,17 +94,14 @@ class Inserts:
 
         ``debounce`` (with ``override``): the rewrite keeps the live job's cap
         (``latest_run_at``) and moves its run to the row's, but not past the
-        cap. ``unique``: first, each round, the newest row of that custom id
-        whose ``unique_until`` is ahead, live or finished, is returned as it is
-        (``_read_unique``, on (custom_id)); a finished row is kept that long.
+        cap. A job enqueued with ``unique_for`` keeps holding its id when it
+        finishes, until its window closes (``predicates.released_id``): the
+        unique key then answers every enqueue of the id with that job, and the
+        first enqueue after the window releases it (``_release_expired``).
         """
         cid = row["custom_id"]
         for _ in range(UNIQUE_ROUNDS):
             with storage_errors("enqueue a job"):
-                if unique:
-                    kept = self._read_unique(cid, conn)
-                    if kept is not None:
-                        return self.core.to_job(kept), False
                 if override:
                     replaced = self._replace_live(row, conn, debounce=debounce)
                     if replaced is not None:
@@ -123,27 +119,35 @@ class Inserts:
                         raise
                     time.sleep(random.uniform(0.001, 0.01))
                     continue
-                if not override:
-                    existing = self._read_live(cid, conn)
-                    if existing is not None:
+                existing = self._read_live(cid, conn)
+                if existing is not None and existing.status not in LIVE:
+                    # A finished job holding its id for its unique_for window.
+                    if existing.unique_until is not None and existing.unique_until > naive_utc(
+                        self.core.now()
+                    ):
                         return self.core.to_job(existing), False
+                    self._release_expired(cid, conn)
+                elif existing is not None and not override:
+                    return self.core.to_job(existing), False
         raise StorageError(
             f"Could not enqueue job with id {text_of(cid)!r}: it kept changing underneath."
         )
 
-    def _read_unique(self, key: Any, conn: Connection | None) -> Any:
-        """SELECT the newest on (custom_id) whose unique window is still open."""
+    def _release_expired(self, key: Any, conn: Connection | None) -> None:
+        """UPDATE on the unique live_custom_id: a finished job whose unique_for
+        window has closed gives up the id it kept."""
         t = self.core.table
         stmt = (
-            sa.select(t)
-            .where(t.c.custom_id == key, t.c.unique_until > self.core.now())
-            .order_by(t.c.created_at.desc())
-            .limit(1)
+            sa.update(t)
+            .where(
+                t.c.live_custom_id == key,
+                t.c.status.not_in(LIVE),
+                sa.or_(t.c.unique_until.is_(None), t.c.unique_until <= self.core.now()),
+            )
+            .values(live_custom_id=None)
         )
-        if conn is None:
-            with self.core.engine.connect() as c:
-                return c.execute(stmt).first()
-        return conn.execute(stmt).first()
+        with self.core.begin(conn, single=True) as c:
+            c.execute(stmt)
 
     def _replace_live(
         self, row: Row, conn: Connection | None, *, debounce: bool = False
@@ -191,7 +195,10 @@ class Inserts:
                     ),
                 )
             )
-        stmt = sa.update(t).where(t.c.live_custom_id == row["custom_id"]).ordered_values(*values)
+        # Only a live job is rewritten; a finished one keeping its id for its
+        # unique_for window is answered as it is (insert_unique).
+        live = sa.and_(t.c.live_custom_id == row["custom_id"], t.c.status.in_(LIVE))
+        stmt = sa.update(t).where(live).ordered_values(*values)
         returning = self.core.dialect.returning
         with self.core.begin(conn, single=returning) as c:
             if returning:
@@ -199,7 +206,7 @@ class Inserts:
                 return self.core.to_job(found) if found is not None else None
             if c.execute(stmt).rowcount == 0:
                 return None
-            found = c.execute(sa.select(t).where(t.c.live_custom_id == row["custom_id"])).first()
+            found = c.execute(sa.select(t).where(live)).first()
         return self.core.to_job(found) if found is not None else None
 
     def _read_live(self, key: Any, conn: Connection | None) -> Any:

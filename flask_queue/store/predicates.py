@@ -78,6 +78,15 @@ def finish_guard(t: sa.Table, unstarted_only: bool) -> sa.ColumnElement[bool]:
     return sa.and_(t.c.id == job_id, t.c.attempt == attempt, t.c.status == RUNNING)
 
 
+def released_id(t: sa.Table, now: Any) -> Any:
+    """The ``live_custom_id`` of a row that ends now: released, unless its
+    ``unique_for`` window is still open. Kept, the unique key goes on answering
+    enqueues of that id with this job, finished, until the window closes (an
+    arbiter that outlives the run: a read of the window before the INSERT let a
+    job that finished in between make room for a second)."""
+    return sa.case((t.c.unique_until > now, t.c.live_custom_id), else_=sa.null())
+
+
 def these_runs(ids: Any, attempts: Any, pairs: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
     """The rows of these runs (id, attempt), on the columns ``ids`` and
     ``attempts`` (the job table's or the start log's). The ids are also given

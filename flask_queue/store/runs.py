@@ -24,7 +24,7 @@ from .core import (
     naive_utc,
 )
 from .errors import storage_errors
-from .predicates import finish_guard, these_runs, unstarted_run
+from .predicates import finish_guard, released_id, these_runs, unstarted_run
 from .ratelog import RateLog
 from .schema import ERROR_WIDTH
 
@@ -202,8 +202,7 @@ class Runs:
             if outcome.status == SCHEDULED:
                 values["started_at"] = None  # the next run has not started
                 values["progress"] = None  # nor reported any progress
-            else:
-                values["live_custom_id"] = None  # a finished job releases its id
+
             if outcome.run_at is not None:
                 values["run_at"] = naive_utc(outcome.run_at)
             if outcome.occurrence_at is not None:
@@ -212,15 +211,27 @@ class Runs:
                 values["count"] = outcome.count
             # One prebuilt UPDATE per set of columns an outcome writes (a handful).
             columns = tuple(values)
+            ends = outcome.status != SCHEDULED  # a finished job releases its id
             stmt = self.core.prebuilt(
-                ("finish-update", unstarted, columns),
+                ("finish-update", unstarted, columns, ends),
                 lambda: (
                     sa.update(t)
                     .where(finish_guard(t, unstarted))
-                    .values({k: sa.bindparam(f"v_{k}") for k in columns})
+                    .values(
+                        {
+                            **{k: sa.bindparam(f"v_{k}") for k in columns},
+                            **(
+                                {"live_custom_id": released_id(t, sa.bindparam("b_now"))}
+                                if ends
+                                else {}
+                            ),
+                        }
+                    )
                 ),
             )
             params = {f"v_{k}": v for k, v in values.items()}
+            if ends:
+                params["b_now"] = now
             if c.execute(stmt, {**guard, **params}).rowcount != 1:
                 self._let_go(c, [(job.id, job.attempt)])
                 return False
@@ -356,8 +367,11 @@ class Runs:
             )
         for ended in (FAILED, COMPLETED):  # a finished job releases its custom id
             if by_status[ended]:
+                released = released_id(t, now)
                 stmt = (
-                    sa.update(t).where(by_row).values(status=ended, live_custom_id=None, **common)
+                    sa.update(t)
+                    .where(by_row)
+                    .values(status=ended, live_custom_id=released, **common)
                 )
                 statements.append((stmt, by_status[ended], [p["b_id"] for p in by_status[ended]]))
         sane = self.core.dialect.sane_multi_rowcount
