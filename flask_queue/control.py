@@ -105,6 +105,10 @@ class RunControl:
             loop.call_soon_threadsafe(task.cancel)
         return True
 
+    @property
+    def outcome_taken(self) -> bool:
+        return self._outcome_taken
+
     def take_outcome(self) -> bool:
         """Whether the caller writes the run's outcome: the first to ask, of the
         runner (the handler returned) and the timeout, does; the other's is

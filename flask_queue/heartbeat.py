@@ -123,7 +123,9 @@ class Heartbeat:
     def _next_deadline(self) -> float | None:
         with self._lock:
             deadlines = [
-                c.deadline for c in self._controls.values() if c.deadline is not None and not c.why
+                c.deadline
+                for c in self._controls.values()
+                if c.deadline is not None and not c.outcome_taken
             ]
         return min(deadlines, default=None)
 
@@ -133,20 +135,33 @@ class Heartbeat:
         a sync handler that never checks would otherwise hold the job forever."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            due = [c for c in self._controls.values() if c.overdue(now) and not c.why]
-        # The outcome is taken before the stop: a cancelled async task then
-        # ends its run without an outcome of its own (the timeout's is written).
-        stopped = [c for c in due if c.take_outcome() and c.stop(TIMED_OUT)]
+            due = [c for c in self._controls.values() if c.overdue(now) and not c.outcome_taken]
+        # The outcome is taken before the stop: a cancelled async task then ends
+        # its run without an outcome of its own (the timeout's is written). A
+        # run cancelled earlier whose handler never stopped ends at its deadline.
+        stopped = [c for c in due if c.take_outcome()]
         for control in stopped:
-            try:
-                control.timed_out()
-            except Exception:
-                log.warning(
-                    "flask_queue: could not record the timeout of job %s",
-                    control.job_id,
-                    exc_info=True,
-                )
+            control.stop(TIMED_OUT)
+            # Written on a thread of its own: a slow write (an outage, a lock
+            # wait) must not hold up every other run's beat.
+            threading.Thread(
+                target=self._record_timeout,
+                args=(control,),
+                name="flask_queue-timeout",
+                daemon=True,
+            ).start()
         return stopped
+
+    @staticmethod
+    def _record_timeout(control: RunControl) -> None:
+        try:
+            control.timed_out()
+        except Exception:
+            log.warning(
+                "flask_queue: could not record the timeout of job %s",
+                control.job_id,
+                exc_info=True,
+            )
 
     def _loop(self) -> None:
         last = time.monotonic()

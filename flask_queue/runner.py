@@ -104,8 +104,10 @@ def run_claimed(state: QueueState, job: Job[Any], finisher: Finisher | None) -> 
 
 
 def _timed_out(state: QueueState, job: Job[Any]) -> RunResult:
-    """A run whose timeout wrote its outcome: its late one is discarded."""
+    """A run whose timeout wrote its outcome: its late one is discarded, and the
+    lease its retry kept is let go (the retry may start now)."""
     state.heartbeat.discard(job.id, job.attempt)
+    state.store.let_go([(job.id, job.attempt)])
     return RunResult("timed out", job.id, job.attempt)
 
 
@@ -131,7 +133,7 @@ def decide(state: QueueState, job: Job[Any]) -> Finish | None:
         return _cancelled(job, now(), ran=False)
     # The job's own retry option wins, then the handler's, then QUEUE_RETRY.
     default = handler.retry if handler.retry is not None else state.config.retry
-    control = _control(state, job, handler.timeout, default)
+    control = _control(state, job, handler.timeout, default, handler.is_async)
     try:
         outcome, succeeded = _run(job, handler.run, default, state.config, now, control)
     except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
@@ -155,7 +157,11 @@ def decide(state: QueueState, job: Job[Any]) -> Finish | None:
 
 
 def _control(
-    state: QueueState, job: Job[Any], default_timeout: timedelta | None, retry: list[timedelta]
+    state: QueueState,
+    job: Job[Any],
+    default_timeout: timedelta | None,
+    retry: list[timedelta],
+    is_async: bool,
 ) -> RunControl:
     """The run's control, attached to the job the handler gets and to the
     heartbeat; its ``on_timeout`` records the timed-out attempt at the deadline."""
@@ -166,16 +172,29 @@ def _control(
     object.__setattr__(job, "progress", Progress(tuple(job.progress), control))
 
     def on_timeout() -> None:
+        # On a thread of its own (heartbeat.expire). The run stays in the beat:
+        # a retry keeps the lease (``keep_lease``), which holds the run's place
+        # in a concurrency limit and keeps the retry from starting beside it
+        # until its thread returns (``_timed_out``) or a lease later.
         at = state.store.clock()
+        state.heartbeat.finishing(job.id, job.attempt)
+        if control.why == CANCEL:  # cancelled, and the handler never stopped
+            _finish(state, job, _cancelled(job, at, ran=True))
+            return
         reason = f"JobTimeoutError: the run passed its timeout of {control.timeout:g}s."
-        outcome = _recorded(
-            job, after_failure(job, reason, retry, at), at, control.timeout, history.FAILED, reason
-        )
+        failed = dataclasses.replace(after_failure(job, reason, retry, at), keep_lease=True)
+        outcome = _recorded(job, failed, at, control.timeout, history.FAILED, reason)
         _log_failure(job, reason, outcome, len(_delays(job, retry)))
-        try:
-            _finish(state, job, outcome)
-        finally:
-            state.heartbeat.discard(job.id, job.attempt)
+        if not is_async:
+            log.warning(
+                "flask_queue: job %s: its handler's thread stays busy until the handler"
+                " returns (Python cannot stop a thread); call job.check() in long loops",
+                job.id,
+            )
+        retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
+        signals.send(signals.job_failed, state.app, job=job, error=None, will_retry=retrying)
+        state.tally.count(job.queue, False, at)
+        _finish(state, job, outcome)
 
     control.on_timeout = on_timeout
     state.heartbeat.attach(control)

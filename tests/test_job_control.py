@@ -517,3 +517,70 @@ def test_unique_for_holds_when_the_first_job_finishes_during_the_race(
         for job in queue.jobs():
             per_id[job.custom_id or ""] = per_id.get(job.custom_id or "", 0) + 1
     assert per_id == {f"u-{n}": 1 for n in range(15)}
+
+
+@all_databases
+def test_an_exclusive_queue_holds_across_a_timeout(make_app: AppFactory) -> None:
+    """Review H3: the retry of a timed-out run started beside the still-running
+    first attempt (two RUNNING in an exclusive queue)."""
+    queue = Queue()
+    release = threading.Event()
+    running: list[int] = []
+    peak: list[int] = []
+    attempts: list[int] = []
+    lock = threading.Lock()
+
+    @queue.handler("solo", exclusive=True, retry=["10ms"], timeout="0.2s")
+    def solo(job: Job[Any]) -> None:
+        with lock:
+            running.append(job.attempt)
+            peak.append(len(running))
+            attempts.append(job.attempt)
+        try:
+            if job.attempt == 1:
+                release.wait(10)  # never checks
+        finally:
+            with lock:
+                running.remove(job.attempt)
+
+    # A lease long enough that a loaded machine's late beat cannot expire a run.
+    app = make_app(queue, QUEUE_EXECUTOR="thread", QUEUE_LEASE="3s")
+    with app.app_context():
+        job = queue.enqueue("solo", None)
+        _wait_until(lambda: queue.get(job.id).errors == 1)  # type: ignore[union-attr]
+        for _ in range(20):  # 1 s of produces while attempt 1 still runs
+            queue.produce()
+            time.sleep(0.05)
+        assert max(peak) == 1 and len(peak) == 1  # the retry waited
+        release.set()
+
+        def finished() -> bool:
+            queue.produce()
+            return queue.get(job.id) is None  # completed (no result: deleted)
+
+        _wait_until(finished)
+    assert max(peak) == 1 and attempts == [1, 2], attempts
+
+
+@all_databases
+def test_a_cancelled_run_that_never_stops_ends_at_its_timeout(make_app: AppFactory) -> None:
+    """Review M3: a cancel disabled the timeout, so a handler that ignored the
+    cancel kept its lease alive for as long as it ran."""
+    queue = Queue()
+    started, release = threading.Event(), threading.Event()
+
+    @queue.handler("deaf", timeout="0.5s")
+    def deaf(job: Job[Any]) -> None:
+        started.set()
+        release.wait(10)
+
+    app = make_app(queue, QUEUE_EXECUTOR="thread", QUEUE_LEASE="0.3s")
+    try:
+        with app.app_context():
+            job = queue.enqueue("deaf", None)
+            assert started.wait(10)
+            queue.cancel(job.id)
+            done = queue.wait(job.id, timeout="5s")
+            assert done.status is JobStatus.CANCELLED
+    finally:
+        release.set()

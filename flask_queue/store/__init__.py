@@ -222,6 +222,7 @@ class JobStore:
     extend_leases = _Delegated("runs", Runs.extend_leases)
     release = _Delegated("runs", Runs.release)
     hand_back = _Delegated("runs", Runs.hand_back)
+    let_go = _Delegated("runs", Runs.let_go)
 
     # -- queue settings, crons, waking workers ----------------------------------------
 

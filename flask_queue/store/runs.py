@@ -86,6 +86,9 @@ class Finish:
     history: list[dict[str, Any]] | None = None
     #: The handler's return value as JSON text (None: it returned None, or failed).
     result: str | None = None
+    #: A retry that keeps the row's lease: a timed-out run whose thread goes on
+    #: holds its place in a concurrency limit until it returns (``let_go``).
+    keep_lease: bool = False
 
     @property
     def row_error(self) -> str | None:
@@ -191,12 +194,13 @@ class Runs:
             values: dict[str, Any] = {
                 "status": outcome.status,
                 "errors": outcome.errors,
-                "lease_until": None,
                 "updated_at": now,
                 "reason": _storable(outcome.reason),
                 "error": _storable_line(outcome.row_error),
                 "result": outcome.result,
             }
+            if not outcome.keep_lease:
+                values["lease_until"] = None
             if outcome.history is not None:
                 values["history"] = _history_json(outcome.history)
             if outcome.status == SCHEDULED:
@@ -253,6 +257,12 @@ class Runs:
                 )
                 self.core.insert(c, [copy])
             return True
+
+    def let_go(self, runs: list[tuple[str, int]]) -> None:
+        """``_let_go`` on a statement of its own: the run kept its retry's lease
+        (``Finish.keep_lease``) and has ended now."""
+        with storage_errors("let a lease go"), self.core.one_statement() as c:
+            self._let_go(c, runs)
 
     def _let_go(self, c: Connection, runs: list[tuple[str, int]]) -> None:
         """UPDATE by primary key of these runs' rows if SCHEDULED and leased:
