@@ -584,3 +584,36 @@ def test_a_cancelled_run_that_never_stops_ends_at_its_timeout(make_app: AppFacto
             assert done.status is JobStatus.CANCELLED
     finally:
         release.set()
+
+
+@all_databases
+@pytest.mark.parametrize("returns", [None, {"x": 1}])
+def test_a_cancel_the_run_never_saw_still_ends_the_job(make_app: AppFactory, returns: Any) -> None:
+    """Review M1: a cancel (or a delete) asked for between two beats of a run that
+    then ended was lost: the job ended COMPLETED (or stayed). A 30 s lease: no
+    beat comes between the cancel and the end."""
+    queue = Queue()
+    started, finish = threading.Event(), threading.Event()
+
+    @queue.handler("quick")
+    def quick(job: Job[Any]) -> Any:
+        started.set()
+        finish.wait(10)
+        return returns
+
+    app = make_app(queue, QUEUE_EXECUTOR="thread", QUEUE_LEASE="30s")
+    with app.app_context():
+        for action in ("cancel", "delete"):
+            started.clear()
+            finish.clear()
+            job = queue.enqueue("quick", action)
+            assert started.wait(10)
+            if action == "cancel":
+                queue.cancel(job.id)
+            else:
+                assert queue.delete(job.id) is True
+            finish.set()
+            if action == "cancel":
+                assert queue.wait(job.id, timeout="10s").status is JobStatus.CANCELLED
+            else:
+                _wait_until(lambda j=job: (queue.produce(), queue.get(j.id))[1] is None)

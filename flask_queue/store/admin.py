@@ -224,6 +224,11 @@ class Admin:
         oldest = min(older_than, results_until) if results_until is not None else older_than
         with storage_errors("purge completed jobs"), self.core.engine.begin() as c:
             purged = c.execute(sa.delete(t).where(done, t.c.run_at < naive_utc(oldest))).rowcount
+            # A delete of a running job whose run ended before it saw the
+            # delete (an outcome written in a batch) left its row CANCELLED.
+            purged += c.execute(
+                sa.delete(t).where(t.c.status == CANCELLED, t.c.cancel_action == "DELETE")
+            ).rowcount
             if results_until is not None and results_until < older_than:
                 # Rows without a result between the two cut-offs (the caller
                 # passes no ``results_until`` when QUEUE_KEEP_COMPLETED is 0:

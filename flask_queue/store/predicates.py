@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .core import RUNNING, SCHEDULED
+from .core import CANCELLED, RUNNING, SCHEDULED
 from .dialects import Dialect
 
 LEASE_EXPIRED = (
@@ -85,6 +85,18 @@ def released_id(t: sa.Table, now: Any) -> Any:
     arbiter that outlives the run: a read of the window before the INSERT let a
     job that finished in between make room for a second)."""
     return sa.case((t.c.unique_until > now, t.c.live_custom_id), else_=sa.null())
+
+
+def settled(t: sa.Table, status: Any) -> Any:
+    """The status a run's outcome writes: ``status``, or CANCELLED when a cancel
+    was asked for after the run's last beat (the run never saw it; the job still
+    ends as the cancel said, in the outcome's own statement)."""
+    return sa.case((t.c.cancelled_at.is_not(None), CANCELLED), else_=status)
+
+
+def held_id(t: sa.Table, now: Any) -> Any:
+    """A retry's ``live_custom_id``: kept, unless ``settled`` makes it CANCELLED."""
+    return sa.case((t.c.cancelled_at.is_not(None), released_id(t, now)), else_=t.c.live_custom_id)
 
 
 def these_runs(ids: Any, attempts: Any, pairs: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:

@@ -24,7 +24,14 @@ from .core import (
     naive_utc,
 )
 from .errors import storage_errors
-from .predicates import finish_guard, released_id, these_runs, unstarted_run
+from .predicates import (
+    finish_guard,
+    held_id,
+    released_id,
+    settled,
+    these_runs,
+    unstarted_run,
+)
 from .ratelog import RateLog
 from .schema import ERROR_WIDTH
 
@@ -175,9 +182,13 @@ class Runs:
             if outcome.status == "DELETE":
                 stmt = self.core.prebuilt(
                     ("finish-delete", unstarted),
-                    lambda: sa.delete(t).where(finish_guard(t, unstarted)),
+                    lambda: sa.delete(t).where(
+                        finish_guard(t, unstarted), t.c.cancelled_at.is_(None)
+                    ),
                 )
                 if c.execute(stmt, guard).rowcount == 1:
+                    return True
+                if self._settle_cancelled(c, [(job.id, job.attempt)]):
                     return True
                 self._let_go(c, [(job.id, job.attempt)])
                 return False
@@ -224,18 +235,17 @@ class Runs:
                     .values(
                         {
                             **{k: sa.bindparam(f"v_{k}") for k in columns},
-                            **(
-                                {"live_custom_id": released_id(t, sa.bindparam("b_now"))}
-                                if ends
-                                else {}
-                            ),
+                            # A cancel asked for since the run's last beat wins.
+                            "status": settled(t, sa.bindparam("v_status")),
+                            "live_custom_id": released_id(t, sa.bindparam("b_now"))
+                            if ends
+                            else held_id(t, sa.bindparam("b_now")),
                         }
                     )
                 ),
             )
             params = {f"v_{k}": v for k, v in values.items()}
-            if ends:
-                params["b_now"] = now
+            params["b_now"] = now
             if c.execute(stmt, {**guard, **params}).rowcount != 1:
                 self._let_go(c, [(job.id, job.attempt)])
                 return False
@@ -257,6 +267,32 @@ class Runs:
                 )
                 self.core.insert(c, [copy])
             return True
+
+    def _settle_cancelled(self, c: Connection, runs: list[tuple[str, int]]) -> int:
+        """DELETE then UPDATE by primary key of these runs' rows, still RUNNING
+        under their attempt, that a cancel was asked for since their last beat:
+        the row goes (a delete of the running job) or ends CANCELLED. How many."""
+        t = self.core.table
+        now = self.core.now()
+        asked = sa.and_(
+            these_runs(t.c.id, t.c.attempt, runs),
+            t.c.status == RUNNING,
+            t.c.cancelled_at.is_not(None),
+        )
+        gone = c.execute(sa.delete(t).where(asked, t.c.cancel_action == "DELETE")).rowcount
+        ended = c.execute(
+            sa.update(t)
+            .where(asked)
+            .values(
+                status=CANCELLED,
+                reason="Cancelled while it ran; it ended before it saw the cancel.",
+                error="Cancelled",
+                lease_until=None,
+                live_custom_id=released_id(t, now),
+                updated_at=now,
+            )
+        ).rowcount
+        return int(gone + ended)
 
     def let_go(self, runs: list[tuple[str, int]]) -> None:
         """``_let_go`` on a statement of its own: the run kept its retry's lease
@@ -349,7 +385,12 @@ class Runs:
         statements: list[tuple[Any, Any, list[str]]] = []
         for chunk in chunks(deleted):
             where = these_runs(t.c.id, t.c.attempt, chunk)
-            statements.append((sa.delete(t).where(mine, where), None, [i for i, _ in chunk]))
+            # A run cancelled since its last beat is not deleted: it ends
+            # CANCELLED (``_settle_cancelled``, when the count comes up short).
+            uncancelled = t.c.cancelled_at.is_(None)
+            statements.append(
+                (sa.delete(t).where(mine, uncancelled, where), None, [i for i, _ in chunk])
+            )
         by_row = sa.and_(
             mine, t.c.id == sa.bindparam("b_id"), t.c.attempt == sa.bindparam("b_attempt")
         )
@@ -370,7 +411,13 @@ class Runs:
             stmt = (
                 sa.update(t)
                 .where(by_row)
-                .values(status=SCHEDULED, started_at=None, progress=None, **common)
+                .values(
+                    status=settled(t, SCHEDULED),
+                    live_custom_id=held_id(t, now),
+                    started_at=None,
+                    progress=None,
+                    **common,
+                )
             )
             statements.append(
                 (stmt, by_status[SCHEDULED], [p["b_id"] for p in by_status[SCHEDULED]])
@@ -381,7 +428,7 @@ class Runs:
                 stmt = (
                     sa.update(t)
                     .where(by_row)
-                    .values(status=ended, live_custom_id=released, **common)
+                    .values(status=settled(t, ended), live_custom_id=released, **common)
                 )
                 statements.append((stmt, by_status[ended], [p["b_id"] for p in by_status[ended]]))
         sane = self.core.dialect.sane_multi_rowcount
@@ -396,8 +443,11 @@ class Runs:
             progress.written.update(ids)
             if owned < len(ids):
                 mine_now = set(ids)
+                short = [(j.id, j.attempt) for j, _ in runs if j.id in mine_now]
                 with storage_errors("finish jobs"), self.core.one_statement() as c:
-                    self._let_go(c, [(j.id, j.attempt) for j, _ in runs if j.id in mine_now])
+                    if params is None:  # a DELETE: its count is exact on every database
+                        progress.owned += self._settle_cancelled(c, short)
+                    self._let_go(c, short)
         return progress.owned
 
     def extend_leases(
