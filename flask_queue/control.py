@@ -30,12 +30,11 @@ TIMED_OUT = "timed out"
 
 def progress_text(fraction: Any, message: Any) -> str:
     """The stored JSON of ``job.progress(fraction, message)``, or a clear error."""
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not math.isfinite(fraction)
-        or not 0 <= fraction <= 1
-    ):
+    try:
+        finite = isinstance(fraction, (int, float)) and math.isfinite(fraction)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if isinstance(fraction, bool) or not finite or not 0 <= fraction <= 1:
         raise InvalidOptionError(f"Invalid progress {shown(fraction)}: use a number from 0 to 1.")
     if message is not None and not isinstance(message, str):
         raise InvalidOptionError(f"Invalid progress message {shown(message)}: use a str or None.")

@@ -292,9 +292,10 @@ def check_timeout(timeout: Duration | None) -> timedelta | None:
         value = to_timedelta(timeout)
     except QueueError as exc:
         raise InvalidOptionError(f"Invalid timeout {shown(timeout)}: {exc}") from None
-    if value <= timedelta(0) or value > MAX_TIMEOUT:
+    # Stored in whole milliseconds: less than one would be stored as none.
+    if value < timedelta(milliseconds=1) or value > MAX_TIMEOUT:
         raise InvalidOptionError(
-            f"Invalid timeout {shown(timeout)}: use a duration more than 0 and at most a day."
+            f"Invalid timeout {shown(timeout)}: use a duration from 1 ms to a day."
         )
     return value
 

@@ -21,7 +21,7 @@ from flask import current_app
 from . import history, signals
 from .control import CANCELLED as CANCEL
 from .control import RunControl
-from .errors import StorageError
+from .errors import InvalidResultError, StorageError
 from .job import Job, Progress
 from .planning import encode_result
 from .scheduling import Schedule
@@ -365,7 +365,13 @@ def _run(
         if control.stopping and control.why == CANCEL:
             return _cancelled(job, now(), ran=True), False
         seconds = time.perf_counter() - started
-        outcome = after_failure(job, "".join(traceback.format_exception(exc)), default_retry, now())
+        reason = "".join(traceback.format_exception(exc))
+        if isinstance(exc, InvalidResultError) and not job.is_repeating:
+            # The handler ran to its end: running it again would repeat its
+            # work only to return the same value. Failed now, not retried.
+            outcome = Finish(status=FAILED, reason=reason, errors=job.errors + 1)
+        else:
+            outcome = after_failure(job, reason, default_retry, now())
         _log_failure(job, repr(exc), outcome, len(delays))
         retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
         signals.send(signals.job_failed, app, job=job, error=exc, will_retry=retrying)

@@ -383,7 +383,7 @@ def test_a_check_past_the_timeout_raises_job_timeout_error(app: Flask, queue: Qu
     assert "JobTimeoutError" in (queue.get(job.id).error or "")  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("timeout", [-1, 0, "forever", "2d", True])
+@pytest.mark.parametrize("timeout", [-1, 0, 0.0004, "forever", "2d", True])
 def test_bad_timeouts_are_refused_and_store_nothing(app: Flask, queue: Queue, timeout: Any) -> None:
     before = row_snapshot(app)
     with pytest.raises(InvalidOptionError, match="timeout"):
@@ -617,3 +617,63 @@ def test_a_cancel_the_run_never_saw_still_ends_the_job(make_app: AppFactory, ret
                 assert queue.wait(job.id, timeout="10s").status is JobStatus.CANCELLED
             else:
                 _wait_until(lambda j=job: (queue.produce(), queue.get(j.id))[1] is None)
+
+
+def test_a_result_that_is_not_json_is_not_retried(app: Flask, queue: Queue) -> None:
+    """Review M7: the handler ran again on every retry, only to return the same
+    value that cannot be stored."""
+    runs: list[int] = []
+
+    @queue.handler("sets", retry=["1ms", "1ms"])
+    def sets(job: Job[Any]) -> Any:
+        runs.append(job.attempt)
+        return {1, 2}
+
+    job = queue.enqueue("sets", None)
+    failed = queue.get(job.id)
+    assert failed is not None and failed.status is JobStatus.FAILED and runs == [1]
+
+
+def test_a_huge_int_progress_is_refused_by_name(app: Flask, queue: Queue) -> None:
+    seen: list[str] = []
+
+    @queue.handler("huge")
+    def huge(job: Job[Any]) -> None:
+        try:
+            job.progress(10**400)
+        except InvalidOptionError as exc:
+            seen.append(str(exc))
+
+    queue.enqueue("huge", None)
+    assert len(seen) == 1 and "Invalid progress" in seen[0]
+
+
+def test_a_worker_with_one_hung_handler_keeps_draining(make_app: AppFactory) -> None:
+    queue = Queue()
+    release = threading.Event()
+    quick: list[int] = []
+
+    @queue.handler("hangs", timeout="0.2s", retry=0)
+    def hangs(job: Job[Any]) -> None:
+        release.wait(20)  # never checks: its thread stays busy
+
+    @queue.handler("quick")
+    def quick_one(job: Job[int]) -> None:
+        quick.append(job.payload)
+
+    app = make_app(queue, QUEUE_EXECUTOR="thread", QUEUE_THREADS=2, QUEUE_LEASE="3s")
+    try:
+        with app.app_context():
+            hung = queue.enqueue("hangs", None)
+            _wait_until(lambda: queue.get(hung.id).status is JobStatus.FAILED)  # type: ignore[union-attr]
+            queue.enqueue_many("quick", list(range(20)), delay="1ms")
+            time.sleep(0.01)
+
+            def drained() -> bool:
+                queue.produce()
+                return len(quick) == 20
+
+            _wait_until(drained)
+            assert not release.is_set()  # all of it while the hung handler still runs
+    finally:
+        release.set()
