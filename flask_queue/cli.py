@@ -374,6 +374,44 @@ def show_command(key: str) -> None:
     click.echo(json.dumps(job.as_dict(), indent=2, default=str))
 
 
+@queue_cli.command("cancel")
+@click.argument("job_id", type=TEXT)
+def cancel_command(job_id: str) -> None:
+    """Cancel a job: a SCHEDULED one at once, a RUNNING one at its next heartbeat."""
+    try:
+        job = actions.cancel(_state(), job_id)
+    except QueueError as exc:
+        raise _fail(exc) from None
+    if job.status is JobStatus.CANCELLED:
+        click.echo(f"{job.id} CANCELLED")
+    else:
+        click.echo(f"{job.id} RUNNING: asked to stop; it ends CANCELLED at its next heartbeat")
+
+
+@queue_cli.command("result")
+@click.argument("job_id", type=TEXT)
+@click.option(
+    "--wait",
+    "wait_for",
+    type=DURATION,
+    default=None,
+    help=f"Wait up to this long for the job to end: {DURATION_FORMS}.",
+)
+def result_command(job_id: str, wait_for: timedelta | None) -> None:
+    """Print a COMPLETED job's result (JSON); exit 1 if the job has not completed."""
+    state = _state()
+    try:
+        if wait_for is not None:
+            job = actions.wait(state, job_id, wait_for)
+        else:
+            job = actions.require(state, job_id)
+    except QueueError as exc:
+        raise _fail(exc) from None
+    if job.status is not JobStatus.COMPLETED:
+        raise click.ClickException(f"Job {job.id} is {job.status.value}: it has no result.")
+    click.echo(json.dumps(job.result))
+
+
 @queue_cli.command("retry")
 @click.argument("job_id", type=TEXT)
 def retry_command(job_id: str) -> None:

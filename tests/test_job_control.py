@@ -677,3 +677,29 @@ def test_a_worker_with_one_hung_handler_keeps_draining(make_app: AppFactory) -> 
             assert not release.is_set()  # all of it while the hung handler still runs
     finally:
         release.set()
+
+
+def test_cli_cancel_and_result(app: Flask, queue: Queue) -> None:
+    @queue.handler("answer")
+    def answer(job: Job[Any]) -> dict[str, int]:
+        return {"answer": 42}
+
+    runner = app.test_cli_runner()
+    done = queue.enqueue("answer", None)
+    shown = runner.invoke(args=["queue", "result", done.id])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.strip() == '{"answer": 42}'
+    waited = runner.invoke(args=["queue", "result", done.id, "--wait", "1s"])
+    assert waited.exit_code == 0 and '"answer": 42' in waited.output
+    later = queue.enqueue("echo", 1, delay="1h")
+    refused = runner.invoke(args=["queue", "result", later.id])
+    assert refused.exit_code == 1 and "SCHEDULED" in refused.output
+    cancelled = runner.invoke(args=["queue", "cancel", later.id])
+    assert cancelled.exit_code == 0 and "CANCELLED" in cancelled.output
+    assert queue.get(later.id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    again = runner.invoke(args=["queue", "cancel", later.id])
+    assert again.exit_code == 1 and "CANCELLED" in again.output
+    missing = runner.invoke(args=["queue", "result", "nope"])
+    assert missing.exit_code == 1 and "nope" in missing.output
+    show = runner.invoke(args=["queue", "show", done.id])
+    assert '"result": {' in show.output and '"answer": 42' in show.output
