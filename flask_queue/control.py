@@ -51,7 +51,8 @@ class RunControl:
         #: ``time.monotonic()`` past which the run has timed out (None: never).
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
-        self._stopped = threading.Event()
+        # A flag, not a threading.Event: one control per run, and nothing waits on it.
+        self._stopped = False
         #: Why the run was asked to stop: CANCELLED or TIMED_OUT (None: it was not).
         self.why: str | None = None
         self._lock = threading.Lock()
@@ -73,11 +74,11 @@ class RunControl:
 
     @property
     def stopping(self) -> bool:
-        return self._stopped.is_set()
+        return self._stopped
 
     def check(self) -> None:
         """Raise ``JobCancelled`` or ``JobTimeoutError`` once the run must stop."""
-        if not self._stopped.is_set():
+        if not self._stopped:
             return
         if self.why == TIMED_OUT:
             raise JobTimeoutError(f"Job {self.job_id} ran past its timeout of {self.timeout:g}s.")
@@ -94,10 +95,10 @@ class RunControl:
     def stop(self, why: str) -> bool:
         """Ask the run to stop; False when it was asked already."""
         with self._lock:
-            if self._stopped.is_set():
+            if self._stopped:
                 return False
             self.why = why
-            self._stopped.set()
+            self._stopped = True
             loop, task = self._loop, self._task
         if loop is not None and task is not None:
             # The task runs on the handler's own loop, in another thread.
@@ -134,7 +135,7 @@ class RunControl:
             task = asyncio.ensure_future(coroutine)
             with self._lock:
                 self._loop, self._task = asyncio.get_running_loop(), task
-                stopped = self._stopped.is_set()
+                stopped = self._stopped
             if stopped:
                 task.cancel()
             try:

@@ -3,6 +3,7 @@ started, extend leases, release."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -391,46 +392,14 @@ class Runs:
             statements.append(
                 (sa.delete(t).where(mine, uncancelled, where), None, [i for i, _ in chunk])
             )
-        by_row = sa.and_(
-            mine, t.c.id == sa.bindparam("b_id"), t.c.attempt == sa.bindparam("b_attempt")
-        )
-        common: dict[str, Any] = {
-            "errors": sa.bindparam("b_errors"),
-            "reason": sa.bindparam("b_reason"),
-            "error": sa.bindparam("b_error"),
-            "history": sa.bindparam("b_history"),
-            "run_at": sa.bindparam("b_run_at"),
-            "occurrence_at": sa.bindparam("b_occurrence_at"),
-            "count": sa.bindparam("b_count"),
-            "result": sa.bindparam("b_result"),
-            "lease_until": None,
-            "updated_at": now,
-        }
-        if by_status[SCHEDULED]:
-            # A retry or the next occurrence: not started, still holding its id.
-            stmt = (
-                sa.update(t)
-                .where(by_row)
-                .values(
-                    status=settled(t, SCHEDULED),
-                    live_custom_id=held_id(t, now),
-                    started_at=None,
-                    progress=None,
-                    **common,
+        for kind in (SCHEDULED, FAILED, COMPLETED):
+            if by_status[kind]:
+                for params in by_status[kind]:
+                    params["b_now"] = now
+                stmt = self.core.prebuilt(
+                    ("finish-many", kind), functools.partial(self._by_row, kind)
                 )
-            )
-            statements.append(
-                (stmt, by_status[SCHEDULED], [p["b_id"] for p in by_status[SCHEDULED]])
-            )
-        for ended in (FAILED, COMPLETED):  # a finished job releases its custom id
-            if by_status[ended]:
-                released = released_id(t, now)
-                stmt = (
-                    sa.update(t)
-                    .where(by_row)
-                    .values(status=settled(t, ended), live_custom_id=released, **common)
-                )
-                statements.append((stmt, by_status[ended], [p["b_id"] for p in by_status[ended]]))
+                statements.append((stmt, by_status[kind], [p["b_id"] for p in by_status[kind]]))
         sane = self.core.dialect.sane_multi_rowcount
         for stmt, params, ids in statements:
             with storage_errors("finish jobs"), self.core.one_statement() as c:
@@ -491,6 +460,36 @@ class Runs:
                     c.execute(stmt)
                     rows = list(c.execute(sa.select(*back).where(owned)))
         return {(r[0], r[1]): r[2] is not None and r[3] == RUNNING for r in rows}
+
+    def _by_row(self, kind: str) -> Any:
+        """``finish_many``'s executemany UPDATE of one kind of outcome, built once:
+        every value a bound parameter of the row's (``_finish_params``)."""
+        t = self.core.table
+        now: Any = sa.bindparam("b_now")
+        by_row = sa.and_(
+            t.c.status == RUNNING,
+            t.c.id == sa.bindparam("b_id"),
+            t.c.attempt == sa.bindparam("b_attempt"),
+        )
+        values: dict[str, Any] = {
+            "status": settled(t, kind),
+            "errors": sa.bindparam("b_errors"),
+            "reason": sa.bindparam("b_reason"),
+            "error": sa.bindparam("b_error"),
+            "history": sa.bindparam("b_history"),
+            "run_at": sa.bindparam("b_run_at"),
+            "occurrence_at": sa.bindparam("b_occurrence_at"),
+            "count": sa.bindparam("b_count"),
+            "result": sa.bindparam("b_result"),
+            "lease_until": None,
+            "updated_at": now,
+        }
+        if kind == SCHEDULED:
+            # A retry or the next occurrence: not started, still holding its id.
+            values.update(live_custom_id=held_id(t, now), started_at=None, progress=None)
+        else:  # a finished job releases its custom id
+            values["live_custom_id"] = released_id(t, now)
+        return sa.update(t).where(by_row).values(values)
 
     def hand_back(self, runs: Sequence[tuple[str, int]]) -> int:
         """UPDATE by primary key per FINISH_CHUNK runs, guarded by the attempt and
