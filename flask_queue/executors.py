@@ -183,7 +183,9 @@ class _PoolExecutor(Executor):
             self._pending.discard(future)
         with self._freed:
             self._freed.notify_all()
-        if future.exception() is not None:
+        # A task cancelled by ``shutdown(cancel=True)`` has no exception to ask
+        # for (``exception()`` would raise CancelledError in this callback).
+        if not future.cancelled() and future.exception() is not None:
             log.error("flask_queue: executor task failed", exc_info=future.exception())
 
     def deliver(self, job: Deliverable) -> Failed | None:
@@ -242,13 +244,14 @@ class _PoolExecutor(Executor):
         if pending:
             wait(pending, timeout=max(timeout, 0))
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
+        """Stop taking work; with ``wait``, let what runs finish. With ``cancel``
+        what was submitted but has not begun never begins (a worker stopped at
+        once hands those runs back); what has begun goes on in its thread."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            # Not waiting: what is queued never starts (a stopping worker handed
-            # those runs back); what runs goes on, on threads nobody waits for.
-            pool.shutdown(wait=wait, cancel_futures=not wait)
+            pool.shutdown(wait=wait, cancel_futures=cancel)
 
 
 class ThreadExecutor(_PoolExecutor, _RunsHere):
@@ -277,8 +280,8 @@ class ThreadExecutor(_PoolExecutor, _RunsHere):
         # Runs are not hand-offs: produce must not wait for handlers to finish.
         return None
 
-    def shutdown(self, wait: bool = True) -> None:
-        super().shutdown(wait=wait)
+    def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
+        super().shutdown(wait=wait, cancel=cancel)
         # The outcomes of the runs that ended are written before the process
         # goes: a worker told to stop leaves no finished run RUNNING. Without
         # ``wait`` (interpreter exit) one try: exit must not wait out an outage.

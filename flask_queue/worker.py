@@ -233,7 +233,7 @@ def work(
             _wind_down(state, executor, grace, force, report)
     finally:
         idle.close()
-        executor.shutdown(wait=not force.is_set())
+        executor.shutdown(wait=not force.is_set(), cancel=force.is_set())
         state.tally.flush()
     report(f"worker stopped after {total} job(s)")
     return total
