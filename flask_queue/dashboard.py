@@ -39,6 +39,7 @@ from .errors import (
 from .history import HISTORY_SIZE
 from .job import JobStatus
 from .signing import tokens_equal
+from .state import current_state
 
 if TYPE_CHECKING:
     from .state import QueueState
@@ -177,281 +178,316 @@ def _status_arg(status: str) -> str:
     return value
 
 
-def register_dashboard(bp: Blueprint, state: QueueState) -> None:
+def _state() -> QueueState:
+    """The current app's state: one Queue can serve several apps, each with its
+    own blueprint, so the views find theirs per request instead of closing over it."""
+    return current_state()
 
-    def queue_names() -> list[str]:
-        return sorted(state.queue.handlers)
 
-    @bp.before_request
-    def guard() -> Any:
-        if request.endpoint in PUBLIC_ENDPOINTS:
-            return None
-        granted = access(state)
-        g.flask_queue_access = granted
-        if granted is None:
-            if isinstance(state.config.dashboard_auth, str):
-                return (
-                    "Authentication required.",
-                    401,
-                    {"WWW-Authenticate": 'Basic realm="flask_queue"'},
-                )
-            if state.queue.dashboard_auth_callback or callable(state.config.dashboard_auth):
-                abort(403, "Not allowed to see the job dashboard.")
-            abort(
-                403,
-                "The job dashboard is closed: it opens in debug mode, or set"
-                " QUEUE_DASHBOARD_AUTH / @queue.dashboard_auth.",
-            )
-        if request.method == "POST":
-            if granted != "write":
-                abort(403, "Read-only access to the job dashboard: nothing was changed.")
-            try:
-                validate_csrf(request.form.get("csrf_token"))
-            except (ValidationError, CSRFError) as exc:
-                abort(400, f"Missing or invalid CSRF token: {exc}. Reload the page and retry.")
+def _queue_names(state: QueueState) -> list[str]:
+    return sorted(state.queue.handlers)
+
+
+def _job_or_none(state: QueueState, job_id: str) -> Any:
+    return None if _unstorable(job_id) else actions.get(state, job_id)
+
+
+def guard() -> Any:
+    if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-
-    @bp.after_request
-    def headers(response: Any) -> Any:
-        if request.endpoint not in PUBLIC_ENDPOINTS:
-            response.headers["Content-Security-Policy"] = CSP
-            response.headers["X-Content-Type-Options"] = "nosniff"
-            response.headers["Referrer-Policy"] = "same-origin"
-            response.headers["Cache-Control"] = "no-store"
-        return response
-
-    @bp.context_processor
-    def helpers() -> dict[str, Any]:
-        if request.endpoint in PUBLIC_ENDPOINTS:
-            return {}
-        now = state.queue.clock()
-        return {
-            "csrf_token": generate_csrf,
-            "can_write": g.get("flask_queue_access") == "write",
-            "now": now,
-            "relative": lambda when: present.relative(when, now),
-            "present": present,
-            "statuses": STATUSES,
-            "queues": queue_names(),
-            "totals": dict(
-                zip(
-                    STATUSES,
-                    actions.counts_capped(state, TOTAL_CAP, [(s, None) for s in STATUSES]),
-                    strict=True,
-                )
-            ),
-            "total_cap": TOTAL_CAP,
-            "keep_completed": bool(state.config.keep_completed),
-            "history_size": HISTORY_SIZE,
-            "delivery_trouble": state.deliveries.failing(),
-        }
-
-    @bp.errorhandler(400)
-    @bp.errorhandler(404)
-    @bp.errorhandler(409)
-    def error(exc: Any) -> Any:
-        if request.endpoint in PUBLIC_ENDPOINTS:
-            return exc
-        back = None
-        if exc.code == 400 and request.endpoint == "queue.jobs" and request.view_args:
-            # A bad page key: the way out is the list's first page, not the overview.
-            status = str(request.view_args["status"]).lower()
-            back = url_for("queue.jobs", status=status, queue=request.args.get("queue") or None)
-        return render_template("flask_queue/error.html", error=exc, back=back), exc.code
-
-    @bp.errorhandler(UnreadablePayloadError)
-    def unreadable(exc: UnreadablePayloadError) -> Any:
-        # A row whose payload no configured key opens: say so, not a bare 500.
-        from werkzeug.exceptions import Conflict
-
-        return error(Conflict(f"This job cannot be shown: {exc}."))
-
-    @bp.errorhandler(403)
-    def forbidden(exc: Any) -> Any:
-        # Plain text: a visitor who may not see the dashboard gets no page of it.
-        return exc.description, 403, {"Content-Type": "text/plain; charset=utf-8"}
-
-    @bp.get("/")
-    def index() -> Any:
-        cells = [(s, q) for q in queue_names() for s in STATUSES]
-        grid = dict(zip(cells, actions.counts_capped(state, CELL_CAP, cells), strict=True))
-        failures = Counter(
-            (q, present.error_type(r)) for q, r in actions.recent_failures(state, FAILURE_SAMPLE)
+    state = _state()
+    granted = access(state)
+    g.flask_queue_access = granted
+    if granted is None:
+        if isinstance(state.config.dashboard_auth, str):
+            return (
+                "Authentication required.",
+                401,
+                {"WWW-Authenticate": 'Basic realm="flask_queue"'},
+            )
+        if state.queue.dashboard_auth_callback or callable(state.config.dashboard_auth):
+            abort(403, "Not allowed to see the job dashboard.")
+        abort(
+            403,
+            "The job dashboard is closed: it opens in debug mode, or set"
+            " QUEUE_DASHBOARD_AUTH / @queue.dashboard_auth.",
         )
-        settings = actions.queue_settings(state)
-        # Due but not claimed: what a pause or a limit holds back right now.
-        held = [
-            q
-            for q, s in settings.items()
-            if s["paused"] or s["concurrency"] is not None or s["rate"] is not None
-        ]
-        waiting = dict(
+    if request.method == "POST":
+        if granted != "write":
+            abort(403, "Read-only access to the job dashboard: nothing was changed.")
+        try:
+            validate_csrf(request.form.get("csrf_token"))
+        except (ValidationError, CSRFError) as exc:
+            abort(400, f"Missing or invalid CSRF token: {exc}. Reload the page and retry.")
+    return None
+
+
+def headers(response: Any) -> Any:
+    if request.endpoint not in PUBLIC_ENDPOINTS:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def helpers() -> dict[str, Any]:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return {}
+    state = _state()
+    now = state.queue.clock()
+    return {
+        "csrf_token": generate_csrf,
+        "can_write": g.get("flask_queue_access") == "write",
+        "now": now,
+        "relative": lambda when: present.relative(when, now),
+        "present": present,
+        "statuses": STATUSES,
+        "queues": _queue_names(state),
+        "totals": dict(
             zip(
-                held,
-                actions.counts_capped(state, CELL_CAP, [(None, q) for q in held], due=True),
+                STATUSES,
+                actions.counts_capped(state, TOTAL_CAP, [(s, None) for s in STATUSES]),
                 strict=True,
             )
-        )
-        now = state.queue.clock()
-        hour_from, day_from = present.charts_since(now)
-        charts = present.run_charts(
-            actions.run_stats(state, hour_from),
-            actions.run_stats(state, day_from, by_hour=True),
-            now,
-        )
-        return render_template(
-            "flask_queue/index.html",
-            charts=charts,
-            grid=grid,
-            settings=settings,
-            waiting=waiting,
-            cell_cap=CELL_CAP,
-            failures=failures.most_common(10),
-            failure_sample=FAILURE_SAMPLE,
-        )
+        ),
+        "total_cap": TOTAL_CAP,
+        "keep_completed": bool(state.config.keep_completed),
+        "history_size": HISTORY_SIZE,
+        "delivery_trouble": state.deliveries.failing(),
+    }
 
-    @bp.get("/jobs/<status>")
-    def jobs(status: str) -> Any:
-        value = _status_arg(status)
-        queue = request.args.get("queue") or None
-        after = _page_key(request.args.get("after"))
-        before = None if after else _page_key(request.args.get("before"))
-        newest_first = value in NEWEST_FIRST
-        unknown = _unstorable(queue)  # a queue nobody has: an empty list, as for any other
-        # The page before a key is the page after it in the other order, turned round.
-        backward = before is not None
-        rows = (
-            []
-            if unknown
-            else actions.page(
-                state,
-                status=value,
-                queue=queue,
-                limit=PAGE_SIZE + 1,
-                after=before or after,
-                newest_first=newest_first != backward,
-            )
+
+def error(exc: Any) -> Any:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return exc
+    back = None
+    if exc.code == 400 and request.endpoint == "queue.jobs" and request.view_args:
+        # A bad page key: the way out is the list's first page, not the overview.
+        status = str(request.view_args["status"]).lower()
+        back = url_for("queue.jobs", status=status, queue=request.args.get("queue") or None)
+    return render_template("flask_queue/error.html", error=exc, back=back), exc.code
+
+
+def unreadable(exc: UnreadablePayloadError) -> Any:
+    # A row whose payload no configured key opens: say so, not a bare 500.
+    from werkzeug.exceptions import Conflict
+
+    return error(Conflict(f"This job cannot be shown: {exc}."))
+
+
+def forbidden(exc: Any) -> Any:
+    # Plain text: a visitor who may not see the dashboard gets no page of it.
+    return exc.description, 403, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def index() -> Any:
+    state = _state()
+    cells = [(s, q) for q in _queue_names(state) for s in STATUSES]
+    grid = dict(zip(cells, actions.counts_capped(state, CELL_CAP, cells), strict=True))
+    failures = Counter(
+        (q, present.error_type(r)) for q, r in actions.recent_failures(state, FAILURE_SAMPLE)
+    )
+    settings = actions.queue_settings(state)
+    # Due but not claimed: what a pause or a limit holds back right now.
+    held = [
+        q
+        for q, s in settings.items()
+        if s["paused"] or s["concurrency"] is not None or s["rate"] is not None
+    ]
+    waiting = dict(
+        zip(
+            held,
+            actions.counts_capped(state, CELL_CAP, [(None, q) for q in held], due=True),
+            strict=True,
         )
-        beyond = len(rows) > PAGE_SIZE  # more past the page, in the order it was read
-        rows = rows[:PAGE_SIZE]
-        if backward:
-            rows.reverse()
-        earlier, later = (beyond, True) if backward else (after is not None, beyond)
-        # A phone shows PHONE_PAGE of the rows (the ones next to the key it came
-        # from) and pages by them; the others are hidden there by the stylesheet.
-        phone = (max(0, len(rows) - PHONE_PAGE), len(rows)) if backward else (0, PHONE_PAGE)
-        return render_template(
-            "flask_queue/jobs.html",
+    )
+    now = state.queue.clock()
+    hour_from, day_from = present.charts_since(now)
+    charts = present.run_charts(
+        actions.run_stats(state, hour_from),
+        actions.run_stats(state, day_from, by_hour=True),
+        now,
+    )
+    return render_template(
+        "flask_queue/index.html",
+        charts=charts,
+        grid=grid,
+        settings=settings,
+        waiting=waiting,
+        cell_cap=CELL_CAP,
+        failures=failures.most_common(10),
+        failure_sample=FAILURE_SAMPLE,
+    )
+
+
+def jobs(status: str) -> Any:
+    state = _state()
+    value = _status_arg(status)
+    queue = request.args.get("queue") or None
+    after = _page_key(request.args.get("after"))
+    before = None if after else _page_key(request.args.get("before"))
+    newest_first = value in NEWEST_FIRST
+    unknown = _unstorable(queue)  # a queue nobody has: an empty list, as for any other
+    # The page before a key is the page after it in the other order, turned round.
+    backward = before is not None
+    rows = (
+        []
+        if unknown
+        else actions.page(
+            state,
             status=value,
-            rows=rows,
             queue=queue,
-            phone=phone,
-            pagers={
-                "wide": _pager(rows, 0, len(rows), earlier, later),
-                "phone": _pager(rows, *phone, earlier, later),
-            },
-            # Unfiltered, the count is the nav's total for this status: not counted twice.
-            matching=(
-                0 if unknown else actions.count_capped(state, TOTAL_CAP, status=value, queue=queue)
-            )
-            if queue
-            else None,
+            limit=PAGE_SIZE + 1,
+            after=before or after,
+            newest_first=newest_first != backward,
         )
-
-    @bp.get("/search")
-    def search() -> Any:
-        key = (request.args.get("q") or "").strip()
-        if not key:
-            return render_template("flask_queue/search.html", q=key, matches=[])
-        if _unstorable(key):
-            return render_template("flask_queue/search.html", q=key, matches=[]), 404
-        # An exact id, then an exact custom id, wins over the longer ones it begins.
-        job = actions.find(state, key)
-        matches = [job] if job is not None else actions.search(state, key, SEARCH_LIMIT + 1)
-        if len(matches) == 1:
-            return redirect(url_for("queue.job", job_id=matches[0].id))
-        return render_template(
-            "flask_queue/search.html",
-            q=key,
-            matches=matches[:SEARCH_LIMIT],
-            more=len(matches) > SEARCH_LIMIT,
-        ), (200 if matches else 404)
-
-    def job_or_none(job_id: str) -> Any:
-        return None if _unstorable(job_id) else actions.get(state, job_id)
-
-    @bp.get("/job/<job_id>")
-    def job(job_id: str) -> Any:
-        found = job_or_none(job_id)
-        if found is None:
-            abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
-        return render_template("flask_queue/job.html", job=found)
-
-    @bp.get("/job/<job_id>/payload.json")
-    def job_payload(job_id: str) -> Any:
-        found = job_or_none(job_id)
-        if found is None:
-            abort(404, f"No job with id {job_id!r}.")
-        # Masked like the page: the download is no way around the masking.
-        body = present.pretty_payload(found.payload)
-        return current_app.response_class(
-            body,
-            mimetype="application/json",
-            headers={"Content-Disposition": f'attachment; filename="{job_id}-payload.json"'},
+    )
+    beyond = len(rows) > PAGE_SIZE  # more past the page, in the order it was read
+    rows = rows[:PAGE_SIZE]
+    if backward:
+        rows.reverse()
+    earlier, later = (beyond, True) if backward else (after is not None, beyond)
+    # A phone shows PHONE_PAGE of the rows (the ones next to the key it came
+    # from) and pages by them; the others are hidden there by the stylesheet.
+    phone = (max(0, len(rows) - PHONE_PAGE), len(rows)) if backward else (0, PHONE_PAGE)
+    return render_template(
+        "flask_queue/jobs.html",
+        status=value,
+        rows=rows,
+        queue=queue,
+        phone=phone,
+        pagers={
+            "wide": _pager(rows, 0, len(rows), earlier, later),
+            "phone": _pager(rows, *phone, earlier, later),
+        },
+        # Unfiltered, the count is the nav's total for this status: not counted twice.
+        matching=(
+            0 if unknown else actions.count_capped(state, TOTAL_CAP, status=value, queue=queue)
         )
+        if queue
+        else None,
+    )
 
-    @bp.post("/job/<job_id>/<action>")
-    def job_action(job_id: str, action: str) -> Any:
-        if _unstorable(job_id):
-            abort(404, f"No job with id {job_id!r}.")
-        try:
-            if action == "run-now":
-                actions.run_now(state, job_id)
-                flash("The job is due now; the next produce runs it.", "ok")
-            elif action == "retry":
-                actions.retry(state, job_id)
-                flash("The job is scheduled again, due now.", "ok")
-            elif action == "delete":
-                if not actions.delete(state, job_id):
-                    raise JobNotFoundError(f"No job with id {job_id!r}.")
-                flash(f"Deleted job {job_id}.", "ok")
-                target = _same_site(request.form.get("next")) or url_for("queue.index")
-                return redirect(target, 303)
-            else:
-                abort(404, f"No action {action!r}.")
-        except JobNotFoundError as exc:
-            abort(404, str(exc))
-        except InvalidStatusError as exc:
-            abort(409, str(exc))
-        return redirect(url_for("queue.job", job_id=job_id), 303)
 
-    @bp.post("/queues/<name>/<action>")
-    def queue_action(name: str, action: str) -> Any:
-        try:
-            if action == "pause":
-                actions.pause(state, name)
-                flash(f"Paused {name}: its jobs stay scheduled; running ones finish.", "ok")
-            elif action == "resume":
-                actions.resume(state, name)
-                flash(f"Resumed {name}.", "ok")
-            else:
-                abort(404, f"No action {action!r}.")
-        except UnknownQueueError as exc:
-            abort(404, str(exc))
-        return redirect(url_for("queue.index"), 303)
+def search() -> Any:
+    key = (request.args.get("q") or "").strip()
+    if not key:
+        return render_template("flask_queue/search.html", q=key, matches=[])
+    if _unstorable(key):
+        return render_template("flask_queue/search.html", q=key, matches=[]), 404
+    state = _state()
+    # An exact id, then an exact custom id, wins over the longer ones it begins.
+    exact = actions.find(state, key)
+    matches = [exact] if exact is not None else actions.search(state, key, SEARCH_LIMIT + 1)
+    if len(matches) == 1:
+        return redirect(url_for("queue.job", job_id=matches[0].id))
+    return render_template(
+        "flask_queue/search.html",
+        q=key,
+        matches=matches[:SEARCH_LIMIT],
+        more=len(matches) > SEARCH_LIMIT,
+    ), (200 if matches else 404)
 
-    @bp.post("/bulk")
-    def bulk() -> Any:
-        action = request.form.get("action")
-        queue = request.form.get("queue") or None
-        where = f" in queue {queue!r}" if queue else ""
-        nothing = _unstorable(queue)
-        if action == "retry":
-            count = 0 if nothing else actions.retry_failed(state, queue)
-            flash(f"Scheduled {count:,} failed job(s){where} again.", "ok")
+
+def job(job_id: str) -> Any:
+    found = _job_or_none(_state(), job_id)
+    if found is None:
+        abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
+    return render_template("flask_queue/job.html", job=found)
+
+
+def job_payload(job_id: str) -> Any:
+    found = _job_or_none(_state(), job_id)
+    if found is None:
+        abort(404, f"No job with id {job_id!r}.")
+    # Masked like the page: the download is no way around the masking.
+    body = present.pretty_payload(found.payload)
+    return current_app.response_class(
+        body,
+        mimetype="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-payload.json"'},
+    )
+
+
+def job_action(job_id: str, action: str) -> Any:
+    if _unstorable(job_id):
+        abort(404, f"No job with id {job_id!r}.")
+    state = _state()
+    try:
+        if action == "run-now":
+            actions.run_now(state, job_id)
+            flash("The job is due now; the next produce runs it.", "ok")
+        elif action == "retry":
+            actions.retry(state, job_id)
+            flash("The job is scheduled again, due now.", "ok")
         elif action == "delete":
-            count = 0 if nothing else actions.delete_failed(state, queue)
-            flash(f"Deleted {count:,} failed job(s){where}.", "ok")
+            if not actions.delete(state, job_id):
+                raise JobNotFoundError(f"No job with id {job_id!r}.")
+            flash(f"Deleted job {job_id}.", "ok")
+            target = _same_site(request.form.get("next")) or url_for("queue.index")
+            return redirect(target, 303)
         else:
-            abort(400, f"No bulk action {action!r}.")
-        return redirect(url_for("queue.jobs", status="failed", queue=queue), 303)
+            abort(404, f"No action {action!r}.")
+    except JobNotFoundError as exc:
+        abort(404, str(exc))
+    except InvalidStatusError as exc:
+        abort(409, str(exc))
+    return redirect(url_for("queue.job", job_id=job_id), 303)
+
+
+def queue_action(name: str, action: str) -> Any:
+    state = _state()
+    try:
+        if action == "pause":
+            actions.pause(state, name)
+            flash(f"Paused {name}: its jobs stay scheduled; running ones finish.", "ok")
+        elif action == "resume":
+            actions.resume(state, name)
+            flash(f"Resumed {name}.", "ok")
+        else:
+            abort(404, f"No action {action!r}.")
+    except UnknownQueueError as exc:
+        abort(404, str(exc))
+    return redirect(url_for("queue.index"), 303)
+
+
+def bulk() -> Any:
+    action = request.form.get("action")
+    queue = request.form.get("queue") or None
+    where = f" in queue {queue!r}" if queue else ""
+    nothing = _unstorable(queue)
+    if action == "retry":
+        count = 0 if nothing else actions.retry_failed(_state(), queue)
+        flash(f"Scheduled {count:,} failed job(s){where} again.", "ok")
+    elif action == "delete":
+        count = 0 if nothing else actions.delete_failed(_state(), queue)
+        flash(f"Deleted {count:,} failed job(s){where}.", "ok")
+    else:
+        abort(400, f"No bulk action {action!r}.")
+    return redirect(url_for("queue.jobs", status="failed", queue=queue), 303)
+
+
+def register_dashboard(bp: Blueprint, state: QueueState) -> None:
+    """Put the dashboard on ``bp``, the blueprint of the app whose state is ``state``.
+
+    The views read that state per request (``_state()``): init_app stores it in
+    ``app.extensions`` before it registers ``bp``, so they find the same object.
+    ``state`` itself is not needed here; taking it keeps views.py's call as it is.
+    """
+    bp.before_request(guard)
+    bp.after_request(headers)
+    bp.context_processor(helpers)
+    for code in (400, 404, 409):
+        bp.register_error_handler(code, error)
+    bp.register_error_handler(UnreadablePayloadError, unreadable)
+    bp.register_error_handler(403, forbidden)
+    # Each endpoint is its view's name (queue.index, ...), as url_for names them.
+    bp.add_url_rule("/", view_func=index, methods=["GET"])
+    bp.add_url_rule("/jobs/<status>", view_func=jobs, methods=["GET"])
+    bp.add_url_rule("/search", view_func=search, methods=["GET"])
+    bp.add_url_rule("/job/<job_id>", view_func=job, methods=["GET"])
+    bp.add_url_rule("/job/<job_id>/payload.json", view_func=job_payload, methods=["GET"])
+    bp.add_url_rule("/job/<job_id>/<action>", view_func=job_action, methods=["POST"])
+    bp.add_url_rule("/queues/<name>/<action>", view_func=queue_action, methods=["POST"])
+    bp.add_url_rule("/bulk", view_func=bulk, methods=["POST"])

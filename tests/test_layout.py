@@ -149,7 +149,6 @@ def _sizes() -> list[tuple[str, str, int, int]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 step 10: register_dashboard")
 def test_no_room_is_too_big() -> None:
     assert [s for s in _sizes() if s[2] > s[3]] == []
 
