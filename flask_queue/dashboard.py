@@ -63,7 +63,8 @@ CELL_CAP = 1_000
 FAILURE_SAMPLE = 1_000
 STATUSES = [s.value for s in JobStatus]
 #: Lists of finished jobs read newest first; upcoming ones soonest first.
-NEWEST_FIRST = {JobStatus.FAILED.value, JobStatus.COMPLETED.value}
+NEWEST_FIRST = {JobStatus.FAILED.value, JobStatus.COMPLETED.value, JobStatus.CANCELLED.value}
+OPTIONAL_TABS = {JobStatus.COMPLETED.value, JobStatus.CANCELLED.value}
 PUBLIC_ENDPOINTS = {"queue.invoke", "queue.produce", "queue.metrics", "queue.static"}
 
 
@@ -236,6 +237,14 @@ def helpers() -> dict[str, Any]:
         return {}
     state = _state()
     now = state.queue.clock()
+    totals = dict(
+        zip(
+            STATUSES,
+            actions.counts_capped(state, TOTAL_CAP, [(s, None) for s in STATUSES]),
+            strict=True,
+        )
+    )
+    kept = bool(state.config.keep_completed)
     return {
         "csrf_token": generate_csrf,
         "can_write": g.get("flask_queue_access") == "write",
@@ -243,16 +252,16 @@ def helpers() -> dict[str, Any]:
         "relative": lambda when: present.relative(when, now),
         "present": present,
         "statuses": STATUSES,
+        # The tabs: COMPLETED when kept or holding rows (results), CANCELLED when any.
+        "tabs": [
+            s
+            for s in STATUSES
+            if s not in OPTIONAL_TABS or totals[s] or (s == "COMPLETED" and kept)
+        ],
         "queues": _queue_names(state),
-        "totals": dict(
-            zip(
-                STATUSES,
-                actions.counts_capped(state, TOTAL_CAP, [(s, None) for s in STATUSES]),
-                strict=True,
-            )
-        ),
+        "totals": totals,
         "total_cap": TOTAL_CAP,
-        "keep_completed": bool(state.config.keep_completed),
+        "keep_completed": kept,
         "history_size": HISTORY_SIZE,
         "delivery_trouble": state.deliveries.failing(),
     }
@@ -421,6 +430,12 @@ def job_action(job_id: str, action: str) -> Any:
         elif action == "retry":
             actions.retry(state, job_id)
             flash("The job is scheduled again, due now.", "ok")
+        elif action == "cancel":
+            cancelled = actions.cancel(state, job_id)
+            if cancelled.status is JobStatus.CANCELLED:
+                flash("Cancelled: the job will not run.", "ok")
+            else:
+                flash("Asked to stop: the run ends CANCELLED at its next heartbeat.", "ok")
         elif action == "delete":
             if not actions.delete(state, job_id):
                 raise JobNotFoundError(f"No job with id {job_id!r}.")

@@ -290,6 +290,17 @@ def mask(value: Any) -> Any:
     return value
 
 
+def elapsed(since: datetime, now: datetime) -> str:
+    """ "12 s", "3 min", "2 h": how long since ``since``."""
+    text = relative(since, now)
+    return "under 5 s" if text == "just now" else text.removesuffix(" ago").removeprefix("in ")
+
+
+def pretty_result(result: Any) -> str:
+    """A job's result as the page shows it: JSON, indented, masked like payloads."""
+    return json.dumps(mask(result), indent=2, sort_keys=True, ensure_ascii=False)
+
+
 def pretty_payload(payload: Any) -> str:
     return json.dumps(mask(payload), indent=2, sort_keys=True, ensure_ascii=False)
 
