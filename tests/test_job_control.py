@@ -703,3 +703,24 @@ def test_cli_cancel_and_result(app: Flask, queue: Queue) -> None:
     assert missing.exit_code == 1 and "nope" in missing.output
     show = runner.invoke(args=["queue", "show", done.id])
     assert '"result": {' in show.output and '"answer": 42' in show.output
+
+
+@all_databases
+def test_a_debounce_of_a_running_job_starts_a_new_window(
+    app: Flask, queue: Queue, clock: Clock
+) -> None:
+    """Review M4: the new content inherited the running content's cap, already in
+    the past: it was due at once, and every later call was "capped" there."""
+    store = app.extensions["queue"].store
+    first = queue.enqueue("echo", "v1", id="doc-3", debounce="1s", max_wait="2s")
+    clock.advance(1)
+    (claimed,) = store.claim_started(1, timedelta(minutes=5))  # v1 runs now
+    assert claimed.id == first.id
+    clock.advance(5)  # past v1's cap
+    queue.enqueue("echo", "v2", id="doc-3", debounce="10s", max_wait="1m")
+    queued = queue.get(first.id)
+    assert queued is not None and queued.payload == "v2"
+    assert queued.run_at == clock.now + timedelta(seconds=10)
+    clock.advance(5)
+    queue.enqueue("echo", "v3", id="doc-3", debounce="10s", max_wait="1m")
+    assert queue.get(first.id).run_at == clock.now + timedelta(seconds=10)  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StorageError
 from ..job import Job
-from .core import INSERT_CHUNK, LIVE, Row, StoreCore, naive_utc, text_of
+from .core import INSERT_CHUNK, LIVE, RUNNING, Row, StoreCore, naive_utc, text_of
 from .errors import is_deadlock, storage_errors
 from .notify import channel_of
 
@@ -181,20 +181,32 @@ class Inserts:
         ]
         if debounce:
             # In the statement, so concurrent debounces each see the cap the
-            # first enqueue set, whichever of them wins the row.
+            # first enqueue set, whichever of them wins the row. A RUNNING row
+            # holds the content that is running: the new content starts a new
+            # window (its own cap). First in the SET: MySQL reads a column
+            # assigned earlier in the same UPDATE at its new value (status).
             pushed = row["run_at"]
-            values.append(
+            cap = row["latest_run_at"]
+            when = t.c.run_at.type
+            running = t.c.status == RUNNING
+            first: list[tuple[Any, Any]] = [
                 (
                     t.c.run_at,
                     sa.case(
+                        (running, sa.literal(pushed, type_=when)),
                         (
                             sa.and_(t.c.latest_run_at.is_not(None), t.c.latest_run_at < pushed),
                             t.c.latest_run_at,
                         ),
-                        else_=sa.literal(pushed, type_=t.c.run_at.type),
+                        else_=sa.literal(pushed, type_=when),
                     ),
-                )
-            )
+                ),
+                (
+                    t.c.latest_run_at,
+                    sa.case((running, sa.literal(cap, type_=when)), else_=t.c.latest_run_at),
+                ),
+            ]
+            values = first + values
         # Only a live job is rewritten; a finished one keeping its id for its
         # unique_for window is answered as it is (insert_unique).
         live = sa.and_(t.c.live_custom_id == row["custom_id"], t.c.status.in_(LIVE))
