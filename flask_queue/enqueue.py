@@ -4,82 +4,57 @@ job now, or after the caller's commit when it shares the caller's session."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import signals
 from .actions import waitable
-from .durations import Duration
 from .errors import InvalidOptionError
 from .job import Job, new_id
-from .planning import RetryPolicy, check_custom_id, encode_payload, plan
-from .registry import AnySession
+from .planning import (
+    ENQUEUE_OPTIONS,
+    ONE_JOB_OPTIONS,
+    PLAN_OPTIONS,
+    AnySession,
+    EnqueueOptions,
+    check_custom_id,
+    check_options,
+    encode_payload,
+    plan,
+)
 from .state import QueueState
 from .store import naive_utc
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+    from typing_extensions import Unpack
 
 
 def enqueue(
-    state: QueueState,
-    name: str,
-    payload: Any,
-    *,
-    delay: Duration | None = None,
-    run_at: datetime | None = None,
-    id: str | None = None,
-    override: bool = False,
-    cron: str | None = None,
-    tz: str | None = None,
-    every: Duration | None = None,
-    times: int | None = None,
-    retry: RetryPolicy | None = None,
-    priority: int | None = None,
-    timeout: Duration | None = None,
-    debounce: Duration | None = None,
-    max_wait: Duration | None = None,
-    unique_for: Duration | None = None,
-    session: AnySession | None = None,
+    state: QueueState, name: str, payload: Any, **options: Unpack[EnqueueOptions]
 ) -> Job[Any]:
     """``Queue.enqueue`` for the app of ``state`` (see there)."""
-    registry, store = state.queue, state.store
+    check_options(dict(options), ENQUEUE_OPTIONS, "enqueue")
+    store = state.store
+    id, override = options.get("id"), options.get("override", False)
+    session = options.get("session")
     if id is not None:
         check_custom_id(id)
     if override and id is None:
         raise InvalidOptionError("override=True needs id=: it replaces the job with that id.")
-    for option, value in (("debounce", debounce), ("unique_for", unique_for)):
-        if value is not None and id is None:
+    for option in ("debounce", "unique_for"):
+        if options.get(option) is not None and id is None:
             raise InvalidOptionError(f"{option}= needs id=: the window is per custom id.")
-        if value is not None and override:
+        if options.get(option) is not None and override:
             raise InvalidOptionError(f"{option}= and override=True both given: pass one.")
-    fields = plan(
-        registry.handlers,
-        registry.clock(),
-        name,
-        delay=delay,
-        run_at=run_at,
-        cron=cron,
-        tz=tz,
-        every=every,
-        times=times,
-        retry=retry,
-        priority=registry.priority_of(name, priority),
-        timeout=timeout,
-        debounce=debounce,
-        max_wait=max_wait,
-        unique_for=unique_for,
-    )
+    fields = _planned(state, name, options)
     text = encode_payload(payload, state.config.max_payload)
     row = store.new_row(custom_id=id, payload=text, **fields)
     conn = session.connection() if session is not None else None
-    due = row["run_at"] <= naive_utc(registry.clock())
+    due = row["run_at"] <= naive_utc(state.queue.clock())
     if id is not None:
+        debounce = options.get("debounce") is not None
         job, created = store.insert_unique(
-            row,
-            override=override or debounce is not None,
-            conn=conn,
-            debounce=debounce is not None,
+            row, override=override or debounce, conn=conn, debounce=debounce
         )
     elif due and conn is None and state.executor.notifies:
         # Idle workers are told in the INSERT's own statement: one round
@@ -99,38 +74,14 @@ def enqueue(
 
 
 def enqueue_many(
-    state: QueueState,
-    name: str,
-    payloads: Iterable[Any],
-    *,
-    delay: Duration | None = None,
-    run_at: datetime | None = None,
-    cron: str | None = None,
-    tz: str | None = None,
-    every: Duration | None = None,
-    times: int | None = None,
-    retry: RetryPolicy | None = None,
-    priority: int | None = None,
-    timeout: Duration | None = None,
-    session: AnySession | None = None,
+    state: QueueState, name: str, payloads: Iterable[Any], **options: Unpack[EnqueueOptions]
 ) -> list[Job[Any]]:
     """``Queue.enqueue_many`` for the app of ``state`` (see there)."""
-    registry, store = state.queue, state.store
+    check_options(dict(options), ENQUEUE_OPTIONS - ONE_JOB_OPTIONS, "enqueue_many")
+    store = state.store
+    session = options.get("session")
     items = list(payloads)
-    fields = plan(
-        registry.handlers,
-        registry.clock(),
-        name,
-        delay=delay,
-        run_at=run_at,
-        cron=cron,
-        tz=tz,
-        every=every,
-        times=times,
-        retry=retry,
-        priority=registry.priority_of(name, priority),
-        timeout=timeout,
-    )
+    fields = _planned(state, name, options)
     # Every payload checked before any write.
     encoded = [encode_payload(p, state.config.max_payload) for p in items]
     # One row and one Job built in full, then copied per payload: the rows
@@ -145,9 +96,18 @@ def enqueue_many(
     if signals.job_enqueued.receivers:
         for job in jobs:
             signals.send(signals.job_enqueued, state.app, job=job)
-    if jobs and jobs[0].run_at <= registry.clock():
+    if jobs and jobs[0].run_at <= state.queue.clock():
         dispatch_after_commit(state, [j.id for j in jobs], session)
     return jobs
+
+
+def _planned(state: QueueState, name: str, options: EnqueueOptions) -> dict[str, Any]:
+    """The row fields ``planning.plan`` makes of the options (the handler's
+    priority when the job names none)."""
+    registry = state.queue
+    planned: dict[str, Any] = {k: v for k, v in options.items() if k in PLAN_OPTIONS}
+    priority = registry.priority_of(name, options.get("priority"))
+    return plan(registry.handlers, registry.clock(), name, priority=priority, **planned)
 
 
 def dispatch_after_commit(

@@ -20,13 +20,13 @@ from . import actions, enqueue, producer
 from .config import DEFAULTS, read_config
 from .deliveries import DeliveryLog
 from .durations import Duration
-from .errors import ConfigError, InvalidOptionError, QueueError
+from .errors import ConfigError, QueueError
 from .finisher import Finisher
 from .heartbeat import Heartbeat
 from .job import Job, JobStatus
-from .planning import RetryPolicy
+from .planning import EnqueueOptions
 from .producer import ProduceResult
-from .registry import AnySession, Cron, Handler, Limits, Registry
+from .registry import Cron, Handler, Limits, Registry
 from .signing import produce_token_for
 from .state import Executor, QueueState, current_state
 from .stats import Tally
@@ -35,6 +35,7 @@ from .store.schema import job_table
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
+    from typing_extensions import Unpack
 
 #: The name before ``registry.Cron`` (kept for a release).
 _Cron = Cron
@@ -157,28 +158,14 @@ class Queue(Registry):
 
     # -- enqueue -------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        name: str,
-        payload: Any,
-        *,
-        delay: Duration | None = None,
-        run_at: datetime | None = None,
-        id: str | None = None,
-        override: bool = False,
-        cron: str | None = None,
-        tz: str | None = None,
-        every: Duration | None = None,
-        times: int | None = None,
-        retry: RetryPolicy | None = None,
-        priority: int | None = None,
-        timeout: Duration | None = None,
-        debounce: Duration | None = None,
-        max_wait: Duration | None = None,
-        unique_for: Duration | None = None,
-        session: AnySession | None = None,
-    ) -> Job[Any]:
+    def enqueue(self, name: str, payload: Any, **options: Unpack[EnqueueOptions]) -> Job[Any]:
         """Store a job for queue ``name``; dispatch it now if it is due now.
+
+        Options (``planning.EnqueueOptions``): ``delay=`` or ``run_at=``;
+        ``id=`` (a custom id, unique among live jobs) and ``override=True``
+        (replace the live job holding it); ``cron=`` (+ ``tz=``) or ``every=``,
+        and ``times=``; ``retry=``; ``priority=``; ``timeout=`` (see
+        ``@queue.handler``).
 
         With ``session=db.session`` the job is written in that session's
         transaction: it commits or rolls back with the caller's rows, and is
@@ -189,66 +176,17 @@ class Queue(Registry):
         past the first enqueue + ``max_wait``; it runs once, after the last.
         ``unique_for="1h"`` (with ``id=``): an enqueue of an id first enqueued
         less than an hour ago, even one that finished, stores nothing and
-        returns that job. ``timeout=``: see ``@queue.handler``.
+        returns that job.
         """
-        return enqueue.enqueue(
-            self.state(),
-            name,
-            payload,
-            delay=delay,
-            run_at=run_at,
-            id=id,
-            override=override,
-            cron=cron,
-            tz=tz,
-            every=every,
-            times=times,
-            retry=retry,
-            priority=priority,
-            timeout=timeout,
-            debounce=debounce,
-            max_wait=max_wait,
-            unique_for=unique_for,
-            session=session,
-        )
+        return enqueue.enqueue(self.state(), name, payload, **options)
 
     def enqueue_many(
-        self,
-        name: str,
-        payloads: Iterable[Any],
-        *,
-        delay: Duration | None = None,
-        run_at: datetime | None = None,
-        cron: str | None = None,
-        tz: str | None = None,
-        every: Duration | None = None,
-        times: int | None = None,
-        retry: RetryPolicy | None = None,
-        priority: int | None = None,
-        timeout: Duration | None = None,
-        session: AnySession | None = None,
-        **unsupported: Any,
+        self, name: str, payloads: Iterable[Any], **options: Unpack[EnqueueOptions]
     ) -> list[Job[Any]]:
-        """Store one job per payload in one INSERT (per 500 rows); same options for all."""
-        if unsupported:
-            raise InvalidOptionError(
-                f"enqueue_many does not take {sorted(unsupported)}: a custom id names one job."
-            )
-        return enqueue.enqueue_many(
-            self.state(),
-            name,
-            payloads,
-            delay=delay,
-            run_at=run_at,
-            cron=cron,
-            tz=tz,
-            every=every,
-            times=times,
-            retry=retry,
-            priority=priority,
-            timeout=timeout,
-            session=session,
-        )
+        """Store one job per payload in one INSERT (per 500 rows); same options
+        for all (those of ``enqueue`` but the ones that name one job: ``id``,
+        ``override``, ``debounce``, ``max_wait``, ``unique_for``)."""
+        return enqueue.enqueue_many(self.state(), name, payloads, **options)
 
     # -- reads and admin ------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, TypedDict, Union
 
 from .durations import MAX_DURATION, Duration, to_timedelta
 from .errors import (
@@ -27,7 +27,52 @@ from .job import JobStatus
 from .scheduling import Schedule, retry_delays
 
 UTC = timezone.utc
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, scoped_session
+
 RetryPolicy = Union[int, Sequence[Duration]]
+#: ``session=``: the caller's Flask-SQLAlchemy session (or a plain ``Session``).
+AnySession = Union["Session", "scoped_session[Any]"]
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """The keywords of ``enqueue`` (``Queue.enqueue``, ``Handler.enqueue``): one
+    declaration, typed for callers, instead of the list restated per method."""
+
+    delay: Duration | None
+    run_at: datetime | None
+    id: str | None
+    override: bool
+    cron: str | None
+    tz: str | None
+    every: Duration | None
+    times: int | None
+    retry: RetryPolicy | None
+    priority: int | None
+    timeout: Duration | None
+    debounce: Duration | None
+    max_wait: Duration | None
+    unique_for: Duration | None
+    session: AnySession | None
+
+
+#: What ``EnqueueOptions`` names, checked at run time (a typo is an error).
+ENQUEUE_OPTIONS = frozenset(EnqueueOptions.__annotations__)
+#: The options that name or window one job: ``enqueue_many`` refuses them.
+ONE_JOB_OPTIONS = frozenset({"id", "override", "debounce", "max_wait", "unique_for"})
+#: The options ``plan`` reads (the rest are the enqueue's own).
+PLAN_OPTIONS = ENQUEUE_OPTIONS - {"id", "override", "session", "priority"}
+
+
+def check_options(options: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """An ``InvalidOptionError`` naming the keywords ``where`` does not take."""
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InvalidOptionError(
+            f"{where} does not take {', '.join(map(repr, unknown))}"
+            f" (it takes {', '.join(sorted(allowed))})."
+        )
+
 
 #: ``times`` is stored in a 32-bit integer column on every database.
 MAX_TIMES = 2**31 - 1

@@ -142,13 +142,8 @@ def produce(
     limit: int | None = None,
     housekeeping: bool = True,
 ) -> ProduceResult:
-    """Claim due jobs in batches and hand them to the executor.
-
-    Returns within about ``QUEUE_PRODUCE_BUDGET``; what is left is claimed
-    by the next call. ``limit`` caps how many jobs this call claims.
-    ``housekeeping`` first syncs declared crons and purges expired history
-    (a caller that produces many times a second does it now and then).
-    """
+    """``Queue.produce`` for the app of ``state`` (see there): housekeeping,
+    then claims of up to ``QUEUE_BATCH_SIZE`` handed to the executor."""
     config = state.config
     runner = executor or state.executor
     started = time.monotonic()

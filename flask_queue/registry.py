@@ -11,13 +11,14 @@ import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .durations import Duration
 from .errors import ConfigError, InvalidOptionError, UnknownQueueError, shown
 from .job import Job
 from .planning import (
     MAX_NAME,
+    EnqueueOptions,
     RetryPolicy,
     check_priority,
     check_text,
@@ -28,11 +29,10 @@ from .scheduling import retry_delays, validate_cron, zone
 from .store.crons import CRON_ID_PREFIX
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, scoped_session
+    from typing_extensions import Unpack
 
 T = TypeVar("T")
 R = TypeVar("R")
-AnySession = Union["Session", "scoped_session[Any]"]
 
 
 def utcnow() -> datetime:
@@ -131,47 +131,13 @@ class Handler(Generic[T, R]):
     def __repr__(self) -> str:
         return f"<Handler {self.name!r}>"
 
-    def enqueue(
-        self,
-        payload: T,
-        *,
-        delay: Duration | None = None,
-        run_at: datetime | None = None,
-        id: str | None = None,
-        override: bool = False,
-        cron: str | None = None,
-        tz: str | None = None,
-        every: Duration | None = None,
-        times: int | None = None,
-        retry: RetryPolicy | None = None,
-        priority: int | None = None,
-        timeout: Duration | None = None,
-        debounce: Duration | None = None,
-        max_wait: Duration | None = None,
-        unique_for: Duration | None = None,
-        session: AnySession | None = None,
-    ) -> Job[T]:
-        return self.queue.enqueue(
-            self.name,
-            payload,
-            delay=delay,
-            run_at=run_at,
-            id=id,
-            override=override,
-            cron=cron,
-            tz=tz,
-            every=every,
-            times=times,
-            retry=retry,
-            priority=priority,
-            timeout=timeout,
-            debounce=debounce,
-            max_wait=max_wait,
-            unique_for=unique_for,
-            session=session,
-        )
+    def enqueue(self, payload: T, **options: Unpack[EnqueueOptions]) -> Job[T]:
+        """``queue.enqueue(name, payload, **options)``, typed against ``Job[T]``."""
+        return self.queue.enqueue(self.name, payload, **options)
 
-    def enqueue_many(self, payloads: Iterable[T], **options: Any) -> list[Job[T]]:
+    def enqueue_many(
+        self, payloads: Iterable[T], **options: Unpack[EnqueueOptions]
+    ) -> list[Job[T]]:
         return self.queue.enqueue_many(self.name, payloads, **options)
 
 

@@ -459,13 +459,13 @@ def after_success(
     nxt = next_occurrence(job, now)
     if nxt is None:
         return _done(keep_completed, job.count + 1, now, result)
+    return _next_slot(job, nxt, result=result)
+
+
+def _next_slot(job: Job[Any], nxt: datetime, **extra: Any) -> Finish:
+    """A repeating job's run ended: SCHEDULED for its next slot, one more run counted."""
     return Finish(
-        status=SCHEDULED,
-        run_at=nxt,
-        occurrence_at=nxt,
-        count=job.count + 1,
-        errors=0,
-        result=result,
+        status=SCHEDULED, run_at=nxt, occurrence_at=nxt, count=job.count + 1, errors=0, **extra
     )
 
 
@@ -485,11 +485,4 @@ def after_failure(
     nxt = next_occurrence(job, now)
     if nxt is None:
         return Finish(status=FAILED, reason=reason, count=job.count + 1, errors=errors)
-    return Finish(
-        status=SCHEDULED,
-        run_at=nxt,
-        occurrence_at=nxt,
-        count=job.count + 1,
-        errors=0,
-        failed_copy_reason=reason,
-    )
+    return _next_slot(job, nxt, failed_copy_reason=reason)

@@ -724,3 +724,12 @@ def test_a_debounce_of_a_running_job_starts_a_new_window(
     clock.advance(5)
     queue.enqueue("echo", "v3", id="doc-3", debounce="10s", max_wait="1m")
     assert queue.get(first.id).run_at == clock.now + timedelta(seconds=10)  # type: ignore[union-attr]
+
+
+def test_an_unknown_enqueue_keyword_is_refused_by_name(app: Flask, queue: Queue) -> None:
+    before = row_snapshot(app)
+    with pytest.raises(InvalidOptionError, match="'dely'"):
+        queue.enqueue("echo", 1, dely="1s")  # type: ignore[call-arg]
+    with pytest.raises(InvalidOptionError, match="enqueue_many does not take 'id'"):
+        queue.enqueue_many("echo", [1, 2], id="x")
+    assert row_snapshot(app) == before
