@@ -6,6 +6,7 @@ Each function takes the app's ``QueueState`` first; names are the facade's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 from .durations import Duration, to_timedelta
 from .errors import ConfigError, InvalidOptionError, JobNotFoundError, JobTimeoutError, shown
-from .job import Job, JobStatus
+from .job import WAIT_TIMEOUT, Job, JobStatus
 from .state import QueueState
 
 J = TypeVar("J", "Job[Any]", "Job[Any] | None")
@@ -29,7 +30,7 @@ def get(state: QueueState, job_id: str) -> Job[Any] | None:
 def waitable(state: QueueState, job: J) -> J:
     """``job``, with ``job.wait()`` bound to this app's queue."""
     if job is not None:
-        object.__setattr__(job, "_waiter", lambda job_id, timeout: wait(state, job_id, timeout))
+        object.__setattr__(job, "_waiter", functools.partial(wait, state))
     return job
 
 
@@ -39,7 +40,7 @@ ENDED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 WAIT_FIRST, WAIT_LONGEST = 0.02, 0.5
 
 
-def wait(state: QueueState, job_id: str, timeout: Duration | None = "30s") -> Job[Any]:
+def wait(state: QueueState, job_id: str, timeout: Duration | None = WAIT_TIMEOUT) -> Job[Any]:
     """The job once COMPLETED, FAILED or CANCELLED (``queue.wait``).
 
     It reads the row by primary key, every 20 ms at first and then at most every

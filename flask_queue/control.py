@@ -24,7 +24,8 @@ from .errors import InvalidOptionError, JobCancelled, JobTimeoutError, shown
 #: Characters of a progress message kept (it shares the row with the lease).
 PROGRESS_MESSAGE = 200
 
-CANCELLED = "cancelled"
+#: Why a run was asked to stop (``RunControl.why``).
+CANCEL = "cancelled"
 TIMED_OUT = "timed out"
 
 
@@ -51,9 +52,9 @@ class RunControl:
         #: ``time.monotonic()`` past which the run has timed out (None: never).
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
-        # A flag, not a threading.Event: one control per run, and nothing waits on it.
-        self._stopped = False
-        #: Why the run was asked to stop: CANCELLED or TIMED_OUT (None: it was not).
+        #: Why the run was asked to stop: CANCEL or TIMED_OUT (None: it was not).
+        #: A plain field, not a threading.Event: one control per run, and
+        #: nothing waits on it.
         self.why: str | None = None
         self._lock = threading.Lock()
         self._progress: str | None = None
@@ -74,11 +75,11 @@ class RunControl:
 
     @property
     def stopping(self) -> bool:
-        return self._stopped
+        return self.why is not None
 
     def check(self) -> None:
         """Raise ``JobCancelled`` or ``JobTimeoutError`` once the run must stop."""
-        if not self._stopped:
+        if self.why is None:
             return
         if self.why == TIMED_OUT:
             raise JobTimeoutError(f"Job {self.job_id} ran past its timeout of {self.timeout:g}s.")
@@ -95,10 +96,9 @@ class RunControl:
     def stop(self, why: str) -> bool:
         """Ask the run to stop; False when it was asked already."""
         with self._lock:
-            if self._stopped:
+            if self.why is not None:
                 return False
             self.why = why
-            self._stopped = True
             loop, task = self._loop, self._task
         if loop is not None and task is not None:
             # The task runs on the handler's own loop, in another thread.
@@ -135,7 +135,7 @@ class RunControl:
             task = asyncio.ensure_future(coroutine)
             with self._lock:
                 self._loop, self._task = asyncio.get_running_loop(), task
-                stopped = self._stopped
+                stopped = self.why is not None
             if stopped:
                 task.cancel()
             try:

@@ -12,7 +12,7 @@ from .errors import InvalidOptionError
 from .job import Job, new_id
 from .planning import (
     ENQUEUE_OPTIONS,
-    ONE_JOB_OPTIONS,
+    MANY_OPTIONS,
     PLAN_OPTIONS,
     AnySession,
     EnqueueOptions,
@@ -33,7 +33,7 @@ def enqueue(
     state: QueueState, name: str, payload: Any, **options: Unpack[EnqueueOptions]
 ) -> Job[Any]:
     """``Queue.enqueue`` for the app of ``state`` (see there)."""
-    check_options(dict(options), ENQUEUE_OPTIONS, "enqueue")
+    check_options(options, ENQUEUE_OPTIONS, "enqueue")
     store = state.store
     id, override = options.get("id"), options.get("override", False)
     session = options.get("session")
@@ -77,7 +77,7 @@ def enqueue_many(
     state: QueueState, name: str, payloads: Iterable[Any], **options: Unpack[EnqueueOptions]
 ) -> list[Job[Any]]:
     """``Queue.enqueue_many`` for the app of ``state`` (see there)."""
-    check_options(dict(options), ENQUEUE_OPTIONS - ONE_JOB_OPTIONS, "enqueue_many")
+    check_options(options, MANY_OPTIONS, "enqueue_many")
     store = state.store
     session = options.get("session")
     items = list(payloads)

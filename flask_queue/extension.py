@@ -23,7 +23,7 @@ from .durations import Duration
 from .errors import ConfigError, QueueError
 from .finisher import Finisher
 from .heartbeat import Heartbeat
-from .job import Job, JobStatus
+from .job import WAIT_TIMEOUT, Job, JobStatus
 from .planning import EnqueueOptions
 from .producer import ProduceResult
 from .registry import Cron, Handler, Limits, Registry
@@ -215,7 +215,7 @@ class Queue(Registry):
         CANCELLED, never retried. ``retry`` brings a CANCELLED job back."""
         return actions.cancel(self.state(), job_id)
 
-    def wait(self, job_id: str, *, timeout: Duration | None = "30s") -> Job[Any]:
+    def wait(self, job_id: str, *, timeout: Duration | None = WAIT_TIMEOUT) -> Job[Any]:
         """The job once it is COMPLETED (``job.result``), FAILED or CANCELLED.
 
         Raises ``JobTimeoutError`` (a ``TimeoutError``) if it is not by

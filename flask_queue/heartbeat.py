@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from .control import CANCELLED, TIMED_OUT, RunControl
+from .control import CANCEL, TIMED_OUT, RunControl
 
 if TYPE_CHECKING:
     from .store import JobStore
@@ -100,7 +100,7 @@ class Heartbeat:
         kept = self.store.extend_leases(runs, self.lease, reported)
         for control in controls:
             if kept.get((control.job_id, control.attempt)):
-                control.stop(CANCELLED)
+                control.stop(CANCEL)
         with self._lock:
             lost = {
                 r for r in set(runs) - kept.keys() if r in self._runs and r not in self._finishing
@@ -108,7 +108,7 @@ class Heartbeat:
             gone = [self._controls[r] for r in lost if r in self._controls]
         for control in gone:
             # Deleted or taken over: whatever it does now is not recorded; say stop.
-            control.stop(CANCELLED)
+            control.stop(CANCEL)
         for job_id, attempt in sorted(lost):
             log.warning(
                 "flask_queue: job %s lost its lease during attempt %d (another runner took"

@@ -17,6 +17,9 @@ from .scheduling import Schedule, ScheduleType
 
 T = TypeVar("T")
 
+#: How long ``queue.wait`` and ``job.wait`` wait unless told.
+WAIT_TIMEOUT = "30s"
+
 # RFC 4648 base32 -> Crockford's alphabet, lower case: no i, l, o, u to misread.
 _TO_CROCKFORD = str.maketrans(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz"
@@ -159,7 +162,7 @@ class Job(Generic[T]):
             )
         return control
 
-    def wait(self, timeout: Any = "30s") -> Job[Any]:
+    def wait(self, timeout: Any = WAIT_TIMEOUT) -> Job[Any]:
         """``queue.wait(self.id, timeout=...)``: the job once COMPLETED, FAILED or
         CANCELLED. For the ``Job`` that ``enqueue`` or ``queue.get`` returned."""
         waiter = self.__dict__.get("_waiter")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypedDict, Union
 
@@ -60,11 +60,13 @@ class EnqueueOptions(TypedDict, total=False):
 ENQUEUE_OPTIONS = frozenset(EnqueueOptions.__annotations__)
 #: The options that name or window one job: ``enqueue_many`` refuses them.
 ONE_JOB_OPTIONS = frozenset({"id", "override", "debounce", "max_wait", "unique_for"})
+#: What ``enqueue_many`` takes.
+MANY_OPTIONS = ENQUEUE_OPTIONS - ONE_JOB_OPTIONS
 #: The options ``plan`` reads (the rest are the enqueue's own).
 PLAN_OPTIONS = ENQUEUE_OPTIONS - {"id", "override", "session", "priority"}
 
 
-def check_options(options: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+def check_options(options: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
     """An ``InvalidOptionError`` naming the keywords ``where`` does not take."""
     unknown = sorted(set(options) - allowed)
     if unknown:

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from . import history, signals
-from .control import CANCELLED as CANCEL
-from .control import RunControl
+from .control import CANCEL, RunControl
 from .errors import InvalidResultError, StorageError
 from .job import Job, Progress
 from .planning import encode_result
@@ -353,7 +352,7 @@ def _run(
     started = time.perf_counter()
     try:
         value = func(job)
-        if control.stopping and control.why == CANCEL:
+        if control.why == CANCEL:
             return _cancelled(job, now(), ran=True), False
         result = encode_result(value, config.max_payload)
     # CancelledError is a BaseException: an async handler's task cancelled (by
@@ -362,7 +361,7 @@ def _run(
     # KeyboardInterrupt and SystemExit stop the process: its runs are recovered
     # when their leases run out, as for any process that dies.
     except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - the job's failure
-        if control.stopping and control.why == CANCEL:
+        if control.why == CANCEL:
             return _cancelled(job, now(), ran=True), False
         seconds = time.perf_counter() - started
         reason = "".join(traceback.format_exception(exc))
@@ -379,13 +378,23 @@ def _run(
         return _recorded(job, outcome, at, seconds, history.FAILED, error), False
     seconds = time.perf_counter() - started
     signals.send(signals.job_succeeded, app, job=job, duration=seconds)
-    keep = max(config.keep_completed, config.keep_results) if result is not None else None
     finished = now()
-    if job.unique_until is not None and job.unique_until > finished:
-        # unique_for: the finished job answers enqueues of its id until then.
-        keep = max(keep or config.keep_completed, job.unique_until - finished)
-    outcome = after_success(job, keep or config.keep_completed, finished, result)
+    outcome = after_success(job, _kept_for(job, config, finished, result), finished, result)
     return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None), True
+
+
+def _kept_for(
+    job: Job[Any], config: QueueConfig, finished: datetime, result: str | None
+) -> timedelta:
+    """How long the COMPLETED row stays: ``QUEUE_KEEP_COMPLETED``, or longer
+    for a result (``QUEUE_KEEP_RESULTS``) or a ``unique_for`` window still open
+    (the finished job answers enqueues of its id until it ends)."""
+    keep = config.keep_completed
+    if result is not None:
+        keep = max(keep, config.keep_results)
+    if job.unique_until is not None and job.unique_until > finished:
+        keep = max(keep, job.unique_until - finished)
+    return keep
 
 
 def _delays(job: Job[Any], default_retry: list[timedelta]) -> list[timedelta]:

@@ -513,8 +513,7 @@ class Runs:
                     updated_at=now,
                 )
             )
-            with storage_errors("hand back runs"), self.core.one_statement() as c:
-                handed += c.execute(stmt).rowcount
+            handed += self.core.repeatable("hand back runs", stmt)
         return handed
 
     def release(self, job_id: str, attempt: int) -> bool:
