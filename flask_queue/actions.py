@@ -17,6 +17,7 @@ from .durations import Duration, to_timedelta
 from .errors import ConfigError, InvalidOptionError, JobNotFoundError, JobTimeoutError, shown
 from .job import WAIT_TIMEOUT, Job, JobStatus
 from .state import QueueState
+from .store import HeldKey
 
 J = TypeVar("J", "Job[Any]", "Job[Any] | None")
 
@@ -208,6 +209,11 @@ def count_capped(
     state: QueueState, cap: int, *, status: str | None = None, queue: str | None = None
 ) -> int:
     return state.store.count_capped(cap, status=status, queue=queue)
+
+
+def held_keys(state: QueueState, cap: int) -> list[HeldKey]:
+    """Keys at their limit in limited queues, with the due jobs each holds back."""
+    return state.store.held_keys(cap)
 
 
 def recent_failures(state: QueueState, limit: int) -> list[tuple[str, str | None]]:

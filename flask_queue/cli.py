@@ -278,6 +278,7 @@ def work_command(
 @click.option("--tz", type=TEXT, help="IANA timezone of --cron.")
 @click.option("--every", type=POSITIVE_DURATION, help=f"Repeat interval: {DURATION_FORMS}.")
 @click.option("--times", type=int, help="Total runs of a repeating job.")
+@click.option("--key", type=TEXT, help="The key a limited queue's limits hold per.")
 def enqueue_command(
     name: str,
     payload: Any,
@@ -288,6 +289,7 @@ def enqueue_command(
     tz: str | None,
     every: timedelta | None,
     times: int | None,
+    key: str | None,
 ) -> None:
     """Enqueue a job for queue NAME with a JSON PAYLOAD."""
     # Checked here to be said in flags: the Python API's messages for the same
@@ -317,6 +319,7 @@ def enqueue_command(
             tz=tz,
             every=every,
             times=times,
+            key=key,
         )
     except QueueError as exc:
         raise _fail(exc) from None

@@ -324,6 +324,7 @@ def index() -> Any:
         grid=grid,
         settings=settings,
         waiting=waiting,
+        held_keys=actions.held_keys(state, CELL_CAP) if held else [],
         cell_cap=CELL_CAP,
         failures=failures.most_common(10),
         failure_sample=FAILURE_SAMPLE,

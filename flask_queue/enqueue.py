@@ -17,6 +17,7 @@ from .planning import (
     AnySession,
     EnqueueOptions,
     check_custom_id,
+    check_key,
     check_options,
     encode_payload,
     plan,
@@ -48,7 +49,8 @@ def enqueue(
             raise InvalidOptionError(f"{option}= and override=True both given: pass one.")
     fields = _planned(state, name, options)
     text = encode_payload(payload, state.config.max_payload)
-    row = store.new_row(custom_id=id, payload=text, **fields)
+    key = _key(state, name, options, payload)
+    row = store.new_row(custom_id=id, payload=text, key=key, **fields)
     conn = session.connection() if session is not None else None
     due = row["run_at"] <= naive_utc(state.queue.clock())
     if id is not None:
@@ -82,23 +84,36 @@ def enqueue_many(
     session = options.get("session")
     items = list(payloads)
     fields = _planned(state, name, options)
-    # Every payload checked before any write.
+    # Every payload (and its key) checked before any write.
     encoded = [encode_payload(p, state.config.max_payload) for p in items]
+    keys = [_key(state, name, options, p) for p in items]
     # One row and one Job built in full, then copied per payload: the rows
-    # differ only in id and payload, and building each from scratch was a
-    # fifth of the cost of a batch.
+    # differ only in id, payload and key, and building each from scratch was
+    # a fifth of the cost of a batch.
     template = store.new_row(payload=None, **fields)
-    rows = [{**template, "id": new_id(), "payload": text} for text in encoded]
+    rows = [
+        {**template, "id": new_id(), "payload": text, "key": store.key(key)}
+        for text, key in zip(encoded, keys, strict=True)
+    ]
     conn = session.connection() if session is not None else None
     store.insert(rows, conn=conn)
     model = store.to_job(template, payload=None)
-    jobs = [model._twin(r["id"], p) for r, p in zip(rows, items, strict=True)]
+    jobs = [model._twin(r["id"], p, key) for r, p, key in zip(rows, items, keys, strict=True)]
     if signals.job_enqueued.receivers:
         for job in jobs:
             signals.send(signals.job_enqueued, state.app, job=job)
     if jobs and jobs[0].run_at <= state.queue.clock():
         dispatch_after_commit(state, [j.id for j in jobs], session)
     return jobs
+
+
+def _key(state: QueueState, name: str, options: EnqueueOptions, payload: Any) -> str | None:
+    """The job's key: ``key=``, else the handler's key function of the payload."""
+    key = options.get("key")
+    if key is not None:
+        return check_key(key)
+    handler = state.queue.handlers.get(name)
+    return handler.key_of(payload) if handler is not None else None
 
 
 def _planned(state: QueueState, name: str, options: EnqueueOptions) -> dict[str, Any]:

@@ -128,16 +128,20 @@ class Job(Generic[T]):
     timeout: timedelta | None = None
     #: ``unique_for``: until then an enqueue of its custom id returns this job.
     unique_until: datetime | None = None
+    #: The key a limited queue's limits hold per (``enqueue(key=)`` or the
+    #: handler's ``key=`` function of the payload); None: the queue's keyless group.
+    key: str | None = None
 
-    def _twin(self, id: str, payload: Any) -> Job[Any]:
-        """This job with another id and payload: ``enqueue_many``'s jobs differ
-        in nothing else. A tenth of ``dataclasses.replace``'s cost, which runs
+    def _twin(self, id: str, payload: Any, key: str | None) -> Job[Any]:
+        """This job with another id, payload and key: ``enqueue_many``'s jobs
+        differ in nothing else. A tenth of ``dataclasses.replace``'s cost, which runs
         ``__init__`` over every field again (a fifth of a batch's own work)."""
         twin: Job[Any] = object.__new__(Job)
         fields = twin.__dict__
         fields.update(self.__dict__)
         fields["id"] = id
         fields["payload"] = payload
+        fields["key"] = key
         return twin
 
     # -- inside a handler: the run's control (control.py) -----------------------------

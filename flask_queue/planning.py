@@ -53,6 +53,7 @@ class EnqueueOptions(TypedDict, total=False):
     debounce: Duration | None
     max_wait: Duration | None
     unique_for: Duration | None
+    key: str | None
     session: AnySession | None
 
 
@@ -63,7 +64,7 @@ ONE_JOB_OPTIONS = frozenset({"id", "override", "debounce", "max_wait", "unique_f
 #: What ``enqueue_many`` takes.
 MANY_OPTIONS = ENQUEUE_OPTIONS - ONE_JOB_OPTIONS
 #: The options ``plan`` reads (the rest are the enqueue's own).
-PLAN_OPTIONS = ENQUEUE_OPTIONS - {"id", "override", "session", "priority"}
+PLAN_OPTIONS = ENQUEUE_OPTIONS - {"id", "override", "session", "priority", "key"}
 
 
 def check_options(options: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
@@ -96,6 +97,18 @@ def check_custom_id(custom_id: object) -> str:
             " characters, without NUL."
         )
     return check_text(custom_id, "id")
+
+
+def check_key(key: object, origin: str = "") -> str:
+    """A job's key (``enqueue(key=)``, or what the handler's key function
+    returned: ``origin`` names it): a non-empty str of at most 255 characters,
+    stored exactly like a custom id."""
+    if not isinstance(key, str) or not key or len(key) > MAX_NAME or "\x00" in key:
+        raise InvalidOptionError(
+            f"Invalid key {shown(key)}{origin}: use a non-empty string of at most {MAX_NAME}"
+            " characters, without NUL."
+        )
+    return check_text(key, f"key{origin}")
 
 
 def check_text(text: str, name: str) -> str:

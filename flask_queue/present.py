@@ -342,6 +342,8 @@ def limits(settings: dict[str, Any] | None) -> str:
     if rate is not None:
         count, window = rate
         words.append(f"{count:,} per {duration_words(window)}")
+    if settings.get("fair"):
+        words.append("fair across keys")
     return ", ".join(words)
 
 

@@ -7,6 +7,7 @@ Nothing here touches an app or a database; ``state.py`` holds what each app has.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .planning import (
     MAX_NAME,
     EnqueueOptions,
     RetryPolicy,
+    check_key,
     check_priority,
     check_text,
     check_timeout,
@@ -27,6 +29,7 @@ from .planning import (
 )
 from .scheduling import retry_delays, validate_cron, zone
 from .store.crons import CRON_ID_PREFIX
+from .store.queues import DeclaredLimits
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -47,6 +50,8 @@ class Limits:
     concurrency: int | None = None
     #: At most ``rate[0]`` runs start in any window of ``rate[1]``.
     rate: tuple[int, timedelta] | None = None
+    #: Due jobs are claimed round-robin across keys.
+    fair: bool = False
 
     @classmethod
     def declare(cls, *, concurrency: int | None, exclusive: bool, rate: str | None) -> Limits:
@@ -67,7 +72,7 @@ class Limits:
         return cls(concurrency=concurrency, rate=parse_rate(rate) if rate is not None else None)
 
     def __bool__(self) -> bool:
-        return self.concurrency is not None or self.rate is not None
+        return self.concurrency is not None or self.rate is not None or self.fair
 
 
 class Enqueuer(Protocol):
@@ -96,8 +101,11 @@ class Handler(Generic[T, R]):
         priority: int = 0,
         limits: Limits | None = None,
         timeout: timedelta | None = None,
+        key: Callable[[T], str] | None = None,
     ) -> None:
         self.queue = queue
+        #: The key of a job enqueued without ``key=``: a function of its payload.
+        self.key = key
         #: A run still going after this long fails (and is retried by its policy).
         self.timeout = timeout
         self.name = name
@@ -115,6 +123,22 @@ class Handler(Generic[T, R]):
 
     def __call__(self, job: Job[T]) -> R:
         return self.func(job)
+
+    def key_of(self, payload: T) -> str | None:
+        """The key of a job of this payload: the handler's key function's, checked
+        (None without one). One that raises or returns anything but a str is an
+        ``InvalidOptionError`` naming it, and the enqueue stores nothing."""
+        if self.key is None:
+            return None
+        name = getattr(self.key, "__qualname__", repr(self.key))
+        try:
+            key = self.key(payload)
+        except Exception as exc:
+            raise InvalidOptionError(
+                f"The key function {name} of queue {self.name!r} raised {exc!r}"
+                f" for the payload {shown(payload)}."
+            ) from exc
+        return check_key(key, f" from the key function {name} of queue {self.name!r}")
 
     def run(self, job: Job[T]) -> Any:
         """Run the handler to completion, as the runner does. An ``async def``
@@ -174,6 +198,8 @@ class Registry:
         exclusive: bool = False,
         rate: str | None = None,
         timeout: Duration | None = None,
+        key: Callable[[Any], str] | None = None,
+        fair: bool = False,
     ) -> Callable[[Callable[[Job[T]], R]], Handler[T, R]]:
         """Register the decorated function as the handler of queue ``name``.
 
@@ -183,6 +209,12 @@ class Registry:
         more than 10 runs start in any second, across every process.
         ``timeout="30s"``: a run still going then is a failed attempt (an async
         handler is cancelled; a sync one is asked to stop, see ``job.check``).
+
+        ``key=lambda payload: payload["tenant"]``: each job's key, unless
+        ``enqueue(key=)`` names one; the limits then hold per key ("one sync per
+        tenant at a time"), and jobs without a key share one group. ``fair=True``:
+        due jobs are claimed round-robin across keys, so one key's backlog does
+        not hold the others back.
         """
         # NUL as for custom ids: PostgreSQL cannot store it, and the dashboard can
         # then answer a NUL in a queue filter as "no such queue" on every database.
@@ -196,6 +228,14 @@ class Registry:
         check_priority(priority)
         limits = Limits.declare(concurrency=concurrency, exclusive=exclusive, rate=rate)
         limit = check_timeout(timeout)
+        if key is not None and not callable(key):
+            raise InvalidOptionError(
+                f"Invalid key {shown(key)} for queue {name!r}: pass a function of the"
+                " payload that returns a str, or enqueue(key=...) per job."
+            )
+        if not isinstance(fair, bool):
+            raise InvalidOptionError(f"Invalid fair {shown(fair)}: use True or False.")
+        limits = dataclasses.replace(limits, fair=fair)
 
         def decorator(func: Callable[[Job[T]], R]) -> Handler[T, R]:
             if name in self.handlers:
@@ -209,6 +249,7 @@ class Registry:
                 priority=priority,
                 limits=limits,
                 timeout=limit,
+                key=key,
             )
             self.handlers[name] = handle
             return handle
@@ -261,9 +302,12 @@ class Registry:
         handler = self.handlers.get(name)
         return handler.priority if handler is not None else 0
 
-    def declared_limits(self) -> dict[str, tuple[int | None, tuple[int, timedelta] | None]]:
-        """Each queue's (concurrency, rate), as the store keeps them."""
-        return {n: (h.limits.concurrency, h.limits.rate) for n, h in self.handlers.items()}
+    def declared_limits(self) -> dict[str, DeclaredLimits]:
+        """Each queue's (concurrency, rate, fair), as the store keeps them."""
+        return {
+            n: (h.limits.concurrency, h.limits.rate, h.limits.fair)
+            for n, h in self.handlers.items()
+        }
 
 
 def _check_cron_name(name: str) -> None:

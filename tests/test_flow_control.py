@@ -195,6 +195,7 @@ def test_declared_limits_are_stored_before_the_first_claim(
         "paused": False,
         "concurrency": 3,
         "rate": (100, timedelta(minutes=1)),
+        "fair": False,
     }
     assert settings["export"]["concurrency"] == 1
 

@@ -35,7 +35,7 @@ from .core import (
     aware_utc,
     naive_utc,
 )
-from .counts import Counts
+from .counts import Counts, HeldKey
 from .crons import CRON_ID_PREFIX, Crons
 from .errors import DEADLOCK_RETRIES
 from .errors import is_outage as _is_outage
@@ -176,6 +176,7 @@ class JobStore:
     now = _Delegated("core", StoreCore.now)
     to_job = _Delegated("core", StoreCore.to_job)
     new_row = _Delegated("core", StoreCore.new_row)
+    key = _Delegated("core", StoreCore.key)
 
     # -- enqueue ---------------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class JobStore:
     count_capped = _Delegated("counting", Counts.count_capped)
     counts_capped = _Delegated("counting", Counts.counts_capped)
     recent_failures = _Delegated("counting", Counts.recent_failures)
+    held_keys = _Delegated("counting", Counts.held_keys)
     add_stats = _Delegated("counting", Counts.add_stats)
     run_stats = _Delegated("counting", Counts.run_stats)
     prune_stats = _Delegated("counting", Counts.prune_stats)
@@ -275,6 +277,7 @@ __all__ = [
     "UTC",
     "Claimed",
     "Finish",
+    "HeldKey",
     "JobStore",
     "Listener",
     "Progress",

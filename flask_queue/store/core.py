@@ -252,6 +252,7 @@ class StoreCore:
             cancel_action=m["cancel_action"],
             timeout=timedelta(milliseconds=m["timeout_ms"]) if m["timeout_ms"] else None,
             unique_until=aware_utc(m["unique_until"]),
+            key=text_of(m["key"]),
         )
 
     def opened(self, text: str) -> str:
@@ -295,10 +296,13 @@ class StoreCore:
             "timeout_ms": None,
             "latest_run_at": None,
             "unique_until": None,
+            "key": None,
         }
         row.update(values)
         if row["custom_id"] is not None:
             row["custom_id"] = self.dialect.key(row["custom_id"])
+        if row["key"] is not None:
+            row["key"] = self.dialect.key(row["key"])
         if row["status"] in LIVE:
             row["live_custom_id"] = row["custom_id"]
         for key in _TIMES:

@@ -4,14 +4,29 @@ counts, a queue's lag, recent failures, and the stats table of runs per minute."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, cast
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 
-from .core import FAILED, StoreCore, aware_utc, naive_utc
+from .core import FAILED, LIVE, StoreCore, aware_utc, naive_utc, text_of
 from .errors import storage_errors
 from .predicates import is_due, reason_tail
+
+#: Keys the dashboard lists as held back, at most.
+HELD_KEYS = 20
+
+
+class HeldKey(NamedTuple):
+    """A key at its limit in a limited queue, and what it holds back."""
+
+    queue: str
+    key: str
+    #: Its runs going on now, and its starts in the rate window.
+    running: int
+    started: int
+    #: Its due jobs that wait on the limit (capped).
+    held: int
 
 
 class Counts:
@@ -85,6 +100,86 @@ class Counts:
         with storage_errors("count jobs"), self.core.engine.connect() as c:
             found = {int(k): int(n) for k, n in c.execute(stmt)}
         return [found[i] for i in range(len(keys))]
+
+    def held_keys(self, cap: int, most: int = HELD_KEYS) -> list[HeldKey]:
+        """SELECT of the limited queues, count(*) GROUP BY queue, key of their
+        leased live runs and of their rate windows' starts, then one UNION ALL
+        of capped due counts: up to ``most`` keys at their limit (running at the
+        concurrency, or a full rate window) with the due jobs each holds back,
+        most held first. Keyless jobs are left out: the queue's "held back"
+        count already covers them."""
+        t, q, s = self.core.table, self.core.queues, self.core.starts
+        now = self.core.now()
+        with storage_errors("count held keys"), self.core.engine.connect() as c:
+            limited = c.execute(
+                sa.select(q).where(
+                    sa.or_(q.c.concurrency.is_not(None), q.c.rate_limit.is_not(None))
+                )
+            ).all()
+            if not limited:
+                return []
+            names = [r.name for r in limited]
+            running: dict[tuple[str, Any], int] = {
+                (name, key): int(n)
+                for name, key, n in c.execute(
+                    sa.select(t.c.queue, t.c.key, sa.func.count())
+                    .where(
+                        t.c.queue.in_(names),
+                        t.c.key.is_not(None),
+                        t.c.status.in_(LIVE),
+                        t.c.lease_until > now,
+                    )
+                    .group_by(t.c.queue, t.c.key)
+                )
+            }
+            started: dict[tuple[str, Any], int] = {}
+            for row in limited:
+                if row.rate_limit is None:
+                    continue
+                since = now - timedelta(milliseconds=row.rate_window_ms or 0)
+                counted = c.execute(
+                    sa.select(s.c.key, sa.func.count())
+                    .where(
+                        s.c.queue == row.name,
+                        s.c.key.is_not(None),
+                        sa.or_(s.c.started_at.is_(None), s.c.started_at > since),
+                    )
+                    .group_by(s.c.key)
+                )
+                started.update({(row.name, key): int(n) for key, n in counted})
+            rows = {r.name: r for r in limited}
+            full = []
+            for name, key in {*running, *started}:
+                row = rows[name]
+                busy, recent = running.get((name, key), 0), started.get((name, key), 0)
+                if (row.concurrency is not None and busy >= row.concurrency) or (
+                    row.rate_limit is not None and recent >= row.rate_limit
+                ):
+                    full.append((name, key, busy, recent))
+            full = sorted(full, key=lambda f: (-f[2], -f[3], f[0]))[: most * 4]
+            if not full:
+                return []
+            parts = []
+            for i, (name, key, _, _) in enumerate(full):
+                inner = (
+                    sa.select(sa.literal(1).label("one"))
+                    .where(t.c.queue == name, t.c.key == key, is_due(t, now))
+                    .limit(cap + 1)
+                    .subquery(f"held_{i}")
+                )
+                parts.append(
+                    sa.select(sa.literal(i).label("k"), sa.func.count().label("n")).select_from(
+                        inner
+                    )
+                )
+            stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+            held = {int(k): int(n) for k, n in c.execute(stmt)}
+        found = [
+            HeldKey(name, text_of(key), busy, recent, held.get(i, 0))
+            for i, (name, key, busy, recent) in enumerate(full)
+            if held.get(i, 0)
+        ]
+        return sorted(found, key=lambda h: (-h.held, h.queue, h.key))[:most]
 
     def recent_failures(self, limit: int, queue: str | None = None) -> list[tuple[str, str | None]]:
         """SELECT the newest FAILED on (status, run_at) or (queue, status, run_at),

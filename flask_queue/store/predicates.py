@@ -51,10 +51,18 @@ def unrestricted(t: sa.Table, q: sa.Table) -> sa.ColumnElement[bool]:
     """A job of a queue that is neither paused nor limited: any claim may
     take it. The others are claimed only by the limited claim
     (``claim/limited.py``), one claimer at a time."""
-    restricted = sa.select(q.c.name).where(
-        sa.or_(q.c.paused, q.c.concurrency.is_not(None), q.c.rate_limit.is_not(None))
-    )
-    return t.c.queue.not_in(restricted.scalar_subquery())
+    return t.c.queue.not_in(restricted_names(q))
+
+
+def restricted_names(q: sa.Table) -> Any:
+    """The names of the paused and limited queues, as a subquery."""
+    return sa.select(q.c.name).where(sa.or_(q.c.paused, is_limited(q))).scalar_subquery()
+
+
+def is_limited(q: sa.Table) -> sa.ColumnElement[bool]:
+    """A queue row with a limit or ``fair`` (stored as NULL when false): its
+    jobs are claimed only by the limited claim."""
+    return sa.or_(q.c.concurrency.is_not(None), q.c.rate_limit.is_not(None), q.c.fair.is_not(None))
 
 
 def unstarted_run(t: sa.Table, job_id: Any, attempt: Any) -> sa.ColumnElement[bool]:
@@ -188,7 +196,9 @@ def phases_for(t: sa.Table, now: Any, ids: Any | None) -> list[Phase]:
 def claim_columns(t: sa.Table, whole: bool) -> list[Any]:
     """What a claim returns: whole rows to run here, or just enough to
     deliver (and to put one claim's runs in priority order)."""
-    return list(t.c) if whole else [t.c.id, t.c.attempt, t.c.queue, t.c.priority, t.c.run_at]
+    if whole:
+        return list(t.c)
+    return [t.c.id, t.c.attempt, t.c.queue, t.c.priority, t.c.run_at, t.c.key]
 
 
 def claim_values(t: sa.Table, now: Any, lease_until: Any) -> list[tuple[Any, Any]]:
@@ -226,3 +236,22 @@ def take(
     MySQL, which has no UPDATE ... RETURNING."""
     c.execute(sa.update(t).where(t.c.id.in_(ids)).ordered_values(*values))
     return list(c.execute(sa.select(*columns).where(t.c.id.in_(ids))))
+
+
+def take_claimable(
+    c: Connection,
+    t: sa.Table,
+    ids: list[str],
+    now: datetime,
+    lease_until: datetime,
+    columns: list[Any],
+) -> list[Any]:
+    """UPDATE by primary key, guarded by "due or expired" at ``now``, then
+    SELECT by primary key of the rows it claimed: claim the rows ``ids``,
+    read without locks, of which an operator may have deleted, cancelled or
+    rescheduled some meanwhile (those are left as they are)."""
+    claimable = sa.or_(is_due(t, now), is_expired(t, now))
+    values = claim_values(t, now, lease_until)
+    c.execute(sa.update(t).where(t.c.id.in_(ids), claimable).ordered_values(*values))
+    mine = sa.and_(t.c.status == RUNNING, t.c.lease_until == lease_until, t.c.updated_at == now)
+    return list(c.execute(sa.select(*columns).where(t.c.id.in_(ids), mine)))

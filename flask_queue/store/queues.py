@@ -13,6 +13,9 @@ from ..errors import StorageError
 from .core import StoreCore
 from .errors import storage_errors
 
+#: A queue's declared limits as stored: (concurrency, (rate, window) or None, fair).
+DeclaredLimits = tuple[int | None, tuple[int, timedelta] | None, bool]
+
 
 class QueueSettings:
     """The queue table's reads and writes."""
@@ -35,6 +38,7 @@ class QueueSettings:
                 "rate": (r.rate_limit, timedelta(milliseconds=r.rate_window_ms))
                 if r.rate_limit is not None and r.rate_window_ms is not None
                 else None,
+                "fair": bool(r.fair),
             }
             for r in rows
         }
@@ -46,23 +50,23 @@ class QueueSettings:
 
     def sync_limits(
         self,
-        declared: dict[str, tuple[int | None, tuple[int, timedelta] | None]],
+        declared: dict[str, DeclaredLimits],
         *,
         prune: bool = False,
     ) -> int:
         """``queue_settings``, then ``_write_queue`` per queue that differs: store
         the limits the code declares, per queue it has a handler for:
-        ``{name: (concurrency, (rate, window) or None)}``. A queue this release
+        ``{name: (concurrency, (rate, window) or None, fair)}``. A queue this release
         does not know is left alone (another release may); pause state and the
         rate log are never touched. A limit this release does not declare is
         cleared only with ``prune`` (``flask queue sync-crons``, at deploy).
         Writes only what differs; returns how many."""
         stored = self.queue_settings()
         changed = 0
-        for name, (concurrency, rate) in declared.items():
+        for name, (concurrency, rate, fair) in declared.items():
             have = stored.get(name)
-            want = {"concurrency": concurrency, "rate": rate}
-            if concurrency is None and rate is None and (have is None or not prune):
+            want = {"concurrency": concurrency, "rate": rate, "fair": fair}
+            if concurrency is None and rate is None and not fair and (have is None or not prune):
                 # Only the deploy-time sync clears a limit: during a rolling
                 # deploy the release that still declares it would write it back
                 # at its next produce, and between the two writes the queue
@@ -74,6 +78,7 @@ class QueueSettings:
                 "concurrency": concurrency,
                 "rate_limit": rate[0] if rate else None,
                 "rate_window_ms": int(rate[1].total_seconds() * 1000) if rate else None,
+                "fair": fair or None,
             }
             self._write_queue(name, values, action="store queue limits")
             changed += 1

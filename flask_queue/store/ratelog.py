@@ -69,11 +69,11 @@ class RateLog:
             )
             self.core.repeatable("record rate-limited starts", stmt)
 
-    def window(self, c: Connection, rated: list[Any], now: datetime) -> dict[str, int]:
+    def window(self, c: Connection, rated: list[Any], now: datetime) -> dict[str, dict[Any, int]]:
         """UPDATE (dead unstamped claims), a DELETE per queue (what left its
-        window), then SELECT count(*) GROUP BY queue, on the start log's
+        window), then SELECT count(*) GROUP BY queue, key, on the start log's
         (queue, started_at), in the limited claim's transaction: runs of each
-        rate-limited queue that count against its window at ``now``, started
+        rate-limited queue and key that count against its window at ``now``, started
         within it, or claimed and not started yet (they will start later, so
         they hold a place in every window from now on).
 
@@ -105,16 +105,21 @@ class RateLog:
             since = now - timedelta(milliseconds=row.rate_window_ms or 0)
             c.execute(sa.delete(s).where(s.c.queue == row.name, s.c.started_at <= since))
         counted = c.execute(
-            sa.select(s.c.queue, sa.func.count()).where(s.c.queue.in_(names)).group_by(s.c.queue)
+            sa.select(s.c.queue, s.c.key, sa.func.count())
+            .where(s.c.queue.in_(names))
+            .group_by(s.c.queue, s.c.key)
         )
-        return {name: int(n) for name, n in counted}
+        found: dict[str, dict[Any, int]] = {}
+        for name, key, n in counted:
+            found.setdefault(name, {})[key] = int(n)
+        return found
 
     def log_claims(self, c: Connection, claimed: list[Any], rated: set[str]) -> None:
         """An executemany INSERT into the start log, in the limited claim's
         transaction: an unstamped entry for each claimed run of a queue in
         ``rated`` (it counts in every window until its start is stamped)."""
         entries = [
-            {"job_id": r.id, "attempt": r.attempt, "queue": r.queue}
+            {"job_id": r.id, "attempt": r.attempt, "queue": r.queue, "key": r.key}
             for r in claimed
             if r.queue in rated
         ]

@@ -124,6 +124,10 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         # unique_for: until then an enqueue of the same custom id returns this
         # job, finished or not (the row is kept that long).
         sa.Column("unique_until", _DateTime, nullable=True),
+        # Keys (issue 19): a limited queue's limits hold per (queue, key); jobs
+        # without one share one group. Exact bytes on MySQL, as custom ids, so
+        # "Tenant" and "tenant" are two keys everywhere.
+        sa.Column("key", _ExactString, nullable=True),
         # Lists by status in run_at order, and the purge of kept history.
         sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
         # The claim of expired RUNNING leases.
@@ -131,6 +135,9 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         # Lookups and counts by queue, and the dashboard's per-queue lists in
         # run_at order (keyset pages without a sort), per-queue bulk actions.
         sa.Index(f"ix_{name}_queue_status_run_at", "queue", "status", "run_at"),
+        # The limited claim's look for keyed jobs of a queue, and the running
+        # runs per key.
+        sa.Index(f"ix_{name}_queue_status_key", "queue", "status", "key"),
         # Search and get_by_custom_id, which also find finished records.
         sa.Index(f"ix_{name}_custom_id", "custom_id"),
         # Declared crons are found by type on every produce; keep that off a scan.
@@ -162,6 +169,9 @@ def queue_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
         # At most rate_limit starts in any rate_window_ms window.
         sa.Column("rate_limit", sa.Integer, nullable=True),
         sa.Column("rate_window_ms", sa.BigInteger, nullable=True),
+        # fair=True: the claim takes the queue's due jobs round-robin across
+        # keys (NULL: not fair, as a release older than keys wrote it).
+        sa.Column("fair", sa.Boolean, nullable=True),
         # Unused since the rate log got a table of its own (``starts_table``);
         # kept so that a release older than that can share the table.
         sa.Column("starts", sa.Text, nullable=True),
@@ -188,6 +198,8 @@ def starts_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME
         sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("queue", sa.String(255), nullable=False),
         sa.Column("started_at", _DateTime, nullable=True),
+        # The run's key: a rate holds per (queue, key).
+        sa.Column("key", _ExactString, nullable=True),
         # Each claim counts one queue's window and prunes what left it.
         sa.Index(f"ix_{name}_queue_started_at", "queue", "started_at"),
     )
