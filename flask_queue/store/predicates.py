@@ -245,13 +245,19 @@ def take_claimable(
     now: datetime,
     lease_until: datetime,
     columns: list[Any],
+    *,
+    returning: bool,
 ) -> list[Any]:
-    """UPDATE by primary key, guarded by "due or expired" at ``now``, then
-    SELECT by primary key of the rows it claimed: claim the rows ``ids``,
+    """UPDATE by primary key, guarded by "due or expired" at ``now``, with
+    ``returning`` (PostgreSQL, SQLite), else then a SELECT by primary key of
+    the rows it claimed (MySQL): claim the rows ``ids``,
     read without locks, of which an operator may have deleted, cancelled or
     rescheduled some meanwhile (those are left as they are)."""
     claimable = sa.or_(is_due(t, now), is_expired(t, now))
     values = claim_values(t, now, lease_until)
-    c.execute(sa.update(t).where(t.c.id.in_(ids), claimable).ordered_values(*values))
+    claim = sa.update(t).where(t.c.id.in_(ids), claimable).ordered_values(*values)
+    if returning:
+        return list(c.execute(claim.returning(*columns)))
+    c.execute(claim)
     mine = sa.and_(t.c.status == RUNNING, t.c.lease_until == lease_until, t.c.updated_at == now)
     return list(c.execute(sa.select(*columns).where(t.c.id.in_(ids), mine)))

@@ -42,9 +42,18 @@ class KeyRooms:
     the keys with none left (``full``, grown as the claim gives jobs out)."""
 
     def __init__(
-        self, row: Any, limit: int, running: dict[Any, int], in_window: dict[Any, int]
+        self,
+        row: Any,
+        limit: int,
+        running: dict[Any, int],
+        in_window: dict[Any, int],
+        *,
+        expired: bool = True,
     ) -> None:
         self.name: str = row.name
+        #: Whether the queue may have RUNNING rows with an expired lease (the
+        #: second range a claim takes from).
+        self.expired = expired
         self.fair = bool(row.fair)
         self.limit = limit
         self.concurrency: int | None = row.concurrency
@@ -102,11 +111,17 @@ class LimitedClaim:
         if self.core.dialect.claim_isolation is not None:
             engine = engine.execution_options(isolation_level=self.core.dialect.claim_isolation)
 
+        returning = self.core.dialect.claims_in_one_statement
+
         def once() -> list[Any]:
             nonlocal now
             with engine.begin() as c:
-                c.execute(sa.update(q).where(limited).values(updated_at=now))
-                rows = c.execute(sa.select(q).where(limited).order_by(q.c.name)).all()
+                lock = sa.update(q).where(limited).values(updated_at=now)
+                if returning:  # the rows locked and read in one round trip
+                    rows = sorted(c.execute(lock.returning(*q.c)), key=lambda r: r.name)
+                else:
+                    c.execute(lock)
+                    rows = list(c.execute(sa.select(q).where(limited).order_by(q.c.name)))
                 # The time is read under the lock, not before waiting for it.
                 now = self.core.now()
                 return self._claim_locked(c, rows, request, now)
@@ -141,7 +156,15 @@ class LimitedClaim:
             return []
         t = self.core.table
         columns = claim_columns(t, request.whole)
-        got = take_claimable(c, t, chosen, now, now + request.lease, columns)
+        got = take_claimable(
+            c,
+            t,
+            chosen,
+            now,
+            now + request.lease,
+            columns,
+            returning=self.core.dialect.claims_in_one_statement,
+        )
         self.rates.log_claims(c, got, {r.name for r in rated})
         return got
 
@@ -152,25 +175,38 @@ class LimitedClaim:
         ``RateLog.window``: each limited queue's (of ``rows``) room per key."""
         t = self.core.table
         running: dict[str, dict[Any, int]] = {}
+        expired: set[str] = set()
+        live = sa.func.sum(sa.case((t.c.lease_until > now, 1), else_=0))
+        dead = sa.func.sum(sa.case((t.c.lease_until <= now, 1), else_=0))
         counted = c.execute(
-            sa.select(t.c.queue, t.c.key, sa.func.count())
+            sa.select(t.c.queue, t.c.key, live, dead)
             .where(
                 t.c.queue.in_([r.name for r in rows]),
                 # SCHEDULED with a lease: replaced while running,
                 # and that run still goes on (Inserts._replace_live).
+                # (A SCHEDULED row's lease never counts as expired: it is
+                # due, in the other range.)
                 t.c.status.in_(LIVE),
-                t.c.lease_until > now,
+                t.c.lease_until.is_not(None),
             )
             .group_by(t.c.queue, t.c.key)
         )
-        for name, key, n in counted:
-            running.setdefault(name, {})[key] = int(n)
+        for name, key, n, gone in counted:
+            if n:
+                running.setdefault(name, {})[key] = int(n)
+            if gone:
+                expired.add(name)
         in_window = self.rates.window(c, rated, now) if rated else {}
-        rooms = [
-            KeyRooms(row, limit, running.get(row.name, {}), in_window.get(row.name, {}))
+        return [
+            KeyRooms(
+                row,
+                limit,
+                running.get(row.name, {}),
+                in_window.get(row.name, {}),
+                expired=row.name in expired,
+            )
             for row in rows
         ]
-        return rooms
 
     def _offers(
         self,
@@ -186,19 +222,24 @@ class LimitedClaim:
         t = self.core.table
         # Without keyed jobs only the keyless group counts: one page of at most
         # its room per range, as before keys (and no read past a full group).
-        keyed = c.execute(
-            sa.select(t.c.id)
-            .where(t.c.queue == rooms.name, t.c.status.in_(LIVE), t.c.key.is_not(None))
-            .limit(1)
-        ).first()
-        if keyed is None:
+        keyed: Any = any(k is not None for k in (*rooms.running, *rooms.in_window))
+        if not keyed:
+            keyed = c.execute(
+                sa.select(t.c.id)
+                .where(t.c.queue == rooms.name, t.c.status.in_(LIVE), t.c.key.is_not(None))
+                .limit(1)
+            ).first()
+        if not keyed:
             if None in rooms.full:
                 return []
             need = min(need, rooms.room(None))
         taken: dict[Any, int] = {}
         found: list[Offer] = []
-        for phase in phases_for(t, now, ids):
-            found += self._phase_offers(c, phase, rooms, need, taken, keyed is not None)
+        phases = phases_for(t, now, ids)
+        if not rooms.expired:  # no run of the queue outlived its lease
+            phases = phases[:1]
+        for phase in phases:
+            found += self._phase_offers(c, phase, rooms, need, taken, bool(keyed))
         return sorted(found, key=offer_order)[:need]  # the need holds for both ranges
 
     def _phase_offers(
@@ -295,20 +336,22 @@ class LimitedClaim:
         many older or higher jobs anyway; it is taken by the free claim with
         whatever room the limited claim leaves."""
         t = self.core.table
-        found: list[Offer] = []
-        for phase in due_phases(t, now):
+        parts = []
+        for i, phase in enumerate(due_phases(t, now)):
             window = (
                 sa.select(t.c.priority, phase.since.label("since"), t.c.queue)
                 .where(phase.where)
                 .order_by(*phase.order)
                 .limit(limit * FREE_WINDOW)
-                .subquery("window")
+                .subquery(f"window_{i}")
             )
             best = (
                 sa.select(window.c.priority, window.c.since)
                 .where(window.c.queue.not_in(restricted_names(self.core.queues)))
                 .order_by(window.c.priority.desc(), window.c.since)
                 .limit(limit)
+                .subquery(f"best_{i}")
             )
-            found += [Offer(p, since, "", False) for p, since in c.execute(best)]
-        return found
+            parts.append(sa.select(best.c.priority, best.c.since))
+        # Both ranges in one round trip.
+        return [Offer(p, since, "", False) for p, since in c.execute(sa.union_all(*parts))]
