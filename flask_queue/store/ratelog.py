@@ -69,21 +69,20 @@ class RateLog:
             )
             self.core.repeatable("record rate-limited starts", stmt)
 
-    def window(self, c: Connection, rated: list[Any], now: datetime) -> dict[str, dict[Any, int]]:
-        """UPDATE (dead unstamped claims), a DELETE per queue (what left its
-        window), then SELECT count(*) GROUP BY queue, key, on the start log's
-        (queue, started_at), in the limited claim's transaction: runs of each
-        rate-limited queue and key that count against its window at ``now``, started
-        within it, or claimed and not started yet (they will start later, so
-        they hold a place in every window from now on).
+    def prune(self, c: Connection, rated: list[Any], now: datetime) -> None:
+        """UPDATE (dead unstamped claims), then a DELETE per queue (what left its
+        window), on the start log's (queue, started_at), in the limited claim's
+        transaction: what is left counts against each rate-limited queue's
+        window at ``now`` (``used``), runs started within it, or claimed and not
+        started yet (they will start later, so they hold a place in every window
+        from now on).
 
-        First deletes the starts that left the window. A claim whose run is
-        no longer going (not RUNNING under that attempt with a live lease) but
-        was never stamped is stamped ``now``: its run may have started and
-        ended before its start was written (a stamp the database refused, a
-        process killed in between), and forgetting it could let N more start
-        in that window. (A run given back unstarted, ``forget``, removes its
-        claim itself.) Errs towards fewer starts."""
+        A claim whose run is no longer going (not RUNNING under that attempt
+        with a live lease) but was never stamped is stamped ``now``: its run may
+        have started and ended before its start was written (a stamp the
+        database refused, a process killed in between), and forgetting it could
+        let N more start in that window. (A run given back unstarted,
+        ``forget``, removes its claim itself.) Errs towards fewer starts."""
         s, t = self.core.starts, self.core.table
         names = [r.name for r in rated]
         alive = (
@@ -104,15 +103,13 @@ class RateLog:
         for row in rated:
             since = now - timedelta(milliseconds=row.rate_window_ms or 0)
             c.execute(sa.delete(s).where(s.c.queue == row.name, s.c.started_at <= since))
-        counted = c.execute(
-            sa.select(s.c.queue, s.c.key, sa.func.count())
-            .where(s.c.queue.in_(names))
-            .group_by(s.c.queue, s.c.key)
-        )
-        found: dict[str, dict[Any, int]] = {}
-        for name, key, n in counted:
-            found.setdefault(name, {})[key] = int(n)
-        return found
+
+    def used(self, c: Connection, queue: str, keys: list[Any]) -> dict[Any, int]:
+        """SELECT count(*) GROUP BY key on the start log's (queue, key), after
+        ``prune``: the entries that count against each of ``keys``' windows
+        (None: the keyless group's) in ``queue``."""
+        s = self.core.starts
+        return {k: int(n) for k, n in c.execute(_per_key(s, queue, keys))}
 
     def log_claims(self, c: Connection, claimed: list[Any], rated: set[str]) -> None:
         """An executemany INSERT into the start log, in the limited claim's
@@ -136,3 +133,17 @@ class RateLog:
                     s.c.job_id == job_id, s.c.attempt == attempt, s.c.started_at.is_(None)
                 )
             )
+
+
+def _per_key(s: sa.Table, queue: str, keys: list[Any]) -> Any:
+    named = [k for k in keys if k is not None]
+    which = []
+    if named:
+        which.append(s.c.key.in_(named))
+    if None in keys:
+        which.append(s.c.key.is_(None))
+    return (
+        sa.select(s.c.key, sa.func.count())
+        .where(s.c.queue == queue, sa.or_(*which))
+        .group_by(s.c.key)
+    )

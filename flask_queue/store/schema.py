@@ -200,8 +200,9 @@ def starts_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME
         sa.Column("started_at", _DateTime, nullable=True),
         # The run's key: a rate holds per (queue, key).
         sa.Column("key", _ExactString, nullable=True),
-        # Each claim counts one queue's window and prunes what left it.
+        # Each claim prunes what left a queue's window, and counts it per key.
         sa.Index(f"ix_{name}_queue_started_at", "queue", "started_at"),
+        sa.Index(f"ix_{name}_queue_key", "queue", "key"),
     )
 
 

@@ -4,6 +4,7 @@ queue rows' locks."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..core import LIVE, StoreCore
+from ..core import LIVE, RUNNING, SCHEDULED, StoreCore
 from ..errors import retry_on_deadlock
 from ..predicates import (
     ClaimRequest,
@@ -38,29 +39,30 @@ FREE_WINDOW = 4
 
 class KeyRooms:
     """One limited queue's room per key at a claim: how many more runs each key
-    (None: the jobs without one, a group of their own) may be given now, and
-    the keys with none left (``full``, grown as the claim gives jobs out)."""
+    (None: the jobs without one, a group of their own) may be given now, from
+    its runs and window starts as read with its first candidate (``learn``),
+    and the keys with none left (``full``, grown as the claim gives jobs out)."""
 
-    def __init__(
-        self,
-        row: Any,
-        limit: int,
-        running: dict[Any, int],
-        in_window: dict[Any, int],
-        *,
-        expired: bool = True,
-    ) -> None:
+    def __init__(self, row: Any, limit: int) -> None:
         self.name: str = row.name
-        #: Whether the queue may have RUNNING rows with an expired lease (the
-        #: second range a claim takes from).
-        self.expired = expired
         self.fair = bool(row.fair)
         self.limit = limit
         self.concurrency: int | None = row.concurrency
         self.rate: int | None = row.rate_limit
-        self.running = running
-        self.in_window = in_window
-        self.full: set[Any] = {k for k in {*running, *in_window} if self.room(k) <= 0}
+        self.running: dict[Any, int] = {}
+        self.in_window: dict[Any, int] = {}
+        self.full: set[Any] = set()
+        #: Whether any of the queue's live jobs has a key (None: not known yet).
+        self.keyed: bool | None = None
+
+    def learn(self, key: Any, running: int, started: int) -> None:
+        """What a candidate's row said of its key, the first time it is met."""
+        if key in self.running:
+            return
+        self.running[key] = running
+        self.in_window[key] = started
+        if self.room(key) <= 0:
+            self.full.add(key)
 
     def room(self, key: Any) -> int:
         """How many runs of ``key`` this claim may give out at most."""
@@ -171,42 +173,42 @@ class LimitedClaim:
     def _rooms(
         self, c: Connection, rows: Sequence[Any], rated: list[Any], limit: int, now: datetime
     ) -> list[KeyRooms]:
-        """SELECT count(*) GROUP BY queue, key of the leased live runs, and
-        ``RateLog.window``: each limited queue's (of ``rows``) room per key."""
+        """``RateLog.prune``, then a ``KeyRooms`` per limited queue (of ``rows``):
+        each key's runs and starts are read with its candidates, so a claim
+        reads the keys it meets, not every key that runs."""
+        if rated:
+            self.rates.prune(c, rated, now)
+        return [KeyRooms(row, limit) for row in rows]
+
+    def _learn(self, c: Connection, rooms: KeyRooms, keys: set[Any], now: datetime) -> None:
+        """One UNION ALL (the runs going on, on (queue, status, key); SCHEDULED
+        rows whose replaced run still goes on, on (status, lease_until)) and,
+        for a rate, ``RateLog.used``: what ``keys`` of ``rooms``' queue use of
+        their limits, read the first time a page meets them."""
         t = self.core.table
-        running: dict[str, dict[Any, int]] = {}
-        expired: set[str] = set()
-        live = sa.func.sum(sa.case((t.c.lease_until > now, 1), else_=0))
-        dead = sa.func.sum(sa.case((t.c.lease_until <= now, 1), else_=0))
-        counted = c.execute(
-            sa.select(t.c.queue, t.c.key, live, dead)
-            .where(
-                t.c.queue.in_([r.name for r in rows]),
-                # SCHEDULED with a lease: replaced while running,
-                # and that run still goes on (Inserts._replace_live).
-                # (A SCHEDULED row's lease never counts as expired: it is
-                # due, in the other range.)
-                t.c.status.in_(LIVE),
-                t.c.lease_until.is_not(None),
-            )
-            .group_by(t.c.queue, t.c.key)
+        fresh = [k for k in keys if k not in rooms.running]
+        if not fresh:
+            return
+        named = [k for k in fresh if k is not None]
+        which = []
+        if named:
+            which.append(t.c.key.in_(named))
+        if None in fresh:
+            which.append(t.c.key.is_(None))
+        same = sa.or_(*which)
+        running = sa.select(t.c.key).where(
+            t.c.queue == rooms.name, t.c.status == RUNNING, same, t.c.lease_until > now
         )
-        for name, key, n, gone in counted:
-            if n:
-                running.setdefault(name, {})[key] = int(n)
-            if gone:
-                expired.add(name)
-        in_window = self.rates.window(c, rated, now) if rated else {}
-        return [
-            KeyRooms(
-                row,
-                limit,
-                running.get(row.name, {}),
-                in_window.get(row.name, {}),
-                expired=row.name in expired,
-            )
-            for row in rows
-        ]
+        # Without the keys: a key list lets the planner walk each key's
+        # SCHEDULED backlog on (queue, status, key) instead of the few leases.
+        replaced = sa.select(t.c.key).where(
+            t.c.status == SCHEDULED, t.c.lease_until > now, t.c.queue == rooms.name
+        )
+        wanted = set(fresh)
+        busy = Counter(k for (k,) in c.execute(sa.union_all(running, replaced)) if k in wanted)
+        started = self.rates.used(c, rooms.name, fresh) if rooms.rate is not None else {}
+        for key in fresh:
+            rooms.learn(key, busy.get(key, 0), started.get(key, 0))
 
     def _offers(
         self,
@@ -220,26 +222,10 @@ class LimitedClaim:
         within the queue: up to ``need`` of one limited queue's best due jobs
         that its keys have room for, read under the queue rows' locks."""
         t = self.core.table
-        # Without keyed jobs only the keyless group counts: one page of at most
-        # its room per range, as before keys (and no read past a full group).
-        keyed: Any = any(k is not None for k in (*rooms.running, *rooms.in_window))
-        if not keyed:
-            keyed = c.execute(
-                sa.select(t.c.id)
-                .where(t.c.queue == rooms.name, t.c.status.in_(LIVE), t.c.key.is_not(None))
-                .limit(1)
-            ).first()
-        if not keyed:
-            if None in rooms.full:
-                return []
-            need = min(need, rooms.room(None))
         taken: dict[Any, int] = {}
         found: list[Offer] = []
-        phases = phases_for(t, now, ids)
-        if not rooms.expired:  # no run of the queue outlived its lease
-            phases = phases[:1]
-        for phase in phases:
-            found += self._phase_offers(c, phase, rooms, need, taken, bool(keyed))
+        for phase in phases_for(t, now, ids):
+            found += self._phase_offers(c, phase, rooms, need, taken, now)
         return sorted(found, key=offer_order)[:need]  # the need holds for both ranges
 
     def _phase_offers(
@@ -249,7 +235,7 @@ class LimitedClaim:
         rooms: KeyRooms,
         need: int,
         taken: dict[Any, int],
-        keyed: bool,
+        now: datetime,
     ) -> list[Offer]:
         """SELECT in pages, without locks (the queue rows' locks keep every
         other claimer of this queue out, and ``take_claimable`` re-checks each
@@ -279,6 +265,8 @@ class LimitedClaim:
             if ask <= 0:
                 break
             shut = met | turn
+            if None in shut and not self._keyed(c, rooms):
+                break  # the keyless group is full, and no job has a key
             where = [phase.where, t.c.queue == rooms.name]
             passed = [k for k in shut if k is not None]
             if None in shut:
@@ -290,13 +278,16 @@ class LimitedClaim:
                 where.append(t.c.id.not_in(again))
             # Twice what is needed when keys may turn rows down: a page is
             # a plain read, cheaper than another round trip.
-            size = ask * 2 if keyed else ask
+            size = ask * 2 if rooms.keyed is not False else ask
             page = c.execute(
                 sa.select(t.c.priority, phase.since, t.c.id, t.c.key)
                 .where(*where)
                 .order_by(*phase.order)
                 .limit(size)
             ).all()
+            self._learn(c, rooms, {row.key for row in page}, now)
+            if any(row.key is not None for row in page):
+                rooms.keyed = True
             for priority, since, job_id, key in page:
                 if len(found) >= need:
                     break
@@ -313,8 +304,6 @@ class LimitedClaim:
                     met.add(key)
                 if rooms.fair:
                     turn.add(key)
-            if not keyed:
-                break
             if len(page) < size:
                 # What the range held for the keys still open is read: a fair
                 # round that gave out jobs starts again; otherwise it is done.
@@ -322,6 +311,20 @@ class LimitedClaim:
                     break
                 turn = set()
         return found
+
+    def _keyed(self, c: Connection, rooms: KeyRooms) -> bool:
+        """SELECT ... LIMIT 1 on (queue, status, key), once per claim: whether
+        any live job of the queue has a key. Without one, a page past the full
+        keyless group would read the whole backlog to find nothing."""
+        if rooms.keyed is None:
+            t = self.core.table
+            found = c.execute(
+                sa.select(t.c.id)
+                .where(t.c.queue == rooms.name, t.c.status.in_(LIVE), t.c.key.is_not(None))
+                .limit(1)
+            ).first()
+            rooms.keyed = found is not None
+        return rooms.keyed
 
     def _free_offers(self, c: Connection, now: datetime, limit: int) -> list[Offer]:
         """SELECT per range in its index order (``predicates.due_phases``),
