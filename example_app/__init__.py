@@ -104,6 +104,16 @@ def export(job: Job[dict[str, Any]]) -> dict[str, int]:
     return {"rows": rows}
 
 
+@queue.handler("syncTenant", exclusive=True, key=lambda payload: payload["tenant"])
+def sync_tenant(job: Job[dict[str, Any]]) -> None:
+    """One sync per tenant at a time (the key is the payload's tenant): other
+    tenants' syncs run beside it, this tenant's next one waits for it."""
+    for _ in range(int(float(job.payload.get("seconds", 1)) * 10)):
+        job.check()  # stops at a cancel
+        time.sleep(0.1)
+    _log(job)
+
+
 @queue.handler("noop")
 def noop(job: Job[None]) -> None:
     """Does nothing: the benchmark measures delivery itself with it."""

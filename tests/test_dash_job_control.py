@@ -145,3 +145,40 @@ def test_running_list_and_cancel_in_chromium(
         _check_layout(page, "issue19-job-cancelled", size[0])
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("size", [(375, 812), (1440, 900)], ids=["375", "1440"])
+def test_keys_at_their_limit_in_chromium(
+    exporting: dict[str, Any],
+    browser: Any,  # noqa: F811 - the fixture
+    size: tuple[int, int],
+) -> None:
+    # One tenant's three syncs: one runs, two wait on its key; another tenant's
+    # sync runs beside it. The overview lists the held tenant, phone or desktop.
+    from example_app import queue
+
+    server, reader = exporting["server"], exporting["reader"]
+    tenant = f"tenant-{size[0]}-" + "long" * 20
+    held = [server.enqueue("syncTenant", {"tenant": tenant, "seconds": 30}) for _ in range(3)]
+    other = server.enqueue("syncTenant", {"tenant": f"other-{size[0]}", "seconds": 30})
+    with reader.app_context():
+        give_up = time.monotonic() + 20
+        while queue.get(other["id"]).status is not JobStatus.RUNNING:  # type: ignore[union-attr]
+            assert time.monotonic() < give_up, "the other tenant's sync never ran"
+            time.sleep(0.05)
+        statuses = sorted(queue.get(j["id"]).status.value for j in held)  # type: ignore[union-attr]
+        assert statuses == ["RUNNING", "SCHEDULED", "SCHEDULED"]
+    context = _context(browser, size)
+    page = context.new_page()
+    try:
+        page.goto(f"{server.base}/_queue/")
+        page.wait_for_load_state("load")
+        row = page.locator("table.keys tr", has_text=tenant[:20])
+        assert row.count() == 1
+        assert row.locator("td[data-label='Held back']").inner_text().strip() == "2"
+        _check_layout(page, "issue19-keys", size[0])
+    finally:
+        context.close()
+        with reader.app_context():
+            for job in [*held, other]:
+                queue.cancel(job["id"])
