@@ -57,6 +57,7 @@ bench-smoke: $(BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.drain --jobs 50 --db sqlite --db postgresql --db mysql
 	$(BIN)/python -m bench.wakeup --jobs 2 --interval 0.2
 	$(BIN)/python -m bench.backlog --db sqlite --db postgresql --db mysql --sizes 600,1000
+	$(BIN)/python -m bench.keys --db sqlite --db postgresql --db mysql --jobs 3000 --keys 1000 --claims 3 --rounds 1 --head 300
 	$(BIN)/python -m bench.dashboard --smoke --db sqlite,postgresql,mysql
 	$(BENCH_BIN)/python -m bench.peers --smoke
 
