@@ -238,6 +238,12 @@ class _PoolExecutor(Executor):
                 lambda: self.capacity() > 0 or not self.inflight(), timeout=max(timeout, 0)
             )
 
+    def wait_for_a_run(self, before: int, timeout: float) -> None:
+        """Until fewer than ``before`` deliveries are in flight (one ended
+        since the caller counted them), or ``timeout``."""
+        with self._freed:
+            self._freed.wait_for(lambda: self.inflight() < before, timeout=max(timeout, 0))
+
     def flush(self, timeout: float) -> None:
         with self._lock:
             pending = list(self._pending)

@@ -228,6 +228,19 @@ def work(
                 housekept = time.monotonic()
             total += result.claimed
             if not result.claimed:
+                busy = executor.inflight()
+                if state.store.has_limits and (busy or state.finisher.pending()):
+                    # Nothing claimed while this worker's own runs go on or
+                    # their outcomes wait to be written: a limit may hold
+                    # their queue's jobs back on them. Claim again once one
+                    # ends and is written, not after a whole idle interval
+                    # (that drained a concurrency=2 queue at 2 jobs/s). Only
+                    # with limited queues: otherwise an idle worker waits on
+                    # NOTIFY, which a run in flight must not delay.
+                    if busy:
+                        executor.wait_for_a_run(busy, interval)
+                    state.finisher.flush()
+                    continue
                 idle.wait()  # nothing due: the only time the worker idles
         if stop.is_set():
             _wind_down(state, executor, grace, force, report)

@@ -354,3 +354,69 @@ def test_cli_enqueue_takes_a_key(app: Flask, queue: Queue, runner: Any) -> None:
     assert '"key": "t-1"' in shown.output
     bad = runner.invoke(args=["queue", "enqueue", "echo", "1", "--key", "x" * 300])
     assert bad.exit_code != 0 and "Invalid key" in bad.output
+
+
+# -- review defects (each seen failing before its fix) ---------------------------------
+
+
+@all_databases
+@pytest.mark.parametrize("how", [{"override": True, "delay": "1s"}, {"debounce": "1s"}])
+def test_a_new_key_for_a_running_job_does_not_free_its_old_key(
+    make_app: AppFactory, clock: Clock, how: dict[str, Any]
+) -> None:
+    # The override's row still carries the old run's lease: that run counts
+    # against the old key until it ends, so the row keeps that key.
+    queue = keyed_queue(clock, exclusive=True)
+    app = make_app(queue)
+    with app.app_context():
+        queue.enqueue("sync", "old", id="x", key="A", delay="1s")
+        clock.advance(1)
+        assert claimed_keys(app) == {"A": 1}  # A's run goes on
+        queue.enqueue("sync", "new", id="x", key="B", **how)
+        queue.enqueue("sync", "another A", key="A", delay="1s")
+        clock.advance(2)
+        assert claimed_keys(app).get("A", 0) == 0
+
+
+@all_databases
+@pytest.mark.parametrize(("limit", "busy"), [(1, 40), (4, 140)])
+def test_many_full_keys_do_not_starve_a_key_with_room(
+    make_app: AppFactory, clock: Clock, limit: int, busy: int
+) -> None:
+    queue = keyed_queue(clock, exclusive=True)
+    app = make_app(queue)
+    with app.app_context():
+        for i in range(busy):  # each key: one run going, one due behind it
+            queue.enqueue_many("sync", [0, 0], delay="1s", key=f"k{i:03}")
+        clock.advance(1)
+        store = app.extensions["queue"].store
+        assert len(store.claim(500, LEASE)) == busy
+        clock.advance(1)
+        queue.enqueue("sync", "new tenant", key="fresh", delay="1s")
+        clock.advance(1)
+        assert claimed_keys(app, limit=limit) == {"fresh": 1}
+
+
+@all_databases
+def test_fair_fills_the_claim_from_two_long_backlogs(make_app: AppFactory, clock: Clock) -> None:
+    queue = keyed_queue(clock, fair=True)
+    app = make_app(queue)
+    with app.app_context():
+        queue.enqueue_many("sync", [0] * 200, delay="1s", key="a")
+        clock.advance(0.01)
+        queue.enqueue_many("sync", [0] * 200, delay="1s", key="b")
+        clock.advance(1)
+        assert claimed_keys(app, limit=50) == {"a": 25, "b": 25}
+
+
+@all_databases
+@pytest.mark.parametrize("due", [100, 15])
+def test_fair_fills_the_claim_from_keyless_jobs(
+    make_app: AppFactory, clock: Clock, due: int
+) -> None:
+    queue = keyed_queue(clock, fair=True)
+    app = make_app(queue)
+    with app.app_context():
+        queue.enqueue_many("sync", [0] * due, delay="1s")
+        clock.advance(1)
+        assert claimed_keys(app, limit=10) == {None: 10}

@@ -71,6 +71,29 @@ def test_worker_never_idles_while_jobs_are_due(
     assert stop.idle == []  # claimed again as soon as a thread was free
 
 
+def test_worker_never_idles_while_its_own_runs_hold_a_limit(
+    make_app: Any, queue: Queue, clock: Clock
+) -> None:
+    # A limited queue's next jobs wait on the worker's own runs: the claim that
+    # finds the limit reached while they end (outcomes not written yet) found
+    # nothing, and the worker slept a whole interval: 2 jobs/s for a
+    # concurrency=2 queue with the CLI defaults.
+    done: list[int] = []
+
+    @queue.handler("gate", concurrency=2, key=lambda payload: f"tenant-{payload % 2}")
+    def gate(job: Any) -> None:
+        done.append(job.payload)
+
+    app = make_app(queue)
+    with app.app_context():
+        queue.enqueue_many("gate", list(range(12)), delay="1s")
+        clock.advance(1)
+        stop = _IdleRecorder()
+        ran = work(queue, concurrency=4, interval=30, max_jobs=12, stop=stop, report=lambda _: None)
+    assert ran == 12 and sorted(done) == list(range(12))
+    assert stop.idle == []
+
+
 def test_reports_what_it_serves_on_start(app: Flask, queue: Queue) -> None:
     stop = threading.Event()
     stop.set()

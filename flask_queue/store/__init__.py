@@ -236,6 +236,12 @@ class JobStore:
     listener = _Delegated("notifier", Notifier.listener)
 
     @property
+    def has_limits(self) -> bool:
+        """Whether the queue table held limited (or fair) queues at the last
+        claim's look."""
+        return self.claims.limited.held
+
+    @property
     def channel(self) -> str:
         return self.notifier.channel
 

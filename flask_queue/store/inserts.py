@@ -168,7 +168,8 @@ class Inserts:
         (the lease ran out).
         """
         t = self.core.table
-        kept = _KEPT_BY_OVERRIDE | ({"latest_run_at", "run_at"} if debounce else set())
+        kept = _KEPT_BY_OVERRIDE | {"key"} | ({"latest_run_at", "run_at"} if debounce else set())
+        leased = t.c.lease_until > naive_utc(self.core.now())
         values = [
             # The lease is kept (not in the SET): a RUNNING row's belongs to its
             # run, and a SCHEDULED row's to the run of content an earlier
@@ -176,6 +177,10 @@ class Inserts:
             # that one let a second override (a debounce) start the new content
             # beside the old run. Other live rows have none.
             *((t.c[k], v) for k, v in self.core.sealed(row).items() if k not in kept),
+            # So is the key of a row whose run goes on: that run counts against
+            # its key's limit through this row (a new key freed the old one
+            # while its run went on); the new content runs under it.
+            (t.c.key, sa.case((leased, t.c.key), else_=_typed(t.c.key, row["key"]))),
             (t.c.errors, 0),
             (t.c.started_at, None),
         ]
@@ -236,3 +241,8 @@ class Inserts:
             # refused our insert; a locking read sees the latest committed row.
             stmt = stmt.with_for_update(read=True)
         return conn.execute(stmt).first()
+
+
+def _typed(column: Any, value: Any) -> Any:
+    """``value`` as a bound literal of ``column``'s type (NULL for None)."""
+    return sa.null() if value is None else sa.literal(value, type_=column.type)

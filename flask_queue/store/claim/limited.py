@@ -32,6 +32,8 @@ from ..ratelog import LIMITS_RECHECK, RateLog
 #: the last yields at least one job, so this bounds the claim's cost when many
 #: keys are full, not what it finds when few are.
 MAX_PAGES = 16
+#: The rows one page reads at most.
+MAX_PAGE_ROWS = 10_000
 #: The free queues' offers are looked for among this many times a claim's
 #: limit of the first due rows (``_free_offers``).
 FREE_WINDOW = 4
@@ -260,12 +262,46 @@ class LimitedClaim:
         mine: list[tuple[str, Any]] = []
         met: set[Any] = set()  # full keys the pages met
         turn: set[Any] = set()  # keys given a job in this round (fair)
-        for _ in range(MAX_PAGES):
+        # Fair: rows a round passed over because their key had its turn,
+        # in claim order; later rounds take from them before reading more.
+        later: list[Any] = []
+        # Round-robin needs keys: a fair queue of keyless jobs is one group.
+        fair = rooms.fair and self._keyed(c, rooms)
+
+        def give(priority: Any, since: Any, job_id: str, key: Any) -> bool:
+            """Accept one row if its key has room (and its turn); whether it did."""
+            if key in rooms.full:
+                met.add(key)
+                return False
+            if key in turn:
+                return False
+            found.append(Offer(priority, since, job_id, True))
+            mine.append((job_id, key))
+            taken[key] = taken.get(key, 0) + 1
+            if taken[key] >= rooms.room(key):
+                rooms.full.add(key)
+                met.add(key)
+            if fair:
+                turn.add(key)
+            return True
+
+        def next_rounds() -> None:
+            """Fair: rounds over the rows passed over, one per key each."""
+            nonlocal later, turn
+            while later and len(found) < need:
+                turn = set()
+                left = [r for r in later if len(found) >= need or not give(*r)]
+                if len(left) == len(later):
+                    break  # every key left is full
+                later = left
+            turn = set()
+
+        for page_no in range(MAX_PAGES):
             ask = need - len(found)
             if ask <= 0:
                 break
             shut = met | turn
-            if None in shut and not self._keyed(c, rooms):
+            if None in met and not self._keyed(c, rooms):
                 break  # the keyless group is full, and no job has a key
             where = [phase.where, t.c.queue == rooms.name]
             passed = [k for k in shut if k is not None]
@@ -274,11 +310,14 @@ class LimitedClaim:
             if passed:
                 where.append(sa.or_(t.c.key.is_(None), t.c.key.not_in(passed)))
             again = [job_id for job_id, key in mine if key not in shut]
+            again += [r[2] for r in later if r[3] not in shut]
             if again:
                 where.append(t.c.id.not_in(again))
-            # Twice what is needed when keys may turn rows down: a page is
-            # a plain read, cheaper than another round trip.
-            size = ask * 2 if rooms.keyed is not False else ask
+            # Pages double: a plain read of more rows is cheaper than another
+            # round trip, and MAX_PAGES pages pass any number of full keys a
+            # claim can meet (2 x 2^16 x what is needed).
+            size = ask * 2 ** (page_no + 1) if rooms.keyed is not False else ask
+            size = min(size, MAX_PAGE_ROWS)
             page = c.execute(
                 sa.select(t.c.priority, phase.since, t.c.id, t.c.key)
                 .where(*where)
@@ -288,28 +327,21 @@ class LimitedClaim:
             self._learn(c, rooms, {row.key for row in page}, now)
             if any(row.key is not None for row in page):
                 rooms.keyed = True
-            for priority, since, job_id, key in page:
+            for row in page:
                 if len(found) >= need:
                     break
-                if key in rooms.full:
-                    met.add(key)
-                    continue
-                if key in turn:
-                    continue
-                found.append(Offer(priority, since, job_id, True))
-                mine.append((job_id, key))
-                taken[key] = taken.get(key, 0) + 1
-                if taken[key] >= rooms.room(key):
-                    rooms.full.add(key)
-                    met.add(key)
-                if rooms.fair:
-                    turn.add(key)
+                if not give(*row) and fair and row.key in turn:
+                    later.append(tuple(row))
             if len(page) < size:
-                # What the range held for the keys still open is read: a fair
-                # round that gave out jobs starts again; otherwise it is done.
-                if not (rooms.fair and turn):
+                # What the range held for the keys still open is read. A fair
+                # queue goes on in rounds over what it passed over, then reads
+                # on (the keys that had their turn were left out of the pages).
+                if not fair:
                     break
-                turn = set()
+                had = len(found)
+                next_rounds()
+                if later or len(found) >= need or (len(found) == had and not turn):
+                    break
         return found
 
     def _keyed(self, c: Connection, rooms: KeyRooms) -> bool:
