@@ -17,7 +17,7 @@ from flask import Flask
 from flask_queue import Job, Queue
 from flask_queue.errors import InvalidOptionError
 from flask_queue.store import Finish
-from tests.conftest import AppFactory, Clock, all_databases, row_snapshot
+from tests.conftest import AppFactory, Clock, all_databases, row_snapshot, server_databases
 from tests.test_flow_control import all_rows, produce_until, sharing_apps
 
 LEASE = timedelta(minutes=1)
@@ -420,3 +420,47 @@ def test_fair_fills_the_claim_from_keyless_jobs(
         queue.enqueue_many("sync", [0] * due, delay="1s")
         clock.advance(1)
         assert claimed_keys(app, limit=10) == {None: 10}
+
+
+@server_databases
+def test_a_key_changed_between_the_claims_read_and_its_take_is_not_claimed(
+    make_app: AppFactory, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process overrides a due job with a key that is at its limit
+    # after the claim read it under its old key, before the take: the take
+    # must not give the new key a run it counted no room for.
+    from flask_queue.store.claim import limited
+
+    queue = keyed_queue(clock, exclusive=True)
+    app = make_app(queue, QUEUE_EXECUTOR="worker")
+    with app.app_context():
+        queue.enqueue("sync", "b1", key="B", delay="1s")
+        clock.advance(1)
+        assert claimed_keys(app) == {"B": 1}  # B's one run goes on
+        queue.enqueue("sync", "x as A", id="x", key="A", delay="1s")
+        clock.advance(1)
+        original = limited.LimitedClaim._learn
+        fired: list[int] = []
+
+        def learn(self: Any, c: Any, rooms: Any, keys: Any, now: Any) -> None:
+            original(self, c, rooms, keys, now)
+            if not fired:
+                fired.append(1)
+
+                def other_process() -> None:
+                    with app.app_context():
+                        queue.enqueue("sync", "x as B", id="x", key="B", override=True)
+
+                thread = threading.Thread(target=other_process)
+                thread.start()
+                thread.join(10)
+                assert not thread.is_alive()
+
+        monkeypatch.setattr(limited.LimitedClaim, "_learn", learn)
+        assert claimed_keys(app) == {}
+    running = Counter(
+        r.key.decode() if isinstance(r.key, bytes) else r.key
+        for r in all_rows(app)
+        if r.status == "RUNNING"
+    )
+    assert fired and running == {"B": 1}

@@ -149,8 +149,9 @@ class LimitedClaim:
             return []
         limit = request.limit
         offers: list[Offer] = []
+        read: dict[str, tuple[str, Any]] = {}  # each offer's queue and key
         for rooms in self._rooms(c, rows, rated, limit, now):
-            offers += self._offers(c, rooms, limit, now, request.ids)
+            offers += self._offers(c, rooms, limit, now, request.ids, read)
         if not offers:
             return []
         if request.ids is None:
@@ -163,7 +164,7 @@ class LimitedClaim:
         got = take_claimable(
             c,
             t,
-            chosen,
+            {i: read[i] for i in chosen},
             now,
             now + request.lease,
             columns,
@@ -219,6 +220,7 @@ class LimitedClaim:
         need: int,
         now: datetime,
         ids: list[str] | None,
+        read: dict[str, tuple[str, Any]],
     ) -> list[Offer]:
         """``_phase_offers`` per range, in its index order (``predicates.due_phases``)
         within the queue: up to ``need`` of one limited queue's best due jobs
@@ -227,7 +229,7 @@ class LimitedClaim:
         taken: dict[Any, int] = {}
         found: list[Offer] = []
         for phase in phases_for(t, now, ids):
-            found += self._phase_offers(c, phase, rooms, need, taken, now)
+            found += self._phase_offers(c, phase, rooms, need, taken, now, read)
         return sorted(found, key=offer_order)[:need]  # the need holds for both ranges
 
     def _phase_offers(
@@ -238,6 +240,7 @@ class LimitedClaim:
         need: int,
         taken: dict[Any, int],
         now: datetime,
+        read: dict[str, tuple[str, Any]],
     ) -> list[Offer]:
         """SELECT in pages, without locks (the queue rows' locks keep every
         other claimer of this queue out, and ``take_claimable`` re-checks each
@@ -277,6 +280,7 @@ class LimitedClaim:
                 return False
             found.append(Offer(priority, since, job_id, True))
             mine.append((job_id, key))
+            read[job_id] = (rooms.name, key)
             taken[key] = taken.get(key, 0) + 1
             if taken[key] >= rooms.room(key):
                 rooms.full.add(key)
