@@ -248,24 +248,26 @@ def take_claimable(
     *,
     returning: bool,
 ) -> list[Any]:
-    """UPDATE by primary key, guarded by "due or expired" at ``now``, with
+    """SELECT ... FOR UPDATE, then UPDATE, by primary key, guarded by "due
+    or expired" at ``now``, with
     ``returning`` (PostgreSQL, SQLite), else then a SELECT by primary key of
     the rows it claimed (MySQL): claim the rows of ``read`` (id: the queue and
     key they were read with), read without locks, of which an operator may
     have deleted, cancelled or rescheduled some meanwhile, or an override
     given another queue or key, whose room was not counted (those are left as
     they are)."""
-    ids = list(read)
+    # Locked by primary key first and compared in Python: the same check as a
+    # row-constructor IN in the UPDATE, which cost 20% of a claim on PostgreSQL
+    # and doubled it on MariaDB.
+    locked = c.execute(
+        sa.select(t.c.id, t.c.queue, t.c.key).where(t.c.id.in_(list(read))).with_for_update()
+    )
+    ids = [i for i, queue, key in locked if read.get(i) == (queue, key)]
+    if not ids:
+        return []
     claimable = sa.or_(is_due(t, now), is_expired(t, now))
-    named = [(i, q, k) for i, (q, k) in read.items() if k is not None]
-    keyless = [(i, q) for i, (q, k) in read.items() if k is None]
-    same: list[Any] = []
-    if named:
-        same.append(sa.tuple_(t.c.id, t.c.queue, t.c.key).in_(named))
-    if keyless:
-        same.append(sa.and_(t.c.key.is_(None), sa.tuple_(t.c.id, t.c.queue).in_(keyless)))
     values = claim_values(t, now, lease_until)
-    claim = sa.update(t).where(t.c.id.in_(ids), claimable, sa.or_(*same)).ordered_values(*values)
+    claim = sa.update(t).where(t.c.id.in_(ids), claimable).ordered_values(*values)
     if returning:
         return list(c.execute(claim.returning(*columns)))
     c.execute(claim)
