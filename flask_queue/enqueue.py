@@ -86,7 +86,7 @@ def enqueue_many(
     fields = _planned(state, name, options)
     # Every payload (and its key) checked before any write.
     encoded = [encode_payload(p, state.config.max_payload) for p in items]
-    keys = [_key(state, name, options, p) for p in items]
+    keys = _keys(state, name, options, items)
     # One row and one Job built in full, then copied per payload: the rows
     # differ only in id, payload and key, and building each from scratch was
     # a fifth of the cost of a batch.
@@ -109,11 +109,22 @@ def enqueue_many(
 
 def _key(state: QueueState, name: str, options: EnqueueOptions, payload: Any) -> str | None:
     """The job's key: ``key=``, else the handler's key function of the payload."""
+    (key,) = _keys(state, name, options, [payload])
+    return key
+
+
+def _keys(
+    state: QueueState, name: str, options: EnqueueOptions, payloads: list[Any]
+) -> list[str | None]:
+    """Each payload's key: ``key=`` (checked once), else the handler's key
+    function of each payload, else None."""
     key = options.get("key")
     if key is not None:
-        return check_key(key)
+        return [check_key(key)] * len(payloads)
     handler = state.queue.handlers.get(name)
-    return handler.key_of(payload) if handler is not None else None
+    if handler is None or handler.key is None:
+        return [None] * len(payloads)
+    return [handler.key_of(p) for p in payloads]
 
 
 def _planned(state: QueueState, name: str, options: EnqueueOptions) -> dict[str, Any]:

@@ -54,6 +54,16 @@ def unrestricted(t: sa.Table, q: sa.Table) -> sa.ColumnElement[bool]:
     return t.c.queue.not_in(restricted_names(q))
 
 
+def key_among(column: Any, keys: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """``column`` (a job's or a start's key) is one of ``keys``, where None
+    stands for the keyless group (``IS NULL``: an IN list never matches it)."""
+    named = [k for k in keys if k is not None]
+    which = [column.in_(named)] if named else []
+    if len(named) < len(keys):
+        which.append(column.is_(None))
+    return sa.or_(*which)
+
+
 def restricted_names(q: sa.Table) -> Any:
     """The names of the paused and limited queues, as a subquery."""
     return sa.select(q.c.name).where(sa.or_(q.c.paused, is_limited(q))).scalar_subquery()

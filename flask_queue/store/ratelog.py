@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from .core import RUNNING, StoreCore, chunks
 from .errors import storage_errors
-from .predicates import these_runs
+from .predicates import key_among, these_runs
 
 #: Seconds between looks at the queue table while it holds no limited queue.
 LIMITS_RECHECK = 1.0
@@ -109,7 +109,12 @@ class RateLog:
         ``prune``: the entries that count against each of ``keys``' windows
         (None: the keyless group's) in ``queue``."""
         s = self.core.starts
-        return {k: int(n) for k, n in c.execute(_per_key(s, queue, keys))}
+        counted = (
+            sa.select(s.c.key, sa.func.count())
+            .where(s.c.queue == queue, key_among(s.c.key, keys))
+            .group_by(s.c.key)
+        )
+        return {k: int(n) for k, n in c.execute(counted)}
 
     def log_claims(self, c: Connection, claimed: list[Any], rated: set[str]) -> None:
         """An executemany INSERT into the start log, in the limited claim's
@@ -133,17 +138,3 @@ class RateLog:
                     s.c.job_id == job_id, s.c.attempt == attempt, s.c.started_at.is_(None)
                 )
             )
-
-
-def _per_key(s: sa.Table, queue: str, keys: list[Any]) -> Any:
-    named = [k for k in keys if k is not None]
-    which = []
-    if named:
-        which.append(s.c.key.in_(named))
-    if None in keys:
-        which.append(s.c.key.is_(None))
-    return (
-        sa.select(s.c.key, sa.func.count())
-        .where(s.c.queue == queue, sa.or_(*which))
-        .group_by(s.c.key)
-    )

@@ -21,6 +21,7 @@ from ..predicates import (
     claim_columns,
     due_phases,
     is_limited,
+    key_among,
     offer_order,
     phases_for,
     restricted_names,
@@ -161,6 +162,7 @@ class LimitedClaim:
             return []
         t = self.core.table
         columns = claim_columns(t, request.whole)
+        returning = self.core.dialect.claims_in_one_statement
         got = take_claimable(
             c,
             t,
@@ -168,7 +170,7 @@ class LimitedClaim:
             now,
             now + request.lease,
             columns,
-            returning=self.core.dialect.claims_in_one_statement,
+            returning=returning,
         )
         self.rates.log_claims(c, got, {r.name for r in rated})
         return got
@@ -192,13 +194,7 @@ class LimitedClaim:
         fresh = [k for k in keys if k not in rooms.running]
         if not fresh:
             return
-        named = [k for k in fresh if k is not None]
-        which = []
-        if named:
-            which.append(t.c.key.in_(named))
-        if None in fresh:
-            which.append(t.c.key.is_(None))
-        same = sa.or_(*which)
+        same = key_among(t.c.key, fresh)
         running = sa.select(t.c.key).where(
             t.c.queue == rooms.name, t.c.status == RUNNING, same, t.c.lease_until > now
         )
