@@ -16,6 +16,7 @@ from ..core import LIVE, RUNNING, SCHEDULED, StoreCore
 from ..errors import retry_on_deadlock
 from ..predicates import (
     ClaimRequest,
+    Moved,
     Offer,
     Phase,
     claim_columns,
@@ -35,6 +36,10 @@ from ..ratelog import LIMITS_RECHECK, RateLog
 MAX_PAGES = 16
 #: The rows one page reads at most.
 MAX_PAGE_ROWS = 10_000
+#: Claims run again, at most, when a row moved to another queue or key
+#: between the read and the take (``take_claimable``); then this claim takes
+#: nothing and the next one reads again.
+MOVED_RETRIES = 3
 #: The free queues' offers are looked for among this many times a claim's
 #: limit of the first due rows (``_free_offers``).
 FREE_WINDOW = 4
@@ -131,7 +136,12 @@ class LimitedClaim:
                 now = self.core.now()
                 return self._claim_locked(c, rows, request, now)
 
-        return retry_on_deadlock(once)
+        for _ in range(MOVED_RETRIES):
+            try:
+                return retry_on_deadlock(once)
+            except Moved:
+                continue  # rolled back: read again what the override changed
+        return []
 
     def _claim_locked(
         self, c: Connection, rows: Sequence[Any], request: ClaimRequest, now: datetime
@@ -162,7 +172,6 @@ class LimitedClaim:
             return []
         t = self.core.table
         columns = claim_columns(t, request.whole)
-        returning = self.core.dialect.claims_in_one_statement
         got = take_claimable(
             c,
             t,
@@ -170,7 +179,7 @@ class LimitedClaim:
             now,
             now + request.lease,
             columns,
-            returning=returning,
+            dialect=self.core.dialect,
         )
         self.rates.log_claims(c, got, {r.name for r in rated})
         return got
