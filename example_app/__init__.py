@@ -55,6 +55,25 @@ def booking_reminder(job: Job[int]) -> None:
     _log(job)
 
 
+@queue.handler("bookingFlow", retry=["2s", "5s", "10s"])
+def booking_flow(job: Job[dict[str, Any]]) -> str:
+    """A booking made of durable steps: charge (a database step, recorded in
+    the same commit as its write, so it happens once), sleep until the
+    reminder is due (``remind_in``, "1d" by default: the run ends, no thread
+    waits), then send the reminder. A retry or the run after the sleep
+    replays the handler and skips the steps that completed."""
+    booking = job.payload.get("booking", 0)
+
+    def charge() -> str:
+        db.session.add(JobRun(queue=job.queue, payload=repr(job.payload), event="charged"))
+        return f"charge-{booking}"
+
+    receipt = job.step("charge", charge, session=db.session)
+    job.sleep("until-reminder", job.payload.get("remind_in", "1d"))
+    job.step("remind", lambda: _log(job, "reminded"))
+    return receipt
+
+
 @queue.handler("chargeCard", retry=["2s", "5s", "10s"])
 def charge_card(job: Job[int]) -> None:
     """A handler that fails sometimes: retried with growing delays, then FAILED."""

@@ -17,7 +17,8 @@ from .durations import Duration, to_timedelta
 from .errors import ConfigError, InvalidOptionError, JobNotFoundError, JobTimeoutError, shown
 from .job import WAIT_TIMEOUT, Job, JobStatus
 from .state import QueueState
-from .store import HeldKey
+from .store import HeldKey, StepRecord
+from .store.steps import occurrence_of
 
 J = TypeVar("J", "Job[Any]", "Job[Any] | None")
 
@@ -26,6 +27,11 @@ J = TypeVar("J", "Job[Any]", "Job[Any] | None")
 
 def get(state: QueueState, job_id: str) -> Job[Any] | None:
     return waitable(state, state.store.get(job_id))
+
+
+def steps(state: QueueState, job: Job[Any]) -> list[StepRecord]:
+    """The durable steps ``job``'s current occurrence recorded, oldest first."""
+    return state.store.step_records.listed(job.id, occurrence_of(job.status.value, job.count))
 
 
 def waitable(state: QueueState, job: J) -> J:

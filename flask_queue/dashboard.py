@@ -404,7 +404,8 @@ def job(job_id: str) -> Any:
     found = _job_or_none(_state(), job_id)
     if found is None:
         abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
-    return render_template("flask_queue/job.html", job=found)
+    steps = actions.steps(_state(), found)
+    return render_template("flask_queue/job.html", job=found, steps=steps)
 
 
 def job_payload(job_id: str) -> Any:

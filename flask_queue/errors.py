@@ -129,3 +129,8 @@ class JobTimeoutError(QueueError, TimeoutError):
 
 class JobCancelled(QueueError):
     """The job was cancelled: its handler should stop (raised by job.check())."""
+
+
+class InvalidStepError(QueueError):
+    """The step is invalid: its name is used twice in one run, or it returned
+    a value that is not JSON (or larger than QUEUE_MAX_PAYLOAD)."""

@@ -29,6 +29,8 @@ REFUSED = "refused"
 NO_HANDLER = "no handler"
 #: The run was cancelled (queue.cancel, or a delete of the running job).
 CANCELLED = "cancelled"
+#: The run ended at a ``job.sleep``: the job runs again at its wake time.
+SLEPT = "slept"
 
 
 def line(text: str) -> str:

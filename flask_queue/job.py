@@ -158,13 +158,36 @@ class Job(Generic[T]):
         call it between units of work in a long sync handler."""
         self._run_control("check").check()
 
-    def _run_control(self, what: str) -> Any:
-        control = self.__dict__.get("_control")
+    def _run_control(self, what: str, part: str = "_control") -> Any:
+        control = self.__dict__.get(part)
         if control is None:
             raise InvalidStatusError(
                 f"job.{what}() works inside the job's handler only (job {self.id})."
             )
         return control
+
+    # -- inside a handler: durable steps (steps.py) ------------------------------------
+
+    def step(self, name: str, fn: Any, *args: Any, session: Any = None, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` once per job: its JSON result is stored under
+        ``name``, and every later run of the job (a retry, the run after a
+        sleep) returns the stored result without calling ``fn``. With
+        ``session=db.session``, ``fn``'s writes in that session and the step's
+        record commit together: a step that only writes to this database happens
+        exactly once. Raises ``InvalidStepError`` for a name used twice in a run
+        or a result that is not JSON."""
+        return self._run_control("step", "_steps").step(name, fn, args, kwargs, session)
+
+    def sleep(self, name: str, duration: Any) -> None:
+        """End this run and run the job again after ``duration`` ("1d", seconds,
+        a timedelta), its steps kept; the next run replays the handler and goes
+        on after the sleep. Holds no thread, connection or lease meanwhile."""
+        self._run_control("sleep", "_steps").sleep(name, duration)
+
+    def sleep_until(self, name: str, when: datetime) -> None:
+        """``sleep`` until ``when`` (a timezone-aware datetime); a time passed
+        already goes straight on."""
+        self._run_control("sleep_until", "_steps").sleep_until(name, when)
 
     def wait(self, timeout: Any = WAIT_TIMEOUT) -> Job[Any]:
         """``queue.wait(self.id, timeout=...)``: the job once COMPLETED, FAILED or

@@ -301,6 +301,22 @@ def pretty_result(result: Any) -> str:
     return json.dumps(mask(result), indent=2, sort_keys=True, ensure_ascii=False)
 
 
+#: Characters of a step's result the job page shows.
+STEP_PREVIEW = 200
+
+
+def step_preview(record: Any) -> str:
+    """A step's result on one line, masked like payloads and cut to
+    ``STEP_PREVIEW``; a sleep's wake time as the time it is."""
+    if record.result is None:
+        return "null"
+    value = json.loads(record.result)
+    if record.kind == "sleep":
+        return f"until {value.replace('T', ' ')[:19]} UTC"
+    text = json.dumps(mask(value), sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= STEP_PREVIEW else text[: STEP_PREVIEW - 1] + "…"
+
+
 def pretty_payload(payload: Any) -> str:
     return json.dumps(mask(payload), indent=2, sort_keys=True, ensure_ascii=False)
 

@@ -92,13 +92,17 @@ def sync_crons(state: QueueState, *, prune: bool = True) -> dict[str, int]:
 
 def purge_history(state: QueueState) -> int:
     """Delete the completed jobs kept longer than ``QUEUE_KEEP_COMPLETED``, and
-    those kept for their result longer than ``QUEUE_KEEP_RESULTS`` too."""
+    those kept for their result longer than ``QUEUE_KEEP_RESULTS`` too; then
+    the step records of jobs that are gone (or moved on to another run)."""
     now = state.queue.clock()
     keep, results = state.config.keep_completed, state.config.keep_results
     if not keep:
         # Only rows kept for a result (or a unique window) exist: one range.
-        return state.store.purge_completed(now - results)
-    return state.store.purge_completed(now - keep, results_until=now - max(keep, results))
+        purged = state.store.purge_completed(now - results)
+    else:
+        purged = state.store.purge_completed(now - keep, results_until=now - max(keep, results))
+    state.store.step_records.prune()
+    return purged
 
 
 def flush_stats(state: QueueState) -> None:

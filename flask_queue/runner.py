@@ -24,6 +24,7 @@ from .errors import InvalidResultError, StorageError
 from .job import Job, Progress
 from .planning import encode_result
 from .scheduling import Schedule
+from .steps import RunSteps, Suspended
 from .store import COMPLETED, FAILED, SCHEDULED, Finish
 from .store.core import CANCELLED
 
@@ -151,7 +152,8 @@ def decide(state: QueueState, job: Job[Any]) -> Finish | None:
         return _recorded(job, outcome, now(), None, history.FAILED, history.line(reason))
     if not control.take_outcome():
         return None  # timed out: that outcome is written; this late one is not
-    state.tally.count(job.queue, succeeded, now())
+    if succeeded is not None:  # a sleep is neither
+        state.tally.count(job.queue, succeeded, now())
     return outcome
 
 
@@ -168,6 +170,16 @@ def _control(
     control = RunControl(job.id, job.attempt, limit.total_seconds() if limit else None)
     # Job is frozen; the control is not the job's data, and progress reports to it.
     object.__setattr__(job, "_control", control)
+    steps = RunSteps(
+        state.store,
+        job.id,
+        job.count,
+        job.attempt,
+        state.store.clock,
+        state.config.max_payload,
+        control,
+    )
+    object.__setattr__(job, "_steps", steps)
     object.__setattr__(job, "progress", Progress(tuple(job.progress), control))
 
     def on_timeout() -> None:
@@ -332,8 +344,9 @@ def _run(
     config: QueueConfig,
     now: Callable[[], datetime],
     control: RunControl,
-) -> tuple[Finish, bool]:
-    """Run the handler: the outcome to write, and whether the run succeeded."""
+) -> tuple[Finish, bool | None]:
+    """Run the handler: the outcome to write, and whether the run succeeded
+    (None: it ended at a sleep)."""
     delays = _delays(job, default_retry)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if job.errors > len(delays):
@@ -355,6 +368,14 @@ def _run(
         if control.why == CANCEL:
             return _cancelled(job, now(), ran=True), False
         result = encode_result(value, config.max_payload)
+    except Suspended as pause:
+        # Not a failure: the run ends at a sleep, the job waits SCHEDULED for
+        # its wake time with its errors and steps as they are.
+        if control.why == CANCEL:
+            return _cancelled(job, now(), ran=True), False
+        seconds = time.perf_counter() - started
+        outcome = Finish(status=SCHEDULED, run_at=pause.wake, errors=job.errors)
+        return _recorded(job, outcome, at, seconds, history.SLEPT, None), None
     # CancelledError is a BaseException: an async handler's task cancelled (by
     # itself, or a library it awaits) ends the run as a failure, with an
     # outcome, instead of escaping the runner and leaving the job RUNNING.
@@ -425,6 +446,12 @@ def _describe(outcome: Finish) -> str:
         return "failed"
     if outcome.status == CANCELLED:
         return "cancelled"
+    if (
+        outcome.status == SCHEDULED
+        and outcome.history
+        and outcome.history[-1]["outcome"] == history.SLEPT
+    ):
+        return "sleeping"
     if outcome.status == SCHEDULED:
         return "retrying" if outcome.errors else "rescheduled"
     return "completed"

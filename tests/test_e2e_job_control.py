@@ -60,3 +60,30 @@ def test_result_progress_cancel_and_timeout_through_the_invoke_endpoint(
                 assert queue.get(long["id"]).status is JobStatus.CANCELLED  # type: ignore[union-attr]
         finally:
             server.stop()
+
+
+@all_databases
+def test_steps_and_a_sleep_through_the_invoke_endpoint(db_url: str, tmp_path: Path) -> None:
+    # Each run is an invoke request that ends at the sleep; the run after it
+    # (a ping once it is due) replays the handler past the charge.
+    from example_app import queue
+
+    with isolated_database(db_url, tmp_path) as url:
+        server = Server(url, QUEUE_KEEP_COMPLETED="1h").start()
+        try:
+            reader = _reader(url)
+            flow = server.enqueue("bookingFlow", {"booking": 7, "remind_in": "1s"})
+            with reader.app_context():
+                slept = _until(lambda: (j := queue.get(flow["id"])) and j.history and j)
+                assert slept.status is JobStatus.SCHEDULED
+                assert slept.history[-1]["outcome"] == "slept"
+            time.sleep(1.1)
+            server.ping()
+            with reader.app_context():
+                done = queue.wait(flow["id"], timeout="20s")
+                assert done.status is JobStatus.COMPLETED and done.result == "charge-7"
+                assert [h["outcome"] for h in done.history or []] == ["slept", "succeeded"]
+            events = [r["event"] for r in server.runs() if r["queue"] == "bookingFlow"]
+            assert events == ["charged", "reminded"]
+        finally:
+            server.stop()

@@ -54,6 +54,7 @@ from .ratelog import LIMITS_RECHECK, RateLog
 from .reads import Reads
 from .runs import Finish, Progress, Runs
 from .schema import ERROR_WIDTH
+from .steps import StepRecord, Steps, StepTaken
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,6 +127,8 @@ class JobStore:
         #: The rate limits' start log (``schema.starts_table``).
         self.starts = core.starts
         self.rates = RateLog(core)
+        #: The durable steps' records (``steps.Steps``; table ``core.steps``).
+        self.step_records = Steps(core)
         self.inserts = Inserts(core)
         self.reads = Reads(core)
         self.counting = Counts(core)
@@ -288,6 +291,9 @@ __all__ = [
     "Listener",
     "Progress",
     "Row",
+    "StepRecord",
+    "StepTaken",
+    "Steps",
     "_is_outage",
     "aware_utc",
     "naive_utc",

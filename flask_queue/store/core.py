@@ -23,7 +23,7 @@ from ..job import Job, JobStatus, Progress, new_id
 from ..scheduling import ScheduleType
 from .dialects import Dialect
 from .errors import retry_on_deadlock, storage_errors
-from .schema import queue_table, starts_table, stats_table
+from .schema import queue_table, starts_table, stats_table, steps_table
 
 UTC = timezone.utc
 Row = dict[str, Any]
@@ -121,6 +121,8 @@ class StoreCore:
         self.stats = stats_table(table.metadata, table.name)
         #: The rate limits' start log (``schema.starts_table``).
         self.starts = starts_table(table.metadata, table.name)
+        #: The durable steps' records (``schema.steps_table``).
+        self.steps = steps_table(table.metadata, table.name)
         self.clock = clock
         self._statements: dict[Any, Any] = {}
         #: Encrypts payloads at rest when QUEUE_ENCRYPTION_KEYS is set (``crypto.py``).

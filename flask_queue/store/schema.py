@@ -206,6 +206,30 @@ def starts_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME
     )
 
 
+def steps_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The durable steps' records (``<job table>_steps``): one row per step (or
+    sleep) a job's handler completed, by job, run count and name. The run count
+    (the job's ``count`` when the step ran) makes a repeating job's next
+    occurrence start with no steps without a DELETE on the run path; a replay
+    reads the job's records in one SELECT on the primary key's prefix."""
+    name = f"{job_table_name}_steps"
+    return _table(
+        metadata,
+        name,
+        "steps",
+        sa.Column("job_id", sa.String(32), primary_key=True),
+        # The job's ``count`` (runs completed) when the step ran.
+        sa.Column("occurrence", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", _ExactString, primary_key=True),
+        # "step" or "sleep"; a sleep's result is its wake time.
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("result", _LongText, nullable=True),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("finished_at", _DateTime, nullable=False),
+        sa.Column("duration_ms", sa.Integer, nullable=True),
+    )
+
+
 def stats_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
     """Runs finished per minute and queue (``<job table>_stats``), for the
     dashboard's charts: each process adds its counts in one statement per
