@@ -182,3 +182,38 @@ def test_keys_at_their_limit_in_chromium(
         with reader.app_context():
             for job in [*held, other]:
                 queue.cancel(job["id"])
+
+
+@pytest.mark.parametrize("size", [(375, 812), (1440, 900)], ids=["375", "1440"])
+def test_a_sleeping_jobs_steps_in_chromium(
+    exporting: dict[str, Any],
+    browser: Any,  # noqa: F811 - the fixture
+    size: tuple[int, int],
+) -> None:
+    # The example's booking flow charges, then sleeps a day: its page says when
+    # it wakes and lists both records, on a phone as on a desktop.
+    from example_app import queue
+
+    server, reader = exporting["server"], exporting["reader"]
+    flow = server.enqueue("bookingFlow", {"booking": size[0], "remind_in": "1d"})
+    with reader.app_context():
+        give_up = time.monotonic() + 20
+        while not ((seen := queue.get(flow["id"])) is not None and seen.history):
+            assert time.monotonic() < give_up, "the flow never ran"
+            time.sleep(0.05)
+        assert seen.status is JobStatus.SCHEDULED
+    context = _context(browser, size)
+    page = context.new_page()
+    try:
+        page.goto(f"{server.base}/_queue/job/{flow['id']}")
+        steps = page.locator("table.steps tbody tr")
+        assert steps.count() == 2
+        assert steps.nth(0).locator("td[data-label='Step']").inner_text().strip() == "charge"
+        assert f'"charge-{size[0]}"' in steps.nth(0).locator("td[data-label='Result']").inner_text()
+        assert "sleep" in steps.nth(1).locator("td[data-label='Step']").inner_text()
+        assert page.get_by_text("Sleeping at").is_visible()
+        _check_layout(page, "issue20-steps", size[0])
+    finally:
+        context.close()
+        with reader.app_context():
+            queue.cancel(flow["id"])
