@@ -253,11 +253,19 @@ class _PoolExecutor(Executor):
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
         """Stop taking work; with ``wait``, let what runs finish. With ``cancel``
         what was submitted but has not begun never begins (a worker stopped at
-        once hands those runs back); what has begun goes on in its thread."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
+        once hands those runs back); what has begun goes on in its thread.
+
+        A task may submit more (a claim submits its runs): those land in a
+        fresh pool, so waiting goes on until a pass finds no pool left.
+        """
+        while True:
+            with self._lock:
+                pool, self._pool = self._pool, None
+            if pool is None:
+                return
             pool.shutdown(wait=wait, cancel_futures=cancel)
+            if not wait:
+                return
 
 
 class ThreadExecutor(_PoolExecutor, _RunsHere):

@@ -370,3 +370,34 @@ def test_batch_dispatch_claims_only_what_the_pool_can_start(
             queue.produce()
             executor.shutdown(wait=True)
         assert len(recorder.calls) == 20
+
+
+def test_shutdown_waits_for_the_runs_its_claims_submit(
+    make_app: Any, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the thread executor claims on its pool, then submits the run; a
+    ``shutdown(wait=True)`` that began while the claim was in flight waited for
+    the claim only, and its run went to a fresh pool nobody waited for, so the
+    job was still RUNNING after shutdown returned (CI, test_steps on PostgreSQL)."""
+
+    @queue.handler("slow")
+    def slow(job: Job[Any]) -> str:
+        threading.Event().wait(0.2)
+        return "done"
+
+    app = make_app(queue, QUEUE_EXECUTOR="thread", QUEUE_KEEP_COMPLETED="1d")
+    state = app.extensions["queue"]
+    claiming = threading.Event()
+    real_claim = state.store.claim_started
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        claiming.set()
+        threading.Event().wait(0.2)  # shutdown starts while the claim is in flight
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(state.store, "claim_started", slow_claim)
+    with app.app_context():
+        job = queue.enqueue("slow", None)
+        assert claiming.wait(5)
+        state.executor.shutdown(wait=True)
+        assert queue.get(job.id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
