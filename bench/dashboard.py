@@ -99,7 +99,10 @@ def _seed_stats(app: Flask, days: float) -> int:
     """A fresh ``<table>_stats`` (and ``_queues``, which the overview reads) with
     one row per minute and queue for ``days`` up to now; returns the row count."""
     store = app.extensions["queue"].store
-    store.queues.create(store.engine, checkfirst=True)
+    # Every table the pages read, besides the seeded job table (the job page
+    # reads the steps and the wait; the Events page the events).
+    for part in (store.queues, store.core.steps, store.core.waits, store.core.events):
+        part.create(store.engine, checkfirst=True)
     store.stats.drop(store.engine, checkfirst=True)
     store.stats.create(store.engine)
     end = datetime.now(timezone.utc).replace(second=0, microsecond=0)

@@ -19,13 +19,14 @@ from .errors import (
     UnreadablePayloadError,
 )
 from .extension import Handler, ProduceResult, Queue
-from .job import Job, JobStatus
+from .job import Event, Job, JobStatus
 from .scheduling import ScheduleType
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Event",
     "Handler",
     "InvalidDurationError",
     "InvalidOptionError",

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 from .durations import Duration, to_timedelta
 from .errors import ConfigError, InvalidOptionError, JobNotFoundError, JobTimeoutError, shown
-from .job import WAIT_TIMEOUT, Job, JobStatus
+from .job import WAIT_TIMEOUT, Event, Job, JobStatus
+from .planning import check_custom_id, check_event_name
 from .state import QueueState
-from .store import HeldKey, StepRecord
+from .store import HeldKey, StepRecord, WaitRow
 from .store.steps import occurrence_of
 
 J = TypeVar("J", "Job[Any]", "Job[Any] | None")
@@ -32,6 +33,28 @@ def get(state: QueueState, job_id: str) -> Job[Any] | None:
 def steps(state: QueueState, job: Job[Any]) -> list[StepRecord]:
     """The durable steps ``job``'s current occurrence recorded, oldest first."""
     return state.store.step_records.listed(job.id, occurrence_of(job.status.value, job.count))
+
+
+def current_wait(state: QueueState, job: Job[Any]) -> WaitRow | None:
+    """The ``wait_for_event`` a SCHEDULED job is waiting at, if any (the job page)."""
+    if job.status is not JobStatus.SCHEDULED:
+        return None
+    return state.store.step_records.current_wait(job.id, job.count)
+
+
+def events(state: QueueState, *, name: str | None = None, limit: int = 50) -> list[Event]:
+    """The newest emitted events first (``queue.events``, the Events page)."""
+    if name is not None:
+        check_event_name(name)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+        raise InvalidOptionError(f"Invalid limit {shown(limit)}: use an int from 1 to 1000.")
+    return [Event.from_row(r) for r in state.store.events.recent(limit, name=name)]
+
+
+def get_event(state: QueueState, event_id: str) -> Event | None:
+    """The stored event with this id (None: none, or pruned)."""
+    row = state.store.events.get(check_custom_id(event_id))
+    return None if row is None else Event.from_row(row)
 
 
 def waitable(state: QueueState, job: J) -> J:

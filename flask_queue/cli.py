@@ -19,6 +19,7 @@ from flask.cli import AppGroup
 from . import actions, enqueue, producer
 from .durations import parse_ms, to_timedelta
 from .errors import InvalidDurationError, QueueError, shown
+from .events import emit_event
 from .job import Job, JobStatus
 from .planning import json_problem
 from .producer import ProduceResult
@@ -339,6 +340,36 @@ def enqueue_command(
     else:
         # The live job finished between the look-up and the enqueue.
         click.echo(f"{job.id} {line}")
+
+
+@queue_cli.command("emit")
+@click.argument("event", type=TEXT)
+@click.argument("data", type=JsonValue(), default="null")
+@click.option(
+    "--id", "event_id", type=TEXT, help="The event's id: an id emitted already is skipped."
+)
+def emit_command(event: str, data: Any, event_id: str | None) -> None:
+    """Emit EVENT with JSON DATA: start its handlers' jobs, wake the jobs waiting for it."""
+    state = _state()
+    try:
+        before = actions.get_event(state, event_id) if event_id is not None else None
+        emitted = emit_event(state, event, data, id=event_id)
+    except QueueError as exc:
+        raise _fail(exc) from None
+    if before is not None:
+        click.echo(
+            f"event {emitted.id} was emitted already at {_when(emitted.created_at)} UTC:"
+            " nothing done"
+        )
+        return
+    click.echo(
+        f"event {emitted.id} ({emitted.name}): started {len(emitted.started)} job(s),"
+        f" woke {len(emitted.woke)}"
+    )
+    for job_id in emitted.started:
+        click.echo(f"  started {job_id}")
+    for job_id in emitted.woke:
+        click.echo(f"  woke {job_id}")
 
 
 @queue_cli.command("list")

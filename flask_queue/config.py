@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_KEEP_COMPLETED": 0,
     # A job whose handler returned a value stays COMPLETED this long with it.
     "QUEUE_KEEP_RESULTS": "1d",
+    "QUEUE_KEEP_EVENTS": "7d",
     "QUEUE_DASHBOARD_AUTH": None,
     "QUEUE_TABLE_NAME": DEFAULT_TABLE_NAME,
     "QUEUE_INVOKE_MAX_AGE": "5m",
@@ -62,6 +63,7 @@ class QueueConfig:
     batch_size: int
     keep_completed: timedelta
     keep_results: timedelta
+    keep_events: timedelta
     dashboard_auth: Callable[[], bool] | str | None
     table_name: str
     invoke_max_age: timedelta
@@ -167,6 +169,7 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         batch_size=_positive_int(config, "QUEUE_BATCH_SIZE"),
         keep_completed=_duration(config, "QUEUE_KEEP_COMPLETED", allow_zero=True),
         keep_results=_duration(config, "QUEUE_KEEP_RESULTS", allow_zero=True),
+        keep_events=_duration(config, "QUEUE_KEEP_EVENTS", allow_zero=True),
         dashboard_auth=auth,
         table_name=table_name,
         invoke_max_age=_duration(config, "QUEUE_INVOKE_MAX_AGE"),

@@ -21,6 +21,7 @@ from .config import DEFAULTS, read_config
 from .deliveries import DeliveryLog
 from .durations import Duration
 from .errors import ConfigError, QueueError
+from .events import Event, emit_event
 from .finisher import Finisher
 from .heartbeat import Heartbeat
 from .job import WAIT_TIMEOUT, Job, JobStatus
@@ -187,6 +188,23 @@ class Queue(Registry):
         for all (those of ``enqueue`` but the ones that name one job: ``id``,
         ``override``, ``debounce``, ``max_wait``, ``unique_for``)."""
         return enqueue.enqueue_many(self.state(), name, payloads, **options)
+
+    def emit(
+        self, event: str, data: Any = None, *, id: str | None = None, session: Any = None
+    ) -> Event:
+        """Store event ``event`` with ``data`` (JSON, at most QUEUE_MAX_PAYLOAD):
+        enqueue one job per handler declared with ``events=[event]`` (its payload
+        is ``data``) and wake the jobs whose ``job.wait_for_event`` it matches,
+        all in one transaction. ``id=`` dedupes: an emit of an id stored already
+        (within QUEUE_KEEP_EVENTS) returns that event and does nothing else,
+        so a webhook delivered twice is one event. With ``session=db.session``
+        it is all written in that session's transaction, dispatched after the
+        commit."""
+        return emit_event(self.state(), event, data, id=id, session=session)
+
+    def events(self, *, name: str | None = None, limit: int = 50) -> list[Event]:
+        """The newest emitted events first (of ``name``, if given)."""
+        return actions.events(self.state(), name=name, limit=limit)
 
     # -- reads and admin ------------------------------------------------------------
 

@@ -31,6 +31,8 @@ NO_HANDLER = "no handler"
 CANCELLED = "cancelled"
 #: The run ended at a ``job.sleep``: the job runs again at its wake time.
 SLEPT = "slept"
+#: The run ended at a ``job.wait_for_event``: an emit or the timeout wakes it.
+WAITING = "waiting"
 
 
 def line(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -189,6 +190,18 @@ class Job(Generic[T]):
         already goes straight on."""
         self._run_control("sleep_until", "_steps").sleep_until(name, when)
 
+    def wait_for_event(
+        self, name: str, event: str, match: dict[str, Any] | None = None, timeout: Any = "7d"
+    ) -> Any:
+        """End this run until an event named ``event`` whose data contains
+        ``match`` (a dict subset) is emitted, or ``timeout`` passes; the next run
+        replays the handler and this returns the ``Event`` (None after the
+        timeout). Only events emitted after the wait began meet it. Holds no
+        thread, connection or lease meanwhile."""
+        return self._run_control("wait_for_event", "_steps").wait_for_event(
+            name, event, match, timeout
+        )
+
     def wait(self, timeout: Any = WAIT_TIMEOUT) -> Job[Any]:
         """``queue.wait(self.id, timeout=...)``: the job once COMPLETED, FAILED or
         CANCELLED. For the ``Job`` that ``enqueue`` or ``queue.get`` returned."""
@@ -228,4 +241,41 @@ class Job(Generic[T]):
         return out
 
 
-__all__ = ["Job", "JobStatus", "ScheduleType", "new_id"]
+__all__ = ["Event", "Job", "JobStatus", "ScheduleType", "new_id"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """An emitted event: what ``queue.emit`` returns and what
+    ``job.wait_for_event`` gives the handler. ``started`` and ``woke`` are the
+    jobs it enqueued and the waiting jobs it met (empty where not known: in a
+    handler's wait)."""
+
+    id: str
+    name: str
+    data: Any
+    created_at: datetime
+    started: tuple[str, ...] = ()
+    woke: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        """The record a wait keeps of the event that met it."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "name": self.name,
+                "data": self.data,
+                "created_at": self.created_at.isoformat(),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        d = json.loads(text)
+        return cls(d["id"], d["name"], d["data"], datetime.fromisoformat(d["created_at"]))
+
+    @classmethod
+    def from_row(cls, row: Any) -> Event:
+        """From the store's ``EventRow`` (its data as JSON text)."""
+        return cls(row.id, row.name, json.loads(row.data), row.created_at, row.started, row.woke)

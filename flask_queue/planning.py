@@ -111,6 +111,15 @@ def check_key(key: object, origin: str = "") -> str:
     return check_text(key, f"key{origin}")
 
 
+def check_event_name(name: object, what: str = "event") -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or "\x00" in name:
+        raise InvalidOptionError(
+            f"Invalid {what} name {shown(name)}: use a non-empty string of at most"
+            f" {MAX_NAME} characters, without NUL (e.g. 'booking.confirmed')."
+        )
+    return check_text(name, f"{what} name")
+
+
 def check_text(text: str, name: str) -> str:
     """``text`` if it can be stored: every database takes text as UTF-8, which
     has no form for a lone surrogate ("\\udc80", what Python makes of bytes

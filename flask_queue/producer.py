@@ -93,7 +93,8 @@ def sync_crons(state: QueueState, *, prune: bool = True) -> dict[str, int]:
 def purge_history(state: QueueState) -> int:
     """Delete the completed jobs kept longer than ``QUEUE_KEEP_COMPLETED``, and
     those kept for their result longer than ``QUEUE_KEEP_RESULTS`` too; then
-    the step records of jobs that are gone (or moved on to another run)."""
+    the step records of jobs that are gone (or moved on to another run), and
+    the events older than ``QUEUE_KEEP_EVENTS``."""
     now = state.queue.clock()
     keep, results = state.config.keep_completed, state.config.keep_results
     if not keep:
@@ -102,6 +103,7 @@ def purge_history(state: QueueState) -> int:
     else:
         purged = state.store.purge_completed(now - keep, results_until=now - max(keep, results))
     state.store.step_records.prune()
+    state.store.events.prune(now - state.config.keep_events)
     return purged
 
 

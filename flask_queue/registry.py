@@ -21,6 +21,7 @@ from .planning import (
     MAX_NAME,
     EnqueueOptions,
     RetryPolicy,
+    check_event_name,
     check_key,
     check_priority,
     check_text,
@@ -102,8 +103,11 @@ class Handler(Generic[T, R]):
         limits: Limits | None = None,
         timeout: timedelta | None = None,
         key: Callable[[T], str] | None = None,
+        events: tuple[str, ...] = (),
     ) -> None:
         self.queue = queue
+        #: The event names whose ``queue.emit`` enqueues a job of this queue.
+        self.events = events
         #: The key of a job enqueued without ``key=``: a function of its payload.
         self.key = key
         #: A run still going after this long fails (and is retried by its policy).
@@ -200,6 +204,7 @@ class Registry:
         timeout: Duration | None = None,
         key: Callable[[Any], str] | None = None,
         fair: bool = False,
+        events: Iterable[str] = (),
     ) -> Callable[[Callable[[Job[T]], R]], Handler[T, R]]:
         """Register the decorated function as the handler of queue ``name``.
 
@@ -215,6 +220,9 @@ class Registry:
         tenant at a time"), and jobs without a key share one group. ``fair=True``:
         due jobs are claimed round-robin across keys, so one key's backlog does
         not hold the others back.
+
+        ``events=["booking.created"]``: every ``queue.emit("booking.created",
+        data)`` enqueues a job of this queue with ``data`` as its payload.
         """
         # NUL as for custom ids: PostgreSQL cannot store it, and the dashboard can
         # then answer a NUL in a queue filter as "no such queue" on every database.
@@ -236,6 +244,12 @@ class Registry:
         if not isinstance(fair, bool):
             raise InvalidOptionError(f"Invalid fair {shown(fair)}: use True or False.")
         limits = dataclasses.replace(limits, fair=fair)
+        if isinstance(events, str) or not isinstance(events, Iterable):
+            raise InvalidOptionError(
+                f"Invalid events {shown(events)} for queue {name!r}: pass a list of event"
+                " names, e.g. events=['booking.created']."
+            )
+        subscribed = tuple(dict.fromkeys(check_event_name(e) for e in events))
 
         def decorator(func: Callable[[Job[T]], R]) -> Handler[T, R]:
             if name in self.handlers:
@@ -250,6 +264,7 @@ class Registry:
                 limits=limits,
                 timeout=limit,
                 key=key,
+                events=subscribed,
             )
             self.handlers[name] = handle
             return handle

@@ -374,8 +374,11 @@ def _run(
         if control.why == CANCEL:
             return _cancelled(job, now(), ran=True), False
         seconds = time.perf_counter() - started
-        outcome = Finish(status=SCHEDULED, run_at=pause.wake, errors=job.errors)
-        return _recorded(job, outcome, at, seconds, history.SLEPT, None), None
+        steps = job.__dict__["_steps"]
+        wake_if = (steps.occurrence, pause.name) if pause.waits else None
+        outcome = Finish(status=SCHEDULED, run_at=pause.wake, errors=job.errors, wake_if=wake_if)
+        entry = history.WAITING if pause.waits else history.SLEPT
+        return _recorded(job, outcome, at, seconds, entry, None), None
     # CancelledError is a BaseException: an async handler's task cancelled (by
     # itself, or a library it awaits) ends the run as a failure, with an
     # outcome, instead of escaping the runner and leaving the job RUNNING.
@@ -449,9 +452,9 @@ def _describe(outcome: Finish) -> str:
     if (
         outcome.status == SCHEDULED
         and outcome.history
-        and outcome.history[-1]["outcome"] == history.SLEPT
+        and outcome.history[-1]["outcome"] in (history.SLEPT, history.WAITING)
     ):
-        return "sleeping"
+        return "sleeping" if outcome.history[-1]["outcome"] == history.SLEPT else "waiting"
     if outcome.status == SCHEDULED:
         return "retrying" if outcome.errors else "rescheduled"
     return "completed"

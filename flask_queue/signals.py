@@ -16,6 +16,9 @@ Each is sent in the process where the event happens, with the app as sender::
 - ``job_failed(app, job, error, will_retry)``: the handler raised (``error`` is the
   exception), or the run's process died and the retries are used up (``error`` is
   None); ``will_retry`` says whether the job runs again by its retry policy.
+- ``event_emitted(app, event)``: ``queue.emit`` stored a new event (not a duplicate
+  of its id); ``event.started`` and ``event.woke`` are the jobs it enqueued and
+  woke. With ``session=``, before your commit, as for ``job_enqueued``.
 
 A receiver that raises is logged and does not change the job's outcome.
 """
@@ -34,6 +37,7 @@ job_enqueued = _signals.signal("job-enqueued")
 job_started = _signals.signal("job-started")
 job_succeeded = _signals.signal("job-succeeded")
 job_failed = _signals.signal("job-failed")
+event_emitted = _signals.signal("event-emitted")
 
 
 def send(signal: Any, sender: Any, **kwargs: Any) -> None:
@@ -46,4 +50,4 @@ def send(signal: Any, sender: Any, **kwargs: Any) -> None:
         log.exception("flask_queue: a receiver of %s raised", signal.name)
 
 
-__all__ = ["job_enqueued", "job_failed", "job_started", "job_succeeded"]
+__all__ = ["event_emitted", "job_enqueued", "job_failed", "job_started", "job_succeeded"]

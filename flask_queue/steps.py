@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from .durations import to_timedelta
 from .errors import InvalidOptionError, InvalidResultError, InvalidStepError, shown
-from .planning import encode_result
-from .store import StepRecord, StepTaken
+from .events import wait_probe
+from .job import Event
+from .planning import check_event_name, encode_payload, encode_result
+from .store import StepRecord, StepTaken, WaitRow
 
 if TYPE_CHECKING:
     from .control import RunControl
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 NAME_LIMIT = 255
 STEP = "step"
 SLEEP = "sleep"
+WAIT = "wait"
+#: ``job.wait_for_event``'s timeout unless it names one.
+WAIT_TIMEOUT = "7d"
 
 
 class Suspended(BaseException):
@@ -51,10 +56,12 @@ class Suspended(BaseException):
     A BaseException, like ``asyncio.CancelledError``, so that a handler's own
     ``except Exception`` around a sleep does not swallow the pause."""
 
-    def __init__(self, wake: datetime, name: str) -> None:
+    def __init__(self, wake: datetime, name: str, *, waits: bool = False) -> None:
         super().__init__(wake, name)
         self.wake = wake
         self.name = name
+        #: At a ``wait_for_event`` (an emit may wake it before ``wake``).
+        self.waits = waits
 
 
 class RunSteps:
@@ -181,3 +188,33 @@ class RunSteps:
         # ``sleep_until`` reads it back on a replay, whatever ``when`` says.
         delay: timedelta = to_timedelta(duration, name=f"job.sleep({name!r}) duration")
         self.sleep_until(name, self.clock() + delay, what="sleep")
+
+    def wait_for_event(self, name: Any, event: Any, match: Any, timeout: Any) -> Event | None:
+        name = self._claim_name(name, "wait_for_event")
+        found = self._recorded(name, WAIT)
+        if found is None:
+            what = f"job.wait_for_event({name!r}, ...)"
+            event = check_event_name(event)
+            if match is not None and not isinstance(match, dict):
+                raise InvalidOptionError(
+                    f"{what} got match={shown(match)}: pass a dict the event's data must"
+                    " contain, e.g. match={'booking_id': 7}, or None for any event."
+                )
+            text = encode_payload(match) if match else None
+            limit: timedelta = to_timedelta(timeout, name=f"{what} timeout")
+            now = self.clock()
+            wait = WaitRow(
+                self.job_id, self.occurrence, name, event, text, self.attempt, now + limit, now
+            )
+            deadline = self.store.step_records.wait(wait, wait_probe(match))
+            if deadline > self.clock():
+                raise Suspended(deadline, name, waits=True)
+            # The deadline passed: the wait ends without an event, unless an
+            # emit resolved it first (then its record holds the event).
+            if self.store.step_records.time_out(wait, self.attempt):
+                return None
+            self._records = None
+            found = self._read().get(name)
+            if found is None:  # pragma: no cover - the purge took a live job's wait
+                return None
+        return None if found.result is None else Event.from_json(found.result)

@@ -39,6 +39,7 @@ from .counts import Counts, HeldKey
 from .crons import CRON_ID_PREFIX, Crons
 from .errors import DEADLOCK_RETRIES
 from .errors import is_outage as _is_outage
+from .events import EventRow, Events
 from .inserts import UNIQUE_ROUNDS, Inserts
 from .notify import Listener, Notifier
 from .predicates import (
@@ -54,7 +55,7 @@ from .ratelog import LIMITS_RECHECK, RateLog
 from .reads import Reads
 from .runs import Finish, Progress, Runs
 from .schema import ERROR_WIDTH
-from .steps import StepRecord, Steps, StepTaken
+from .steps import StepRecord, Steps, StepTaken, WaitRow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -130,6 +131,8 @@ class JobStore:
         #: The durable steps' records (``steps.Steps``; table ``core.steps``).
         self.step_records = Steps(core)
         self.inserts = Inserts(core)
+        #: The emitted events (``events.Events``; table ``core.events``).
+        self.events = Events(core, self.step_records, self.inserts)
         self.reads = Reads(core)
         self.counting = Counts(core)
         self.admin = Admin(core, self.reads)
@@ -285,6 +288,8 @@ __all__ = [
     "UNIQUE_ROUNDS",
     "UTC",
     "Claimed",
+    "EventRow",
+    "Events",
     "Finish",
     "HeldKey",
     "JobStore",
@@ -294,6 +299,7 @@ __all__ = [
     "StepRecord",
     "StepTaken",
     "Steps",
+    "WaitRow",
     "_is_outage",
     "aware_utc",
     "naive_utc",

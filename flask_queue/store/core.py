@@ -23,7 +23,14 @@ from ..job import Job, JobStatus, Progress, new_id
 from ..scheduling import ScheduleType
 from .dialects import Dialect
 from .errors import retry_on_deadlock, storage_errors
-from .schema import queue_table, starts_table, stats_table, steps_table
+from .schema import (
+    events_table,
+    queue_table,
+    starts_table,
+    stats_table,
+    steps_table,
+    waits_table,
+)
 
 UTC = timezone.utc
 Row = dict[str, Any]
@@ -123,6 +130,10 @@ class StoreCore:
         self.starts = starts_table(table.metadata, table.name)
         #: The durable steps' records (``schema.steps_table``).
         self.steps = steps_table(table.metadata, table.name)
+        #: The waits in progress and the emitted events (``schema.waits_table``,
+        #: ``schema.events_table``).
+        self.waits = waits_table(table.metadata, table.name)
+        self.events = events_table(table.metadata, table.name)
         self.clock = clock
         self._statements: dict[Any, Any] = {}
         #: Encrypts payloads at rest when QUEUE_ENCRYPTION_KEYS is set (``crypto.py``).

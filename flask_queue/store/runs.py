@@ -97,6 +97,10 @@ class Finish:
     #: A retry that keeps the row's lease: a timed-out run whose thread goes on
     #: holds its place in a concurrency limit until it returns (``let_go``).
     keep_lease: bool = False
+    #: A run that ended at a ``wait_for_event``: (occurrence, wait name). If an
+    #: emit resolved that wait while the run was writing this outcome, the job
+    #: is due now rather than at its deadline (see ``Runs.finish``).
+    wake_if: tuple[int, str] | None = None
 
     @property
     def row_error(self) -> str | None:
@@ -250,6 +254,8 @@ class Runs:
             if c.execute(stmt, {**guard, **params}).rowcount != 1:
                 self._let_go(c, [(job.id, job.attempt)])
                 return False
+            if outcome.wake_if is not None:
+                self._wake_if_resolved(c, job.id, *outcome.wake_if)
             if outcome.failed_copy_reason is not None:
                 # The failed run's record is a plain one-off row: retrying it
                 # runs that payload once; it starts no second schedule, and it
@@ -268,6 +274,26 @@ class Runs:
                 )
                 self.core.insert(c, [copy])
             return True
+
+    def _wake_if_resolved(self, c: Connection, job_id: str, occurrence: int, name: str) -> None:
+        """UPDATE by primary key: the job, just written SCHEDULED at its wait's
+        deadline, is due now if an emit resolved the wait meanwhile.
+
+        No wake-up is lost: an emit locks the job's row in the transaction
+        that records the event (``Steps.resolve``). If it came first, the
+        outcome's UPDATE waited for its commit and this one sees the record; if
+        the outcome came first, the emit finds the job SCHEDULED and makes it
+        due itself."""
+        t, s = self.core.table, self.core.steps
+        now = naive_utc(self.core.now())
+        resolved = sa.exists().where(
+            s.c.job_id == job_id, s.c.occurrence == occurrence, s.c.name == self.core.key(name)
+        )
+        c.execute(
+            sa.update(t)
+            .where(t.c.id == job_id, t.c.status == SCHEDULED, t.c.run_at > now, resolved)
+            .values(run_at=now)
+        )
 
     def _settle_cancelled(self, c: Connection, runs: list[tuple[str, int]]) -> int:
         """DELETE then UPDATE by primary key of these runs' rows, still RUNNING
@@ -373,7 +399,11 @@ class Runs:
                 continue
             if outcome.status == "DELETE":
                 deleted.append((job.id, job.attempt))
-            elif outcome.failed_copy_reason is None and outcome.status in by_status:
+            elif (
+                outcome.failed_copy_reason is None
+                and outcome.wake_if is None
+                and outcome.status in by_status
+            ):
                 by_status[outcome.status].append(_finish_params(job, outcome))
             else:
                 apart.append((job, outcome))

@@ -221,12 +221,62 @@ def steps_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
         # The job's ``count`` (runs completed) when the step ran.
         sa.Column("occurrence", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("name", _ExactString, primary_key=True),
-        # "step" or "sleep"; a sleep's result is its wake time.
+        # "step", "sleep" or "wait"; a sleep's result is its wake time, a
+        # wait's the event that resolved it (null: it timed out).
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("result", _LongText, nullable=True),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("finished_at", _DateTime, nullable=False),
         sa.Column("duration_ms", sa.Integer, nullable=True),
+    )
+
+
+def waits_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The waits in progress (``<job table>_waits``): one row per
+    ``job.wait_for_event`` a job is waiting at, by job, occurrence and name.
+    ``queue.emit`` finds the waits for its event on ``(event, probe)``: the
+    probe is a hash of one (key, value) pair of the wait's ``match``, so an
+    emit reads the waits that share a pair with its data (or match anything),
+    not every wait for that event name. The row goes when the wait is
+    resolved (an emit, or its deadline); its outcome is a step record."""
+    name = f"{job_table_name}_waits"
+    return _table(
+        metadata,
+        name,
+        "waits",
+        sa.Column("job_id", sa.String(32), primary_key=True),
+        sa.Column("occurrence", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", _ExactString, primary_key=True),
+        sa.Column("event", sa.String(255), nullable=False),
+        # SHA-256 hex of one (key, value) pair of ``match``; NULL: no match.
+        sa.Column("probe", sa.String(64), nullable=True),
+        sa.Column("match", _LongText, nullable=True),
+        # The attempt that began waiting (its record says so).
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("deadline", _DateTime, nullable=False),
+        sa.Column("created_at", _DateTime, nullable=False),
+        sa.Index(f"ix_{name}_event", "event", "probe"),
+    )
+
+
+def events_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The events ``queue.emit`` stored (``<job table>_events``): the id
+    dedupes (a webhook delivered twice is one event), ``jobs`` lists what
+    the event started and woke (the Events page), and the rows go after
+    ``QUEUE_KEEP_EVENTS``."""
+    name = f"{job_table_name}_events"
+    return _table(
+        metadata,
+        name,
+        "events",
+        sa.Column("id", _ExactString, primary_key=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("data", _LongText, nullable=False),
+        # JSON: {"started": [job ids], "woke": [job ids], "woke_count": n}.
+        sa.Column("jobs", _LongText, nullable=True),
+        sa.Column("created_at", _DateTime, nullable=False),
+        sa.Index(f"ix_{name}_created", "created_at"),
+        sa.Index(f"ix_{name}_name", "name", "created_at"),
     )
 
 

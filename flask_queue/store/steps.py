@@ -1,6 +1,9 @@
 """The durable steps' records: read a job's in one SELECT, write one per step
 (on our connection, or in the caller's session for a step whose writes must
-commit with its record), and prune those whose job or occurrence is gone."""
+commit with its record), and prune those whose job or occurrence is gone.
+Also the waits in progress (``job.wait_for_event``): registered by the run,
+resolved by an emit or by the run that finds its deadline passed, whichever
+deletes the wait's row first."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .core import COMPLETED, StoreCore, naive_utc
+from .core import COMPLETED, SCHEDULED, StoreCore, naive_utc
 from .errors import storage_errors
 
 
@@ -19,7 +22,7 @@ class StepRecord:
     """One completed step (or sleep) of a job's occurrence."""
 
     name: str
-    kind: str  # "step" or "sleep"
+    kind: str  # "step", "sleep" or "wait"
     #: JSON text of the step's result (None: it returned None); a sleep's wake time.
     result: str | None
     attempt: int
@@ -38,8 +41,27 @@ class StepTaken(Exception):
     expired went on beside its retry): the stored record stands."""
 
 
+@dataclass(frozen=True)
+class WaitRow:
+    """A wait in progress: a job's ``wait_for_event`` that no event has met yet."""
+
+    job_id: str
+    occurrence: int
+    name: str
+    event: str
+    #: JSON text of the wait's ``match`` (None: any event of that name).
+    match: str | None
+    attempt: int
+    deadline: datetime
+    created_at: datetime
+
+
+#: The longest duration a step record holds (an INTEGER column, in ms: 24 days).
+MAX_DURATION_MS = 2**31 - 1
+
+
 class Steps:
-    """Reads and writes of ``<table>_steps``."""
+    """Reads and writes of ``<table>_steps`` and ``<table>_waits``."""
 
     def __init__(self, core: StoreCore) -> None:
         self.core = core
@@ -111,13 +133,131 @@ class Steps:
                 raise StepTaken() from None
 
     def prune(self) -> int:
-        """DELETE the records whose job is gone, or whose job has moved on to
-        a later occurrence (a repeating job's next slot, a completed job run
-        again): run with the purge of finished jobs."""
-        s, t = self.core.steps, self.core.table
-        # ``occurrence_of`` in SQL: a COMPLETED job keeps the records of the
-        # run that completed it (the dashboard shows them) until its purge.
-        done = sa.and_(t.c.status == COMPLETED, t.c.count - 1 == s.c.occurrence)
-        current = sa.exists().where(t.c.id == s.c.job_id, sa.or_(t.c.count == s.c.occurrence, done))
+        """DELETE the records (and waits) whose job is gone, or whose job has
+        moved on to a later occurrence (a repeating job's next slot, a completed
+        job run again): run with the purge of finished jobs."""
+        t = self.core.table
+        pruned = 0
         with storage_errors("prune the job steps"), self.core.engine.begin() as c:
-            return int(c.execute(sa.delete(s).where(~current)).rowcount or 0)
+            for s in (self.core.steps, self.core.waits):
+                # ``occurrence_of`` in SQL: a COMPLETED job keeps the records of
+                # the run that completed it (the dashboard shows them) until its purge.
+                done = sa.and_(t.c.status == COMPLETED, t.c.count - 1 == s.c.occurrence)
+                current = sa.exists().where(
+                    t.c.id == s.c.job_id, sa.or_(t.c.count == s.c.occurrence, done)
+                )
+                pruned += int(c.execute(sa.delete(s).where(~current)).rowcount or 0)
+        return pruned
+
+    # -- waits ---------------------------------------------------------------------------
+
+    def _wait_row(self, r: Any) -> WaitRow:
+        return WaitRow(
+            r.job_id,
+            r.occurrence,
+            self._name(r.name),
+            r.event,
+            r.match,
+            r.attempt,
+            r.deadline.replace(tzinfo=timezone.utc),
+            r.created_at.replace(tzinfo=timezone.utc),
+        )
+
+    def wait(self, wait: WaitRow, probe: str | None) -> datetime:
+        """INSERT the wait, unless the job waits there already (a replay before
+        its deadline, or the run that finds it passed): the deadline that holds."""
+        w = self.core.waits
+        row = {
+            "job_id": wait.job_id,
+            "occurrence": wait.occurrence,
+            "name": self.core.key(wait.name),
+            "event": wait.event,
+            "probe": probe,
+            "match": wait.match,
+            "attempt": wait.attempt,
+            "deadline": naive_utc(wait.deadline),
+            "created_at": naive_utc(wait.created_at),
+        }
+        with storage_errors("register the wait"):
+            try:
+                with self.core.one_statement() as c:
+                    c.execute(sa.insert(w).values(row))
+                return wait.deadline
+            except sa.exc.IntegrityError:
+                pass
+            with self.core.engine.connect() as c:
+                deadline = c.execute(sa.select(w.c.deadline).where(*self._this_wait(wait))).scalar()
+        # Gone meanwhile: an emit resolved it (its record says how) or the
+        # purge took it; either way the deadline has no more say.
+        return wait.created_at if deadline is None else deadline.replace(tzinfo=timezone.utc)
+
+    def _this_wait(self, wait: WaitRow) -> tuple[sa.ColumnElement[bool], ...]:
+        w = self.core.waits
+        return (
+            w.c.job_id == wait.job_id,
+            w.c.occurrence == wait.occurrence,
+            w.c.name == self.core.key(wait.name),
+        )
+
+    def waiting(self, event: str, probes: list[str] | None, conn: Any) -> list[WaitRow]:
+        """SELECT on ``(event, probe)``: the waits for ``event`` that may match
+        data with these probes (None: every wait for the event)."""
+        w = self.core.waits
+        where = [w.c.event == event]
+        if probes is not None:
+            where.append(sa.or_(w.c.probe.is_(None), w.c.probe.in_(probes)))
+        rows = conn.execute(sa.select(w).where(*where).order_by(w.c.job_id)).all()
+        return [self._wait_row(r) for r in rows]
+
+    def current_wait(self, job_id: str, occurrence: int) -> WaitRow | None:
+        """The wait a job's occurrence is at, if any (the job page)."""
+        w = self.core.waits
+        with storage_errors("read the job's wait"), self.core.engine.connect() as c:
+            row = c.execute(
+                sa.select(w).where(w.c.job_id == job_id, w.c.occurrence == occurrence).limit(1)
+            ).first()
+        return None if row is None else self._wait_row(row)
+
+    def resolve(self, wait: WaitRow, result: str, conn: Any) -> bool:
+        """In the emit's transaction: DELETE the wait, make the job due now if
+        it is SCHEDULED at that occurrence (its row locked until the emit
+        commits, so the run that registered the wait cannot write its outcome
+        in between unseen: see ``Runs._wake_if_resolved``), and INSERT the
+        wait's record with the event as its result. False if the wait was
+        resolved already (its row gone): nothing written."""
+        t = self.core.table
+        now = naive_utc(self.core.now())
+        # The wait's row first: a wait another emit resolved (or is resolving)
+        # costs no lock on its job, whose claim (SKIP LOCKED) would pass it by.
+        if conn.execute(sa.delete(self.core.waits).where(*self._this_wait(wait))).rowcount != 1:
+            return False
+        waiting_here = sa.and_(t.c.status == SCHEDULED, t.c.count == wait.occurrence)
+        conn.execute(
+            sa.update(t)
+            .where(t.c.id == wait.job_id)
+            .values(run_at=sa.case((waiting_here, now), else_=t.c.run_at))
+        )
+        record = StepRecord(
+            wait.name, "wait", result, wait.attempt, self.core.clock(), self._waited(wait)
+        )
+        conn.execute(
+            sa.insert(self.core.steps).values(self._row(wait.job_id, wait.occurrence, record))
+        )
+        return True
+
+    def _waited(self, wait: WaitRow) -> int:
+        ms = (self.core.now() - naive_utc(wait.created_at)).total_seconds() * 1000
+        return max(0, min(round(ms), MAX_DURATION_MS))
+
+    def time_out(self, wait: WaitRow, attempt: int) -> bool:
+        """The run that found the wait's deadline passed: DELETE the wait and
+        INSERT its record (no event) in one transaction; False if an emit
+        resolved it first (its record holds the event)."""
+        record = StepRecord(wait.name, "wait", None, attempt, self.core.clock(), self._waited(wait))
+        with storage_errors("time out the wait"), self.core.engine.begin() as c:
+            if c.execute(sa.delete(self.core.waits).where(*self._this_wait(wait))).rowcount != 1:
+                return False
+            c.execute(
+                sa.insert(self.core.steps).values(self._row(wait.job_id, wait.occurrence, record))
+            )
+        return True
