@@ -13,7 +13,7 @@ import hmac
 import os
 import random
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,10 +58,13 @@ def booking_reminder(job: Job[int]) -> None:
 @queue.handler("bookingFlow", retry=["2s", "5s", "10s"])
 def booking_flow(job: Job[dict[str, Any]]) -> str:
     """A booking made of durable steps: charge (a database step, recorded in
-    the same commit as its write, so it happens once), sleep until the
-    reminder is due (``remind_in``, "1d" by default: the run ends, no thread
-    waits), then send the reminder. A retry or the run after the sleep
-    replays the handler and skips the steps that completed."""
+    the same commit as its write, so it happens once), wait up to
+    ``confirm_within`` ("1d") for the ``booking.confirmed`` event of this
+    booking (the run ends: no thread, connection or request waits), then sleep
+    until a day before the stay (``starts_at``, ISO 8601; two days after the
+    booking by default) and send the reminder. Unconfirmed in time: refund.
+    A retry or the run after the wait or the sleep replays the handler and
+    skips the steps that completed."""
     booking = job.payload.get("booking", 0)
 
     def charge() -> str:
@@ -69,9 +72,29 @@ def booking_flow(job: Job[dict[str, Any]]) -> str:
         return f"charge-{booking}"
 
     receipt = job.step("charge", charge, session=db.session)
-    job.sleep("until-reminder", job.payload.get("remind_in", "1d"))
+    confirmed = job.wait_for_event(
+        "confirmation",
+        "booking.confirmed",
+        match={"booking": booking},
+        timeout=job.payload.get("confirm_within", "1d"),
+    )
+    if confirmed is None:
+        job.step("refund", lambda: _log(job, "refunded"))
+        return f"refunded-{booking}"
+    # From the payload and the job's creation only: the code between steps
+    # runs again at every replay, so it must decide the same way each time.
+    starts = job.payload.get("starts_at")
+    made = job.created_at or job.run_at
+    stay = datetime.fromisoformat(starts) if starts else made + timedelta(days=2)
+    job.sleep_until("until-reminder", stay - timedelta(days=1))
     job.step("remind", lambda: _log(job, "reminded"))
     return receipt
+
+
+@queue.handler("confirmationMail", events=["booking.confirmed"])
+def confirmation_mail(job: Job[dict[str, Any]]) -> None:
+    """Started by every ``booking.confirmed`` event (its data is the payload)."""
+    _log(job, "mailed")
 
 
 @queue.handler("chargeCard", retry=["2s", "5s", "10s"])
@@ -217,7 +240,15 @@ def create_app(**overrides: Any) -> Flask:
         # Both jobs commit with the booking, or not at all.
         booking_reminder.enqueue(booking.id, delay="10s", session=db.session)
         charge_card.enqueue(booking.id, session=db.session)
+        booking_flow.enqueue({"booking": booking.id}, session=db.session)
         db.session.commit()
+        return redirect(url_for("index"))
+
+    @app.post("/bookings/<int:booking_id>/confirm")
+    def confirm_booking(booking_id: int) -> Any:
+        # The event's id makes a second click (or a webhook delivered twice)
+        # one event: its flow wakes once, its mail goes once.
+        queue.emit("booking.confirmed", {"booking": booking_id}, id=f"confirm-{booking_id}")
         return redirect(url_for("index"))
 
     @app.post("/enqueue/<name>")
@@ -226,6 +257,13 @@ def create_app(**overrides: Any) -> Flask:
         body = request.get_json(force=True)
         job = queue.enqueue(name, body.get("payload"), **body.get("options", {}))
         return {"id": job.id, "status": job.status.value}
+
+    @app.post("/emit/<event>")
+    def emit(event: str) -> Any:
+        """JSON API the end-to-end tests use: {"data": ..., "id": ...}."""
+        body = request.get_json(force=True)
+        emitted = queue.emit(event, body.get("data"), id=body.get("id"))
+        return {"id": emitted.id, "started": list(emitted.started), "woke": list(emitted.woke)}
 
     @app.post("/healthz")
     def healthz() -> Any:

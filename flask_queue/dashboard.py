@@ -405,7 +405,20 @@ def job(job_id: str) -> Any:
     if found is None:
         abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
     steps = actions.steps(_state(), found)
-    return render_template("flask_queue/job.html", job=found, steps=steps)
+    wait = actions.current_wait(_state(), found)
+    return render_template("flask_queue/job.html", job=found, steps=steps, wait=wait)
+
+
+#: Events the Events page lists (the newest).
+EVENTS_SHOWN = 100
+
+
+def events() -> Any:
+    name = request.args.get("name") or None
+    if name is not None and (_unstorable(name) or len(name) > 255):
+        abort(404, f"No events named {name!r}.")
+    shown = actions.events(_state(), name=name, limit=EVENTS_SHOWN)
+    return render_template("flask_queue/events.html", events=shown, name=name, limit=EVENTS_SHOWN)
 
 
 def job_payload(job_id: str) -> Any:
@@ -503,6 +516,7 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     bp.add_url_rule("/", view_func=index, methods=["GET"])
     bp.add_url_rule("/jobs/<status>", view_func=jobs, methods=["GET"])
     bp.add_url_rule("/search", view_func=search, methods=["GET"])
+    bp.add_url_rule("/events", view_func=events, methods=["GET"])
     bp.add_url_rule("/job/<job_id>", view_func=job, methods=["GET"])
     bp.add_url_rule("/job/<job_id>/payload.json", view_func=job_payload, methods=["GET"])
     bp.add_url_rule("/job/<job_id>/<action>", view_func=job_action, methods=["POST"])

@@ -106,7 +106,7 @@ def emit_event(
     existing, woke = store.events.emit(record, rows, data_probes(data), matches, met, conn)
     if existing is not None:
         return Event.from_row(existing)  # a duplicate: nothing more happens
-    stored = Event(event_id, name, data, now, record.started, tuple(woke))
+    stored = Event(event_id, name, data, now, record.started, tuple(woke), len(woke))
     if signals.job_enqueued.receivers:
         for row in rows:
             signals.send(signals.job_enqueued, state.app, job=store.to_job(row, payload=data))

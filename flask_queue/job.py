@@ -249,7 +249,8 @@ class Event:
     """An emitted event: what ``queue.emit`` returns and what
     ``job.wait_for_event`` gives the handler. ``started`` and ``woke`` are the
     jobs it enqueued and the waiting jobs it met (empty where not known: in a
-    handler's wait)."""
+    handler's wait); a stored event lists at most 100 woken jobs, and
+    ``woke_count`` counts them all."""
 
     id: str
     name: str
@@ -257,6 +258,7 @@ class Event:
     created_at: datetime
     started: tuple[str, ...] = ()
     woke: tuple[str, ...] = ()
+    woke_count: int = 0
 
     def to_json(self) -> str:
         """The record a wait keeps of the event that met it."""
@@ -278,4 +280,5 @@ class Event:
     @classmethod
     def from_row(cls, row: Any) -> Event:
         """From the store's ``EventRow`` (its data as JSON text)."""
-        return cls(row.id, row.name, json.loads(row.data), row.created_at, row.started, row.woke)
+        data = json.loads(row.data)
+        return cls(row.id, row.name, data, row.created_at, row.started, row.woke, row.woke_count)

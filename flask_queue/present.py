@@ -309,11 +309,26 @@ def step_preview(record: Any) -> str:
     """A step's result on one line, masked like payloads and cut to
     ``STEP_PREVIEW``; a sleep's wake time as the time it is."""
     if record.result is None:
-        return "null"
+        return "timed out: no event" if record.kind == "wait" else "null"
     value = json.loads(record.result)
     if record.kind == "sleep":
         return f"until {value.replace('T', ' ')[:19]} UTC"
+    if record.kind == "wait":
+        # The event that met the wait (a timed-out wait's result is null).
+        value = {"event": value["name"], "id": value["id"], "data": value["data"]}
     text = json.dumps(mask(value), sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= STEP_PREVIEW else text[: STEP_PREVIEW - 1] + "…"
+
+
+def wait_match(wait: Any) -> str:
+    """A wait's ``match`` on one line, masked like payloads."""
+    text = json.dumps(mask(json.loads(wait.match)), sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= STEP_PREVIEW else text[: STEP_PREVIEW - 1] + "…"
+
+
+def event_preview(event: Any) -> str:
+    """An event's data on one line, masked like payloads (the Events page)."""
+    text = json.dumps(mask(event.data), sort_keys=True, ensure_ascii=False)
     return text if len(text) <= STEP_PREVIEW else text[: STEP_PREVIEW - 1] + "…"
 
 

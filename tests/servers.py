@@ -149,6 +149,11 @@ class Server:
         assert status == 200, body
         return body  # type: ignore[no-any-return]
 
+    def emit(self, event: str, data: Any, event_id: str | None = None) -> dict[str, Any]:
+        status, body = self.request("POST", f"/emit/{event}", {"data": data, "id": event_id})
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
     def ping(self) -> dict[str, Any]:
         """What a cron pinger does: GET /_queue/produce with the bearer token."""
         from flask_queue.signing import produce_token

@@ -185,32 +185,60 @@ def test_keys_at_their_limit_in_chromium(
 
 
 @pytest.mark.parametrize("size", [(375, 812), (1440, 900)], ids=["375", "1440"])
-def test_a_sleeping_jobs_steps_in_chromium(
+def test_a_booking_flows_wait_sleep_and_events_in_chromium(
     exporting: dict[str, Any],
     browser: Any,  # noqa: F811 - the fixture
     size: tuple[int, int],
 ) -> None:
-    # The example's booking flow charges, then sleeps a day: its page says when
-    # it wakes and lists both records, on a phone as on a desktop.
+    # The example's booking flow charges, then waits for its confirmation: its
+    # page says what it waits for; the confirmation's emit shows on the Events
+    # page with the job it woke and the mail it started; the flow then sleeps
+    # until a day before the stay, and its page lists the three records.
     from example_app import queue
 
     server, reader = exporting["server"], exporting["reader"]
-    flow = server.enqueue("bookingFlow", {"booking": size[0], "remind_in": "1d"})
-    with reader.app_context():
-        give_up = time.monotonic() + 20
-        while not ((seen := queue.get(flow["id"])) is not None and seen.history):
-            assert time.monotonic() < give_up, "the flow never ran"
-            time.sleep(0.05)
-        assert seen.status is JobStatus.SCHEDULED
+    booking = size[0]
+    flow = server.enqueue("bookingFlow", {"booking": booking})
+
+    def history(length: int) -> Any:
+        with reader.app_context():
+            give_up = time.monotonic() + 20
+            while not (
+                (seen := queue.get(flow["id"])) is not None and len(seen.history or ()) >= length
+            ):
+                assert time.monotonic() < give_up, "the flow did not get there"
+                time.sleep(0.05)
+            return seen
+
+    assert history(1).status is JobStatus.SCHEDULED
     context = _context(browser, size)
     page = context.new_page()
     try:
         page.goto(f"{server.base}/_queue/job/{flow['id']}")
+        assert page.locator("p.waiting").is_visible()
+        assert "booking.confirmed" in page.locator("p.waiting").inner_text()
+        assert page.locator("table.steps tbody tr").count() == 1
+        _check_layout(page, "issue20-waiting", size[0])
+
+        emitted = server.emit("booking.confirmed", {"booking": booking}, f"confirm-{booking}")
+        assert emitted["woke"] == [flow["id"]]
+        assert history(2).history[-1]["outcome"] == "slept"
+        page.goto(f"{server.base}/_queue/events")
+        row = page.locator("table.events tbody tr", has_text=f"confirm-{booking}")
+        assert row.locator("td[data-label='Woke']").inner_text().strip() == flow["id"]
+        started = row.locator("td[data-label='Started'] a")
+        assert started.count() == 1 and started.inner_text().strip() == emitted["started"][0]
+        assert f'"booking": {booking}' in row.locator("td[data-label='Data']").inner_text()
+        _check_layout(page, "issue20-events", size[0])
+        row.locator("td[data-label='Woke'] a").click()
+        page.wait_for_url(f"**/_queue/job/{flow['id']}")
         steps = page.locator("table.steps tbody tr")
-        assert steps.count() == 2
+        assert steps.count() == 3
         assert steps.nth(0).locator("td[data-label='Step']").inner_text().strip() == "charge"
-        assert f'"charge-{size[0]}"' in steps.nth(0).locator("td[data-label='Result']").inner_text()
-        assert "sleep" in steps.nth(1).locator("td[data-label='Step']").inner_text()
+        assert f'"charge-{booking}"' in steps.nth(0).locator("td[data-label='Result']").inner_text()
+        assert "wait" in steps.nth(1).locator("td[data-label='Step']").inner_text()
+        assert f"confirm-{booking}" in steps.nth(1).locator("td[data-label='Result']").inner_text()
+        assert "sleep" in steps.nth(2).locator("td[data-label='Step']").inner_text()
         assert page.get_by_text("Sleeping at").is_visible()
         _check_layout(page, "issue20-steps", size[0])
     finally:

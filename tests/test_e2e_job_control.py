@@ -5,6 +5,7 @@ process (another "host") that only reads and cancels."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -63,27 +64,48 @@ def test_result_progress_cancel_and_timeout_through_the_invoke_endpoint(
 
 
 @all_databases
-def test_steps_and_a_sleep_through_the_invoke_endpoint(db_url: str, tmp_path: Path) -> None:
-    # Each run is an invoke request that ends at the sleep; the run after it
-    # (a ping once it is due) replays the handler past the charge.
+def test_a_booking_flow_through_the_invoke_endpoint(db_url: str, tmp_path: Path) -> None:
+    # Each run is an invoke request that ends at the wait or the sleep: the
+    # emit of the confirmation wakes the flow (and starts its mail), the run
+    # after that sleeps until a day before the stay, and a ping once it is due
+    # replays the handler past the charge and the confirmation.
     from example_app import queue
 
     with isolated_database(db_url, tmp_path) as url:
         server = Server(url, QUEUE_KEEP_COMPLETED="1h").start()
         try:
             reader = _reader(url)
-            flow = server.enqueue("bookingFlow", {"booking": 7, "remind_in": "1s"})
+            stay = datetime.now(timezone.utc) + timedelta(days=1, seconds=2)
+            flow = server.enqueue("bookingFlow", {"booking": 7, "starts_at": stay.isoformat()})
             with reader.app_context():
-                slept = _until(lambda: (j := queue.get(flow["id"])) and j.history and j)
-                assert slept.status is JobStatus.SCHEDULED
-                assert slept.history[-1]["outcome"] == "slept"
-            time.sleep(1.1)
+                waiting = _until(lambda: (j := queue.get(flow["id"])) and j.history and j)
+                assert waiting.status is JobStatus.SCHEDULED
+                assert waiting.history[-1]["outcome"] == "waiting"
+            emitted = server.emit("booking.confirmed", {"booking": 7}, "confirm-7")
+            assert emitted["woke"] == [flow["id"]] and len(emitted["started"]) == 1
+            with reader.app_context():
+                _until(lambda: (j := queue.get(flow["id"])) and len(j.history or []) == 2)
+                slept = queue.get(flow["id"])
+                assert slept.history[-1]["outcome"] == "slept"  # type: ignore[union-attr]
+                mail = queue.wait(emitted["started"][0], timeout="20s")
+                assert mail.status is JobStatus.COMPLETED
+            again = server.emit("booking.confirmed", {"booking": 7}, "confirm-7")
+            assert again["id"] == "confirm-7"  # the same event: nothing more happens
+            time.sleep(
+                max(0.0, (stay - timedelta(days=1) - datetime.now(timezone.utc)).total_seconds())
+                + 0.1
+            )
             server.ping()
             with reader.app_context():
                 done = queue.wait(flow["id"], timeout="20s")
                 assert done.status is JobStatus.COMPLETED and done.result == "charge-7"
-                assert [h["outcome"] for h in done.history or []] == ["slept", "succeeded"]
-            events = [r["event"] for r in server.runs() if r["queue"] == "bookingFlow"]
-            assert events == ["charged", "reminded"]
+                assert [h["outcome"] for h in done.history or []] == [
+                    "waiting",
+                    "slept",
+                    "succeeded",
+                ]
+            runs = [(r["queue"], r["event"]) for r in server.runs()]
+            assert [e for q, e in runs if q == "bookingFlow"] == ["charged", "reminded"]
+            assert [e for q, e in runs if q == "confirmationMail"] == ["mailed"]
         finally:
             server.stop()

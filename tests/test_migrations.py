@@ -42,6 +42,8 @@ def test_flask_db_migrate_creates_job_table_and_indexes(db_url: str, tmp_path: P
         assert "op.create_table('queue_job'" in script
         assert "op.create_table('queue_job_queues'" in script
         assert "op.create_table('queue_job_stats'" in script
+        for part in ("steps", "waits", "events"):  # durable steps and events
+            assert f"op.create_table('queue_job_{part}'" in script
         engine = sa.create_engine(url)
         try:
             inspector = sa.inspect(engine)
