@@ -18,7 +18,8 @@ from .errors import ConfigError, InvalidOptionError, JobNotFoundError, JobTimeou
 from .job import WAIT_TIMEOUT, Event, Job, JobStatus
 from .planning import check_custom_id, check_event_name
 from .state import QueueState
-from .store import HeldKey, StepRecord, WaitRow
+from .store import HeldKey, Link, StepRecord, WaitRow
+from .store.core import nameable
 from .store.steps import occurrence_of
 
 J = TypeVar("J", "Job[Any]", "Job[Any] | None")
@@ -40,6 +41,11 @@ def current_wait(state: QueueState, job: Job[Any]) -> WaitRow | None:
     if job.status is not JobStatus.SCHEDULED:
         return None
     return state.store.step_records.current_wait(job.id, job.count)
+
+
+def links(state: QueueState, job: Job[Any]) -> tuple[list[Link], list[Link]]:
+    """A job's parents and (the first 100 of) its children (the job page)."""
+    return state.store.deps.parents(job.id), state.store.deps.children(job.id)
 
 
 def events(state: QueueState, *, name: str | None = None, limit: int = 50) -> list[Event]:
@@ -127,7 +133,11 @@ def require(state: QueueState, job_id: str) -> Job[Any]:
 
 
 def delete(state: QueueState, job_id: str) -> bool:
-    """Delete a job; False when there was none."""
+    """Delete a job; False when there was none. Its BLOCKED children are
+    cancelled first: a parent that is gone would count as completed."""
+    if nameable(job_id):
+        why = f"Cancelled: its parent job {job_id} was deleted."
+        state.store.deps.cancel_children([job_id], why)
     return state.store.delete(job_id)
 
 
@@ -189,6 +199,7 @@ def retry_failed(state: QueueState, queue: str | None = None) -> int:
 
 def delete_failed(state: QueueState, queue: str | None = None) -> int:
     """Delete every FAILED job (of ``queue``); how many."""
+    state.store.deps.cancel_children_of_failed(queue)
     return state.store.delete_failed(queue)
 
 

@@ -64,7 +64,7 @@ FAILURE_SAMPLE = 1_000
 STATUSES = [s.value for s in JobStatus]
 #: Lists of finished jobs read newest first; upcoming ones soonest first.
 NEWEST_FIRST = {JobStatus.FAILED.value, JobStatus.COMPLETED.value, JobStatus.CANCELLED.value}
-OPTIONAL_TABS = {JobStatus.COMPLETED.value, JobStatus.CANCELLED.value}
+OPTIONAL_TABS = {JobStatus.COMPLETED.value, JobStatus.CANCELLED.value, JobStatus.BLOCKED.value}
 PUBLIC_ENDPOINTS = {"queue.invoke", "queue.produce", "queue.metrics", "queue.static"}
 
 
@@ -406,7 +406,15 @@ def job(job_id: str) -> Any:
         abort(404, f"No job with id {job_id!r} (finished jobs are deleted unless kept).")
     steps = actions.steps(_state(), found)
     wait = actions.current_wait(_state(), found)
-    return render_template("flask_queue/job.html", job=found, steps=steps, wait=wait)
+    parents, children = actions.links(_state(), found)
+    return render_template(
+        "flask_queue/job.html",
+        job=found,
+        steps=steps,
+        wait=wait,
+        parents=parents,
+        children=children,
+    )
 
 
 #: Events the Events page lists (the newest).

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import signals
 from .actions import waitable
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, shown
 from .job import Job, new_id
 from .planning import (
     ENQUEUE_OPTIONS,
@@ -24,6 +24,7 @@ from .planning import (
 )
 from .state import QueueState
 from .store import naive_utc
+from .store.core import BLOCKED, nameable
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -47,11 +48,14 @@ def enqueue(
             raise InvalidOptionError(f"{option}= needs id=: the window is per custom id.")
         if options.get(option) is not None and override:
             raise InvalidOptionError(f"{option}= and override=True both given: pass one.")
+    parents = _parents(options) if options.get("after") is not None else None
     fields = _planned(state, name, options)
     text = encode_payload(payload, state.config.max_payload)
     key = _key(state, name, options, payload)
     row = store.new_row(custom_id=id, payload=text, key=key, **fields)
     conn = session.connection() if session is not None else None
+    if parents is not None:
+        return _enqueue_blocked(state, row, payload, parents, session)
     due = row["run_at"] <= naive_utc(state.queue.clock())
     if id is not None:
         debounce = options.get("debounce") is not None
@@ -73,6 +77,101 @@ def enqueue(
     if created and due:
         dispatch_after_commit(state, [job.id], session)
     return waitable(state, job)
+
+
+#: Parents one job may wait for.
+MAX_PARENTS = 100
+
+
+def _parents(options: EnqueueOptions) -> list[tuple[str, bool]]:
+    """``after=``'s parents as (id, whether a Job was passed), checked."""
+    after = options.get("after")
+    for other in ("id", "cron", "every", "debounce", "unique_for"):
+        if options.get(other) is not None:
+            raise InvalidOptionError(
+                f"after= and {other}= both given: a job with parents runs once, when they"
+                " have completed, and takes no custom id or window (yet)."
+            )
+    if isinstance(after, (str, Job)) or not isinstance(after, (list, tuple)):
+        raise InvalidOptionError(
+            f"Invalid after {shown(after)}: pass a list of jobs (what enqueue returned) or"
+            " job ids, e.g. after=[charge, ship]."
+        )
+    if not 1 <= len(after) <= MAX_PARENTS:
+        raise InvalidOptionError(
+            f"after= lists {len(after)} jobs: a job waits for 1 to {MAX_PARENTS} parents"
+            " (for more, use queue.batch(on_success=...))."
+        )
+    parents: list[tuple[str, bool]] = []
+    for parent in after:
+        if isinstance(parent, Job):
+            parents.append((parent.id, True))
+        elif isinstance(parent, str) and parent and nameable(parent):
+            parents.append((parent, False))
+        else:
+            raise InvalidOptionError(
+                f"Invalid parent {shown(parent)} in after=: pass a Job or a job id (str)."
+            )
+    return parents
+
+
+def _enqueue_blocked(
+    state: QueueState,
+    row: dict[str, Any],
+    payload: Any,
+    parents: list[tuple[str, bool]],
+    session: AnySession | None,
+) -> Job[Any]:
+    """INSERT a job BLOCKED with its parents, then free it at once if they are
+    done (after the commit, with ``session=``). An id that names no job is
+    refused; a Job that is gone has completed (a job whose handler returned
+    None is deleted at its success)."""
+    store = state.store
+    conn = session.connection() if session is not None else None
+    found = store.deps.statuses([p for p, _ in parents], conn)
+    unknown = [p for p, held in parents if not held and p not in found]
+    if unknown:
+        raise InvalidOptionError(
+            f"after= names no job {unknown[0]!r}: pass the Job that enqueue returned (a job"
+            " whose handler returned None is deleted at its success, and a Job held says"
+            " it existed), or the id of a job that exists."
+        )
+    row["status"] = BLOCKED
+    store.deps.add([row], [p for p, _ in parents], conn=conn)
+    job = store.to_job(row, payload=payload)
+    signals.send(signals.job_enqueued, state.app, job=job)
+    free_after_commit(state, [job.id], session)
+    return waitable(state, store.get(job.id) if session is None else job)  # type: ignore[arg-type]
+
+
+def free_after_commit(state: QueueState, job_ids: list[str], session: AnySession | None) -> None:
+    """Free these BLOCKED jobs whose parents are done, and dispatch those due:
+    now, or after ``session`` commits."""
+    if session is None:
+        _free(state, job_ids)
+        return
+    real = session() if callable(session) else session
+    real.info.setdefault("flask_queue_blocked", []).extend((state, i) for i in job_ids)
+    if not real.info.get("flask_queue_blocked_hooked"):
+        from sqlalchemy import event
+
+        event.listen(real, "after_commit", _free_pending)
+        event.listen(real, "after_rollback", lambda s: s.info.pop("flask_queue_blocked", None))
+        real.info["flask_queue_blocked_hooked"] = True
+
+
+def _free(state: QueueState, job_ids: list[str]) -> None:
+    freed = state.store.deps.resolve(job_ids).freed
+    if freed:
+        _dispatch(state, freed)
+
+
+def _free_pending(session: Session) -> None:
+    by_state: dict[int, tuple[QueueState, list[str]]] = {}
+    for state, job_id in session.info.pop("flask_queue_blocked", []):
+        by_state.setdefault(id(state), (state, []))[1].append(job_id)
+    for state, job_ids in by_state.values():
+        _free(state, job_ids)
 
 
 def enqueue_many(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from . import actions, enqueue, producer
+from .batches import Batch
 from .config import DEFAULTS, read_config
 from .deliveries import DeliveryLog
 from .durations import Duration
@@ -201,6 +202,22 @@ class Queue(Registry):
         it is all written in that session's transaction, dispatched after the
         commit."""
         return emit_event(self.state(), event, data, id=id, session=session)
+
+    def batch(
+        self,
+        *,
+        on_complete: str | None = None,
+        on_success: str | None = None,
+        session: Any = None,
+    ) -> Batch:
+        """``with queue.batch(on_complete="report") as batch: batch.enqueue(...)``:
+        when the block ends, a job of ``on_complete`` is enqueued that runs once
+        every member has finished, and one of ``on_success`` that runs once every
+        member has completed (cancelled if one fails or is cancelled), each
+        exactly once, with ``{"batch": id, "total", "completed", "failed",
+        "cancelled"}`` as its payload. With ``session=`` members and callbacks
+        are written in that session's transaction."""
+        return Batch(self.state(), on_complete, on_success, session)
 
     def events(self, *, name: str | None = None, limit: int = 50) -> list[Event]:
         """The newest emitted events first (of ``name``, if given)."""

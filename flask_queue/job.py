@@ -47,6 +47,8 @@ class JobStatus(str, enum.Enum):
     COMPLETED = "COMPLETED"
     #: Cancelled by ``queue.cancel``: kept like FAILED, and retryable.
     CANCELLED = "CANCELLED"
+    #: Enqueued with ``after=``: waits for its parents to complete, then is due.
+    BLOCKED = "BLOCKED"
 
     def __str__(self) -> str:
         return self.value
@@ -189,6 +191,13 @@ class Job(Generic[T]):
         """``sleep`` until ``when`` (a timezone-aware datetime); a time passed
         already goes straight on."""
         self._run_control("sleep_until", "_steps").sleep_until(name, when)
+
+    @property
+    def parent_results(self) -> dict[str, Any]:
+        """{parent id: result} of a job enqueued with ``after=`` (read once per
+        run; a parent that returned None, or whose row was purged before its
+        last sibling finished, maps to None). Inside the handler only."""
+        return self._run_control("parent_results", "_steps").parent_results()  # type: ignore[no-any-return]
 
     def wait_for_event(
         self, name: str, event: str, match: dict[str, Any] | None = None, timeout: Any = "7d"

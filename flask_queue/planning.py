@@ -54,17 +54,18 @@ class EnqueueOptions(TypedDict, total=False):
     max_wait: Duration | None
     unique_for: Duration | None
     key: str | None
+    after: Sequence[Any] | None
     session: AnySession | None
 
 
 #: What ``EnqueueOptions`` names, checked at run time (a typo is an error).
 ENQUEUE_OPTIONS = frozenset(EnqueueOptions.__annotations__)
 #: The options that name or window one job: ``enqueue_many`` refuses them.
-ONE_JOB_OPTIONS = frozenset({"id", "override", "debounce", "max_wait", "unique_for"})
+ONE_JOB_OPTIONS = frozenset({"id", "override", "debounce", "max_wait", "unique_for", "after"})
 #: What ``enqueue_many`` takes.
 MANY_OPTIONS = ENQUEUE_OPTIONS - ONE_JOB_OPTIONS
 #: The options ``plan`` reads (the rest are the enqueue's own).
-PLAN_OPTIONS = ENQUEUE_OPTIONS - {"id", "override", "session", "priority", "key"}
+PLAN_OPTIONS = ENQUEUE_OPTIONS - {"id", "override", "session", "priority", "key", "after"}
 
 
 def check_options(options: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:

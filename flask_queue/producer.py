@@ -104,6 +104,7 @@ def purge_history(state: QueueState) -> int:
         purged = state.store.purge_completed(now - keep, results_until=now - max(keep, results))
     state.store.step_records.prune()
     state.store.events.prune(now - state.config.keep_events)
+    state.store.deps.prune()
     return purged
 
 
@@ -125,6 +126,8 @@ def housekeep(state: QueueState) -> tuple[dict[str, int], int]:
         if state.queue.crons:
             crons = sync_crons(state, prune=False)
         purged = purge_history(state)
+        # The jobs whose parents are done are due before this produce claims.
+        state.store.deps.resolve()
         flush_stats(state)
     except QueueError as exc:
         # An outage is logged once by the loops that retry it (the claim fails

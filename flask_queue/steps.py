@@ -87,6 +87,7 @@ class RunSteps:
         self.control = control
         self._records: dict[str, StepRecord] | None = None
         self._used: set[str] = set()
+        self._parents: dict[str, Any] | None = None
 
     def _read(self) -> dict[str, StepRecord]:
         if self._records is None:
@@ -218,3 +219,8 @@ class RunSteps:
             if found is None:  # pragma: no cover - the purge took a live job's wait
                 return None
         return None if found.result is None else Event.from_json(found.result)
+
+    def parent_results(self) -> dict[str, Any]:
+        if self._parents is None:
+            self._parents = self.store.deps.results(self.job_id)
+        return self._parents

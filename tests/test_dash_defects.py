@@ -255,6 +255,17 @@ def test_scheduler_runs_due_jobs_under_gunicorn_without_any_request(
     tmp_path: Path, preload: bool
 ) -> None:
     out, env = _probe_module(tmp_path)
+    # The tables first, once: two workers' db.create_all() at once on one SQLite
+    # file race (one fails with "table already exists" and the worker dies).
+    subprocess.run(
+        [sys.executable, "-c", "import probe_app; probe_app.create_app()"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    for booted in out.glob("booted-*"):
+        booted.unlink()
     port = free_port()
     args = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}"]
     args += ["--preload"] if preload else []

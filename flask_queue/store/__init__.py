@@ -37,6 +37,7 @@ from .core import (
 )
 from .counts import Counts, HeldKey
 from .crons import CRON_ID_PREFIX, Crons
+from .deps import NEEDS_COMPLETED, NEEDS_ENDED, Deps, Link, Resolved
 from .errors import DEADLOCK_RETRIES
 from .errors import is_outage as _is_outage
 from .events import EventRow, Events
@@ -133,6 +134,8 @@ class JobStore:
         self.inserts = Inserts(core)
         #: The emitted events (``events.Events``; table ``core.events``).
         self.events = Events(core, self.step_records, self.inserts)
+        #: The BLOCKED jobs' parents (``deps.Deps``; table ``core.deps``).
+        self.deps = Deps(core, self.inserts)
         self.reads = Reads(core)
         self.counting = Counts(core)
         self.admin = Admin(core, self.reads)
@@ -282,19 +285,24 @@ __all__ = [
     "LEASE_EXPIRED_LINE",
     "LIMITS_RECHECK",
     "LIVE",
+    "NEEDS_COMPLETED",
+    "NEEDS_ENDED",
     "REASON_TAIL",
     "RUNNING",
     "SCHEDULED",
     "UNIQUE_ROUNDS",
     "UTC",
     "Claimed",
+    "Deps",
     "EventRow",
     "Events",
     "Finish",
     "HeldKey",
     "JobStore",
+    "Link",
     "Listener",
     "Progress",
+    "Resolved",
     "Row",
     "StepRecord",
     "StepTaken",

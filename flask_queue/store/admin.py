@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from ..errors import InvalidStatusError, JobNotFoundError, StorageError
 from ..job import Job
 from .core import (
+    BLOCKED,
     CANCELLED,
     COMPLETED,
     FAILED,
@@ -76,7 +77,7 @@ class Admin:
         with storage_errors("cancel a job"), self.core.engine.begin() as c:
             now_cancelled = c.execute(
                 sa.update(t)
-                .where(t.c.id == job_id, t.c.status == SCHEDULED)
+                .where(t.c.id == job_id, t.c.status.in_((SCHEDULED, BLOCKED)))
                 .values(
                     status=CANCELLED,
                     cancelled_at=now,
@@ -97,8 +98,8 @@ class Admin:
         status = row._mapping["status"]
         if status != RUNNING and not now_cancelled.rowcount:
             raise InvalidStatusError(
-                f"Cannot cancel job {job_id!r}: it is {status} (only SCHEDULED and RUNNING"
-                " jobs can be)."
+                f"Cannot cancel job {job_id!r}: it is {status} (only SCHEDULED, BLOCKED and"
+                " RUNNING jobs can be)."
             )
         return self.core.to_job(row)
 

@@ -24,6 +24,7 @@ from ..scheduling import ScheduleType
 from .dialects import Dialect
 from .errors import retry_on_deadlock, storage_errors
 from .schema import (
+    deps_table,
     events_table,
     queue_table,
     starts_table,
@@ -41,6 +42,7 @@ RUNNING = JobStatus.RUNNING.value
 FAILED = JobStatus.FAILED.value
 COMPLETED = JobStatus.COMPLETED.value
 CANCELLED = JobStatus.CANCELLED.value
+BLOCKED = JobStatus.BLOCKED.value
 #: Statuses that hold a custom id.
 LIVE = (SCHEDULED, RUNNING)
 
@@ -134,6 +136,8 @@ class StoreCore:
         #: ``schema.events_table``).
         self.waits = waits_table(table.metadata, table.name)
         self.events = events_table(table.metadata, table.name)
+        #: Parents of the jobs enqueued with ``after=`` (``schema.deps_table``).
+        self.deps = deps_table(table.metadata, table.name)
         self.clock = clock
         self._statements: dict[Any, Any] = {}
         #: Encrypts payloads at rest when QUEUE_ENCRYPTION_KEYS is set (``crypto.py``).

@@ -280,6 +280,29 @@ def events_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME
     )
 
 
+def deps_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
+    """The parents of jobs enqueued with ``after=`` (``<job table>_deps``),
+    and of batch callbacks: one row per (child, parent). ``needs`` says what
+    frees the child: every parent COMPLETED ("completed"), or every parent
+    ended whatever its outcome ("ended": ``on_complete``). A parent's result
+    is copied here when its child is freed (``job.parent_results``), so the
+    parent's row may go first."""
+    name = f"{job_table_name}_deps"
+    return _table(
+        metadata,
+        name,
+        "dependencies",
+        sa.Column("child_id", sa.String(32), primary_key=True),
+        sa.Column("parent_id", sa.String(32), primary_key=True),
+        sa.Column("needs", sa.String(16), nullable=False),
+        # The batch a callback child reports on (None: a plain ``after=``).
+        sa.Column("batch", sa.String(32), nullable=True),
+        sa.Column("result", _LongText, nullable=True),
+        # The job page lists a job's children.
+        sa.Index(f"ix_{name}_parent", "parent_id"),
+    )
+
+
 def stats_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME) -> sa.Table:
     """Runs finished per minute and queue (``<job table>_stats``), for the
     dashboard's charts: each process adds its counts in one statement per
