@@ -208,11 +208,11 @@ class RunSteps:
                 self.job_id, self.occurrence, name, event, text, self.attempt, now + limit, now
             )
             deadline = self.store.step_records.wait(wait, wait_probe(match))
-            if deadline > self.clock():
+            if deadline is not None and deadline > self.clock():
                 raise Suspended(deadline, name, waits=True)
             # The deadline passed: the wait ends without an event, unless an
             # emit resolved it first (then its record holds the event).
-            if self.store.step_records.time_out(wait, self.attempt):
+            if deadline is not None and self.store.step_records.time_out(wait, self.attempt):
                 return None
             self._records = None
             found = self._read().get(name)

@@ -403,3 +403,131 @@ def test_flask_queue_emit(make_app: AppFactory, clock: Clock) -> None:
     assert again.output == "event w5 was emitted already at 2026-03-01 12:00:00 UTC: nothing done\n"
     bad = runner.invoke(args=["queue", "emit", "booking.confirmed", "{nope"])
     assert bad.exit_code == 2 and "JSON" in bad.output
+
+
+# -- found by the review of the events (each failed before its fix) ----------------------------
+
+
+@all_databases
+def test_an_event_name_matches_exactly(make_app: AppFactory, clock: Clock) -> None:
+    """Before: on MariaDB the names' collation folded case and trailing spaces,
+    so "BOOKING.CONFIRMED" woke a wait for "booking.confirmed"."""
+    queue = booking_queue(clock)
+    app = make_app(queue)
+    with app.app_context():
+        queue.enqueue("booking", {"id": 7, "amount": 30})
+        assert queue.emit("BOOKING.CONFIRMED", {"booking_id": 7}).woke == ()
+        assert queue.emit("booking.confirmed ", {"booking_id": 7}).woke == ()
+        assert [e.name for e in queue.events(name="booking.confirmed")] == []
+        assert [e.name for e in queue.events(name="BOOKING.CONFIRMED")] == ["BOOKING.CONFIRMED"]
+
+
+@all_databases
+def test_an_emit_between_a_replays_read_and_its_wait_leaves_no_wait_behind(
+    make_app: AppFactory, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the replay had read its records before the emit resolved the
+    wait, so it registered the wait again; the job completed, but the wait row
+    stayed, and every later matching emit failed on the record's primary key."""
+    queue = booking_queue(clock)
+    app = make_app(queue, QUEUE_KEEP_COMPLETED="1d")
+    steps = app.extensions["queue"].store.step_records
+    register = steps.wait
+
+    def emit_then_wait(wait: WaitRow, probe: str | None) -> Any:
+        queue.emit("booking.confirmed", {"booking_id": 7, "n": 1})
+        return register(wait, probe)
+
+    with app.app_context():
+        job = queue.enqueue("booking", {"id": 7, "amount": 30})
+        clock.advance(hours=1)
+        monkeypatch.setattr(steps, "wait", emit_then_wait)
+        queue.run_now(job.id)
+        queue.produce()
+        monkeypatch.setattr(steps, "wait", register)
+        done = queue.get(job.id)
+        assert done.status is JobStatus.COMPLETED  # type: ignore[union-attr]
+        assert done.result["confirmed"] == {"booking_id": 7, "n": 1}  # type: ignore[union-attr,index]
+        assert rows_of(app, "waits") == []
+        later = queue.emit("booking.confirmed", {"booking_id": 7, "n": 2}, id="later")
+        assert later.woke == () and [e.id for e in queue.events(limit=1)] == ["later"]
+
+
+@all_databases
+def test_a_cancelled_or_deleted_waiting_job_is_not_woken(
+    make_app: AppFactory, clock: Clock
+) -> None:
+    """Before: an emit 'woke' a cancelled or deleted job and wrote it a record."""
+    queue = booking_queue(clock)
+    app = make_app(queue, QUEUE_KEEP_COMPLETED="1d")
+    with app.app_context():
+        cancelled = queue.enqueue("booking", {"id": 7, "amount": 30})
+        queue.cancel(cancelled.id)
+        deleted = queue.enqueue("booking", {"id": 8, "amount": 30})
+        queue.delete(deleted.id)
+        assert queue.emit("booking.confirmed", {"booking_id": 7}).woke == ()
+        assert queue.emit("booking.confirmed", {"booking_id": 8}).woke == ()
+        assert [r.kind for r in rows_of(app, "steps")] == ["step", "step"]  # the two charges
+        assert rows_of(app, "waits") == []
+
+
+def _a_snapshot(app: Flask, table: str) -> None:
+    """The caller's transaction reads first: on REPEATABLE READ (MariaDB's
+    default) its snapshot is fixed from here on."""
+    db = app.extensions["sqlalchemy"]
+    name = getattr(app.extensions["queue"].store.core, table).name
+    db.session.execute(sa.text(f"SELECT 1 FROM {name} LIMIT 1")).all()
+
+
+@server_databases
+def test_a_session_emit_of_an_id_stored_meanwhile_is_a_duplicate(
+    make_app: AppFactory, clock: Clock
+) -> None:
+    """Before: on MariaDB the duplicate's read went through the caller's old
+    snapshot, found nothing, and the event was processed a second time."""
+    queue = Queue(clock=clock)
+
+    @queue.handler("mail", events=["paid"])
+    def mail(job: Job[Any]) -> None:
+        calls.append(job.payload)
+
+    app = make_app(queue)
+    db = app.extensions["sqlalchemy"]
+    with app.app_context():
+        _a_snapshot(app, "events")
+        other = threading.Thread(target=lambda: _in_app(app, queue.emit, "paid", {"n": 1}, id="e1"))
+        other.start()
+        other.join()
+        again = queue.emit("paid", {"n": 2}, id="e1", session=db.session)
+        db.session.commit()
+        assert again.data == {"n": 1} and calls == [{"n": 1}]
+
+
+@server_databases
+def test_a_session_emit_sees_a_wait_registered_after_its_snapshot(
+    make_app: AppFactory, clock: Clock
+) -> None:
+    """Before: on MariaDB the emit read the waits through the caller's old
+    snapshot and missed one registered since: the job slept until its timeout."""
+    queue = booking_queue(clock)
+    app = make_app(queue, QUEUE_KEEP_COMPLETED="1d")
+    db = app.extensions["sqlalchemy"]
+    with app.app_context():
+        _a_snapshot(app, "waits")
+        made: list[Job[Any]] = []
+        other = threading.Thread(
+            target=lambda: made.append(
+                _in_app(app, queue.enqueue, "booking", {"id": 7, "amount": 1})
+            )
+        )
+        other.start()
+        other.join()
+        event = queue.emit("booking.confirmed", {"booking_id": 7}, session=db.session)
+        db.session.commit()
+        assert event.woke == (made[0].id,)
+        assert queue.get(made[0].id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def _in_app(app: Flask, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    with app.app_context():
+        return fn(*args, **kwargs)

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..errors import StorageError
 from .core import Row, StoreCore, naive_utc
 from .errors import storage_errors
 from .inserts import Inserts
@@ -31,6 +32,11 @@ class EventRow:
     woke: tuple[str, ...] = ()
     #: How many waits it met (``woke`` lists at most ``WOKE_LISTED`` of them).
     woke_count: int = 0
+
+
+def _text(value: Any) -> str:
+    """An exact string column's value (UTF-8 bytes on MySQL, see schema)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 #: The woken jobs an event's row lists by id; the count covers the rest.
@@ -62,9 +68,15 @@ class Events:
         woke: list[str] = []
         with storage_errors("emit an event"), self.core.begin(conn) as c:
             if not self.add(event, c):
-                existing = self.get(event.id, c)
-                if existing is not None:
-                    return existing, []
+                # A locking read: in the caller's REPEATABLE READ transaction a
+                # plain one would read its snapshot, from before that event.
+                existing = self.get(event.id, c, locking=True)
+                if existing is None:
+                    raise StorageError(
+                        f"Could not emit event {event.id!r}: an event with this id was"
+                        " stored and is gone again (pruned meanwhile); emit it again."
+                    )
+                return existing, []
             self.inserts.insert(rows, conn=c)
             # In job id order (``waiting``): concurrent emits lock job rows in one order.
             for wait in self.steps.waiting(event.name, probes, c):
@@ -77,8 +89,8 @@ class Events:
     def _row(self, r: Any) -> EventRow:
         jobs = json.loads(r.jobs) if r.jobs else {}
         return EventRow(
-            r.id.decode("utf-8") if isinstance(r.id, bytes) else str(r.id),
-            r.name,
+            _text(r.id),
+            _text(r.name),
             r.data,
             r.created_at.replace(tzinfo=timezone.utc),
             tuple(jobs.get("started", ())),
@@ -93,10 +105,14 @@ class Events:
             separators=(",", ":"),
         )
 
-    def get(self, event_id: str, conn: Connection | None = None) -> EventRow | None:
-        """SELECT by primary key."""
+    def get(
+        self, event_id: str, conn: Connection | None = None, *, locking: bool = False
+    ) -> EventRow | None:
+        """SELECT by primary key (``locking``: FOR SHARE, the row as committed)."""
         e = self.core.events
         stmt = sa.select(e).where(e.c.id == self.core.key(event_id))
+        if locking:
+            stmt = stmt.with_for_update(read=True)
         with storage_errors("read an event"):
             if conn is not None:
                 row = conn.execute(stmt).first()
@@ -111,7 +127,7 @@ class Events:
         a SAVEPOINT, since a failed statement there aborts the transaction)."""
         row = {
             "id": self.core.key(event.id),
-            "name": event.name,
+            "name": self.core.key(event.name),
             "data": event.data,
             "jobs": self._jobs(list(event.started), []),
             "created_at": naive_utc(event.created_at),
@@ -137,7 +153,7 @@ class Events:
         e = self.core.events
         stmt = sa.select(e).order_by(e.c.created_at.desc(), e.c.id.desc()).limit(limit)
         if name is not None:
-            stmt = stmt.where(e.c.name == name)
+            stmt = stmt.where(e.c.name == self.core.key(name))
         with storage_errors("read the events"), self.core.engine.connect() as c:
             return [self._row(r) for r in c.execute(stmt)]
 

@@ -247,7 +247,8 @@ def waits_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME)
         sa.Column("job_id", sa.String(32), primary_key=True),
         sa.Column("occurrence", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("name", _ExactString, primary_key=True),
-        sa.Column("event", sa.String(255), nullable=False),
+        # Exact, like ids: "Booking.Confirmed" is another event (MySQL's collations fold case).
+        sa.Column("event", _ExactString, nullable=False),
         # SHA-256 hex of one (key, value) pair of ``match``; NULL: no match.
         sa.Column("probe", sa.String(64), nullable=True),
         sa.Column("match", _LongText, nullable=True),
@@ -270,7 +271,7 @@ def events_table(metadata: sa.MetaData, job_table_name: str = DEFAULT_TABLE_NAME
         name,
         "events",
         sa.Column("id", _ExactString, primary_key=True),
-        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("name", _ExactString, nullable=False),
         sa.Column("data", _LongText, nullable=False),
         # JSON: {"started": [job ids], "woke": [job ids], "woke_count": n}.
         sa.Column("jobs", _LongText, nullable=True),

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .core import COMPLETED, SCHEDULED, StoreCore, naive_utc
+from .core import COMPLETED, RUNNING, SCHEDULED, StoreCore, naive_utc
 from .errors import storage_errors
 
 
@@ -156,22 +156,24 @@ class Steps:
             r.job_id,
             r.occurrence,
             self._name(r.name),
-            r.event,
+            self._name(r.event),
             r.match,
             r.attempt,
             r.deadline.replace(tzinfo=timezone.utc),
             r.created_at.replace(tzinfo=timezone.utc),
         )
 
-    def wait(self, wait: WaitRow, probe: str | None) -> datetime:
+    def wait(self, wait: WaitRow, probe: str | None) -> datetime | None:
         """INSERT the wait, unless the job waits there already (a replay before
-        its deadline, or the run that finds it passed): the deadline that holds."""
+        its deadline, or the run that finds it passed): the deadline that holds.
+        None: the wait is resolved (an emit recorded its event since the run
+        read its records), so the run reads its records again."""
         w = self.core.waits
         row = {
             "job_id": wait.job_id,
             "occurrence": wait.occurrence,
             "name": self.core.key(wait.name),
-            "event": wait.event,
+            "event": self.core.key(wait.event),
             "probe": probe,
             "match": wait.match,
             "attempt": wait.attempt,
@@ -182,14 +184,35 @@ class Steps:
             try:
                 with self.core.one_statement() as c:
                     c.execute(sa.insert(w).values(row))
-                return wait.deadline
             except sa.exc.IntegrityError:
                 pass
+            else:
+                if not self._recorded(wait):
+                    return wait.deadline
+                # An emit met this wait between the run's read and this
+                # INSERT (it deleted the row this one replaced): the row
+                # would wait forever, and the next emit meet it twice.
+                with self.core.one_statement() as c:
+                    c.execute(sa.delete(w).where(*self._this_wait(wait)))
+                return None
             with self.core.engine.connect() as c:
                 deadline = c.execute(sa.select(w.c.deadline).where(*self._this_wait(wait))).scalar()
         # Gone meanwhile: an emit resolved it (its record says how) or the
         # purge took it; either way the deadline has no more say.
-        return wait.created_at if deadline is None else deadline.replace(tzinfo=timezone.utc)
+        return None if deadline is None else deadline.replace(tzinfo=timezone.utc)
+
+    def _recorded(self, wait: WaitRow, conn: Any = None) -> bool:
+        """Whether the wait has its record (an emit or the timeout resolved it)."""
+        s = self.core.steps
+        stmt = sa.select(s.c.kind).where(
+            s.c.job_id == wait.job_id,
+            s.c.occurrence == wait.occurrence,
+            s.c.name == self.core.key(wait.name),
+        )
+        if conn is not None:
+            return conn.execute(stmt).first() is not None
+        with self.core.engine.connect() as c:
+            return c.execute(stmt).first() is not None
 
     def _this_wait(self, wait: WaitRow) -> tuple[sa.ColumnElement[bool], ...]:
         w = self.core.waits
@@ -203,10 +226,16 @@ class Steps:
         """SELECT on ``(event, probe)``: the waits for ``event`` that may match
         data with these probes (None: every wait for the event)."""
         w = self.core.waits
-        where = [w.c.event == event]
+        where = [w.c.event == self.core.key(event)]
         if probes is not None:
             where.append(sa.or_(w.c.probe.is_(None), w.c.probe.in_(probes)))
-        rows = conn.execute(sa.select(w).where(*where).order_by(w.c.job_id)).all()
+        # A locking read: in the caller's REPEATABLE READ transaction (session=)
+        # a plain one reads its snapshot and misses the waits begun since.
+        # Exclusive, not shared: two emits that shared a wait's lock would
+        # both wait for the other's to DELETE it (a deadlock); so they queue,
+        # in one order (job id; on InnoDB the index's).
+        stmt = sa.select(w).where(*where).order_by(w.c.job_id).with_for_update()
+        rows = conn.execute(stmt).all()
         return [self._wait_row(r) for r in rows]
 
     def current_wait(self, job_id: str, occurrence: int) -> WaitRow | None:
@@ -219,24 +248,28 @@ class Steps:
         return None if row is None else self._wait_row(row)
 
     def resolve(self, wait: WaitRow, result: str, conn: Any) -> bool:
-        """In the emit's transaction: DELETE the wait, make the job due now if
-        it is SCHEDULED at that occurrence (its row locked until the emit
-        commits, so the run that registered the wait cannot write its outcome
-        in between unseen: see ``Runs._wake_if_resolved``), and INSERT the
-        wait's record with the event as its result. False if the wait was
-        resolved already (its row gone): nothing written."""
+        """In the emit's transaction: DELETE the wait; lock its job's row
+        (until the emit commits, so the run that registered the wait cannot
+        write its outcome in between unseen: see ``Runs._wake_if_resolved``);
+        make the job due now if it is SCHEDULED; INSERT the wait's record with
+        the event as its result. False, with nothing recorded, if the wait was
+        resolved already, or its job is no longer waiting at that occurrence
+        (cancelled, deleted, finished: the stale row is deleted)."""
         t = self.core.table
         now = naive_utc(self.core.now())
         # The wait's row first: a wait another emit resolved (or is resolving)
         # costs no lock on its job, whose claim (SKIP LOCKED) would pass it by.
         if conn.execute(sa.delete(self.core.waits).where(*self._this_wait(wait))).rowcount != 1:
             return False
-        waiting_here = sa.and_(t.c.status == SCHEDULED, t.c.count == wait.occurrence)
-        conn.execute(
-            sa.update(t)
-            .where(t.c.id == wait.job_id)
-            .values(run_at=sa.case((waiting_here, now), else_=t.c.run_at))
-        )
+        job = conn.execute(
+            sa.select(t.c.status, t.c.count).where(t.c.id == wait.job_id).with_for_update()
+        ).first()
+        if job is None or job.status not in (SCHEDULED, RUNNING) or job.count != wait.occurrence:
+            return False  # a wait left by a cancelled, deleted or finished job: gone now
+        if self._recorded(wait, conn):
+            return False  # resolved already (its run registered it again)
+        if job.status == SCHEDULED:
+            conn.execute(sa.update(t).where(t.c.id == wait.job_id).values(run_at=now))
         record = StepRecord(
             wait.name, "wait", result, wait.attempt, self.core.clock(), self._waited(wait)
         )
