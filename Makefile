@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke chaos clean
+.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke bench-steps chaos clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ screenshots: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.run_path
 
+# What a replay of a 10-step job costs beside a no-op job (README, "Durable steps").
+bench-steps: $(BIN)/.installed
+	$(BIN)/python -m bench.steps --db sqlite --db postgresql --db mysql --jobs 200
+
 # The long chaos run (10,000 jobs, 20 worker kills, 2 database cuts) on PostgreSQL and
 # MariaDB; the suite runs a 300-job variant. Figures go in the README.
 chaos: $(BIN)/.installed
@@ -59,6 +63,7 @@ bench-smoke: $(BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.backlog --db sqlite --db postgresql --db mysql --sizes 600,1000
 	$(BIN)/python -m bench.keys --db sqlite --db postgresql --db mysql --jobs 3000 --keys 1000 --claims 3 --rounds 1 --head 300
 	$(BIN)/python -m bench.dashboard --smoke --db sqlite,postgresql,mysql
+	$(BIN)/python -m bench.steps --db sqlite --db postgresql --db mysql --jobs 5
 	$(BENCH_BIN)/python -m bench.peers --smoke
 
 clean:

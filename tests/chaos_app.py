@@ -1,6 +1,6 @@
-"""The app the chaos test serves under gunicorn: one handler that records every
-start and finish of a run to an append-only log, so the test can tell a
-duplicate that a kill explains from one it does not.
+"""The app the chaos test serves under gunicorn: handlers that record every
+start and finish of a run (and of each durable step) to an append-only log, so
+the test can tell a duplicate that a kill explains from one it does not.
 
 Configured from ``CHAOS_*`` environment variables (see tests/test_chaos.py).
 """
@@ -35,6 +35,25 @@ def _note(event: str, job: Job[Any]) -> None:
 def chaos(job: Job[int]) -> None:
     _note("start", job)
     time.sleep(random.uniform(0, 2 * float(os.environ.get("CHAOS_SLEEP", "0.05"))))
+    _note("done", job)
+
+
+def _stepped(job: Job[Any], name: str) -> str:
+    _note(f"step-start:{name}", job)
+    time.sleep(random.uniform(0, float(os.environ.get("CHAOS_SLEEP", "0.05"))))
+    _note(f"step-done:{name}", job)
+    return name
+
+
+@queue.handler("chaosSteps")
+def chaos_steps(job: Job[int]) -> None:
+    """Two steps, a sleep (the run ends: the next produce's invoke replays),
+    one more step: each run is an invoke that a kill may cut anywhere."""
+    _note("start", job)
+    for name in ("a", "b"):
+        job.step(name, _stepped, job, name)
+    job.sleep("pause", os.environ.get("CHAOS_STEP_SLEEP", "0.3s"))
+    job.step("c", _stepped, job, "c")
     _note("done", job)
 
 

@@ -3,8 +3,11 @@ are SIGKILLed again and again and the database connection is cut twice.
 
 Required: every job completes, and a job that ran more than once ran on a worker
 that was killed (at least once is the promise; a duplicate may only come from a
-kill, never from a cut). The CI variant runs a few hundred jobs; ``make chaos``
-runs ``CHAOS_JOBS=10000`` and prints the figures for the README.
+kill, never from a cut). The "steps" variant runs jobs of durable steps with a
+sleep between them (each run an invoke that ends at the sleep or the job's
+end): no step that completed ever runs again, only one whose run's worker was
+killed before its record was written. The CI variant runs a few hundred jobs;
+``make chaos`` runs ``CHAOS_JOBS=10000`` and prints the figures for the README.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
@@ -69,8 +73,26 @@ def _proxied(url: str, port: int) -> str:
     return parts._replace(netloc=host).geturl()
 
 
+def _rerun_steps(runs: list[list[str]], killed: set[int]) -> list[tuple[str, str]]:
+    """The (job, step) pairs whose step started again after it was done,
+    though the worker that did it was not killed (its record then stands)."""
+    done_by: dict[tuple[str, str], int] = {}
+    bad = []
+    for kind, pid, job, _ in runs:
+        if kind.startswith("step-done:"):
+            done_by.setdefault((job, kind.split(":", 1)[1]), int(pid))
+        elif kind.startswith("step-start:"):
+            key = (job, kind.split(":", 1)[1])
+            if key in done_by and done_by[key] not in killed:
+                bad.append(key)
+    return bad
+
+
 @server_databases
-def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["plain", "steps"])
+def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path, kind: str) -> None:
+    handler = "chaos" if kind == "plain" else "chaosSteps"
+    jobs = JOBS if kind == "plain" else max(50, JOBS // 3)
     with isolated_database(db_url, tmp_path) as url:
         parts = urlsplit(url)
         table = f"chaos_{uuid.uuid4().hex[:8]}"
@@ -78,7 +100,7 @@ def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
         log = tmp_path / "runs.log"
         queue = Queue()
 
-        @queue.handler("chaos")
+        @queue.handler(handler)
         def chaos(job: Job[int]) -> None: ...
 
         local = Flask("chaos-test")
@@ -96,7 +118,7 @@ def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
         queue.init_app(local)
         with local.app_context():
             db.create_all()
-            ids = [j.id for j in queue.enqueue_many("chaos", list(range(JOBS)), delay="1s")]
+            ids = [j.id for j in queue.enqueue_many(handler, list(range(jobs)), delay="1s")]
 
         with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 0) as proxy:
             port = free_port()
@@ -135,7 +157,7 @@ def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
             try:
                 token = produce_token(secret)
                 time.sleep(1.5)  # the jobs fall due and gunicorn boots
-                left = JOBS
+                left = jobs
                 # Kills spread over the first part of the run, cuts in between.
                 plan = sorted(
                     [(2.0 + 2.5 * i, "kill") for i in range(KILLS)] + [(4.0, "cut"), (9.0, "cut")]
@@ -181,15 +203,20 @@ def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
             db.drop_all()
             db.engine.dispose()
         duplicates = {job: n for job, n in done.items() if n > 1}
+        rerun = _rerun_steps(runs, killed)
         unexplained = [job for job in duplicates if not by_job[job] & killed]
         report: dict[str, Any] = {
-            "jobs": JOBS,
+            "jobs": jobs,
+            "kind": kind,
             "seconds": round(took, 1),
             "kills": len(killed),
             "cuts": cuts,
             "duplicates": sum(n - 1 for n in duplicates.values()),
             "unexplained duplicates": len(unexplained),
             "failed": len(failed),
+            "step starts beyond one each": sum(1 for r in runs if r[0].startswith("step-start:"))
+            - (3 * jobs if kind == "steps" else 0),
+            "completed steps run again without a kill": len(rerun),
         }
         print(f"\nchaos {parts.scheme.split('+')[0]}: {report}")
         assert leftover == [], [(j.id, j.status, j.reason) for j in leftover[:5]]
@@ -197,3 +224,18 @@ def test_chaos_kills_and_cuts_lose_nothing(db_url: str, tmp_path: Path) -> None:
         assert failed == []
         assert len(killed) == KILLS and cuts == 2
         assert unexplained == []
+        assert rerun == []
+
+
+def test_the_step_check_tells_a_rerun_a_kill_explains_from_one_it_does_not() -> None:
+    runs = [
+        ["step-start:a", "10", "j1", "1"],
+        ["step-done:a", "10", "j1", "1"],  # pid 10 was killed before the record
+        ["step-start:a", "11", "j1", "2"],
+        ["step-done:a", "11", "j1", "2"],
+        ["step-start:b", "11", "j1", "2"],
+        ["step-done:b", "11", "j1", "2"],
+        ["step-start:b", "12", "j1", "3"],  # b was done by 11, never killed
+    ]
+    assert _rerun_steps(runs, killed={10}) == [("j1", "b")]
+    assert _rerun_steps(runs, killed={10, 11}) == []

@@ -99,27 +99,26 @@ class Deps:
 
     def parents(self, child_id: str) -> list[Link]:
         """The parents of a job, with their statuses (the job page)."""
-        t, d = self.core.table, self.core.deps
-        stmt = (
-            sa.select(d.c.parent_id, t.c.status)
-            .select_from(d.outerjoin(t, t.c.id == d.c.parent_id))
-            .where(d.c.child_id == child_id)
-            .order_by(d.c.parent_id)
-        )
-        with storage_errors("read the job's parents"), self.core.engine.connect() as c:
-            return [Link(i, s) for i, s in c.execute(stmt)]
+        d = self.core.deps
+        return self._links(d.c.parent_id, d.c.child_id == child_id, "read the job's parents")
 
     def children(self, parent_id: str, limit: int = 100) -> list[Link]:
         """The children of a job, with their statuses (the job page)."""
+        d = self.core.deps
+        where = d.c.parent_id == parent_id
+        return self._links(d.c.child_id, where, "read the job's children", limit)
+
+    def _links(self, other: Any, where: Any, action: str, limit: int | None = None) -> list[Link]:
+        """SELECT ``other`` end of the links matching ``where``, with its job's status."""
         t, d = self.core.table, self.core.deps
         stmt = (
-            sa.select(d.c.child_id, t.c.status)
-            .select_from(d.outerjoin(t, t.c.id == d.c.child_id))
-            .where(d.c.parent_id == parent_id)
-            .order_by(d.c.child_id)
+            sa.select(other, t.c.status)
+            .select_from(d.outerjoin(t, t.c.id == other))
+            .where(where)
+            .order_by(other)
             .limit(limit)
         )
-        with storage_errors("read the job's children"), self.core.engine.connect() as c:
+        with storage_errors(action), self.core.engine.connect() as c:
             return [Link(i, s) for i, s in c.execute(stmt)]
 
     def results(self, child_id: str) -> dict[str, Any]:
@@ -212,21 +211,25 @@ class Deps:
                 )
         return True
 
+    def _cancelled(self, reason: str) -> dict[str, Any]:
+        """The values of a BLOCKED job cancelled for ``reason`` (it gives up its id)."""
+        now = self.core.now()
+        return {
+            "status": CANCELLED,
+            "reason": reason,
+            "error": reason[:255],
+            "live_custom_id": released_id(self.core.table, now),
+            "updated_at": now,
+        }
+
     def _cancel(self, child: str, reason: str) -> bool:
         t = self.core.table
-        now = self.core.now()
+        stmt = (
+            sa.update(t)
+            .where(t.c.id == child, t.c.status == BLOCKED)
+            .values(self._cancelled(reason))
+        )
         with storage_errors("cancel a blocked job"), self.core.one_statement() as c:
-            stmt = (
-                sa.update(t)
-                .where(t.c.id == child, t.c.status == BLOCKED)
-                .values(
-                    status=CANCELLED,
-                    reason=reason,
-                    error=reason[:255],
-                    live_custom_id=released_id(t, now),
-                    updated_at=now,
-                )
-            )
             return bool(c.execute(stmt).rowcount == 1)
 
     def cancel_children(self, parent_ids: Sequence[str], why: str) -> int:
@@ -235,7 +238,6 @@ class Deps:
         d, t = self.core.deps, self.core.table
         if not parent_ids:
             return 0
-        now = self.core.now()
         # Only the children that need their parents COMPLETED: a batch's
         # on_complete callback counts a deleted member as completed.
         children = sa.select(d.c.child_id).where(
@@ -244,13 +246,7 @@ class Deps:
         stmt = (
             sa.update(t)
             .where(t.c.status == BLOCKED, t.c.id.in_(children))
-            .values(
-                status=CANCELLED,
-                reason=why,
-                error=why[:255],
-                live_custom_id=released_id(t, now),
-                updated_at=now,
-            )
+            .values(self._cancelled(why))
         )
         with storage_errors("cancel the children"), self.core.one_statement() as c:
             return int(c.execute(stmt).rowcount or 0)
