@@ -245,3 +245,43 @@ def test_a_booking_flows_wait_sleep_and_events_in_chromium(
         context.close()
         with reader.app_context():
             queue.cancel(flow["id"])
+
+
+@pytest.mark.parametrize("size", [(375, 812), (1440, 900)], ids=["375", "1440"])
+def test_a_blocked_jobs_parents_and_children_in_chromium(
+    exporting: dict[str, Any],
+    browser: Any,  # noqa: F811 - the fixture
+    size: tuple[int, int],
+) -> None:
+    # A child enqueued after a parent due in an hour is BLOCKED: the Blocked tab
+    # lists it, its page links the parent, the parent's page links it back.
+    from example_app import queue
+
+    server, reader = exporting["server"], exporting["reader"]
+    parent = server.enqueue("bookingReminder", size[0], delay="1h")
+    child = server.enqueue("record", {"after": size[0]}, after=[parent["id"]])
+    assert child["status"] == "BLOCKED"
+    context = _context(browser, size)
+    page = context.new_page()
+    try:
+        page.goto(f"{server.base}/_queue/jobs/blocked")
+        assert page.locator("a.tab-blocked").is_visible()
+        page.locator(f"a[href$='/job/{child['id']}']").click()
+        page.wait_for_url(f"**/_queue/job/{child['id']}")
+        row = page.locator("table.links tbody tr")
+        assert row.count() == 1
+        assert row.locator("td[data-label='Relation']").inner_text().strip() == "parent"
+        assert row.locator("td[data-label='Status']").inner_text().strip() == "Scheduled"
+        assert page.get_by_text("Blocked: it runs once every parent").is_visible()
+        _check_layout(page, "issue20-blocked", size[0])
+        row.locator("a").click()
+        page.wait_for_url(f"**/_queue/job/{parent['id']}")
+        back = page.locator("table.links tbody tr")
+        assert back.locator("td[data-label='Relation']").inner_text().strip() == "child"
+        assert back.locator("td[data-label='Status']").inner_text().strip() == "Blocked"
+    finally:
+        context.close()
+        with reader.app_context():
+            queue.cancel(parent["id"])
+            queue.produce()  # the cancelled parent cancels its child
+            assert queue.get(child["id"]).status is JobStatus.CANCELLED  # type: ignore[union-attr]
