@@ -21,6 +21,7 @@ from flask import (
     current_app,
     flash,
     g,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -267,9 +268,15 @@ def helpers() -> dict[str, Any]:
     }
 
 
+#: The JSON endpoints: their errors are JSON too.
+API_ENDPOINTS = frozenset({"queue.api_jobs", "queue.api_job"})
+
+
 def error(exc: Any) -> Any:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return exc
+    if request.endpoint in API_ENDPOINTS:
+        return _api_error(exc.code, exc.description)
     back = None
     if exc.code == 400 and request.endpoint == "queue.jobs" and request.view_args:
         # A bad page key: the way out is the list's first page, not the overview.
@@ -286,6 +293,8 @@ def unreadable(exc: UnreadablePayloadError) -> Any:
 
 
 def forbidden(exc: Any) -> Any:
+    if request.endpoint in API_ENDPOINTS:
+        return _api_error(403, exc.description)
     # Plain text: a visitor who may not see the dashboard gets no page of it.
     return exc.description, 403, {"Content-Type": "text/plain; charset=utf-8"}
 
@@ -506,6 +515,74 @@ def bulk() -> Any:
     return redirect(url_for("queue.jobs", status="failed", queue=queue), 303)
 
 
+# -- read-only JSON, under the dashboard's guard -------------------------------------
+
+#: Jobs one API page holds at most (``?limit=``, 50 by default).
+API_PAGE_MAX = 200
+
+
+def _api_job(job: Any, *, full: bool) -> dict[str, Any]:
+    """A job as the API gives it: payload and result masked like the pages."""
+    out: dict[str, Any] = job.as_dict()
+    if full:
+        out["payload"] = present.mask(job.payload)
+        out["result"] = present.mask(job.result)
+    else:
+        out.pop("payload", None)
+        out.pop("result", None)  # the list's rows are light; the job's URL has them
+    return out
+
+
+def _api_error(code: int, message: str) -> Any:
+    return jsonify({"error": message}), code
+
+
+def api_jobs() -> Any:
+    """``GET <prefix>/api/jobs?status=FAILED&queue=mail&limit=50&after=KEY``: one
+    keyset page of jobs of a status (as the dashboard's lists order them), and
+    the key of the next page (``next``; None at the end)."""
+    state = _state()
+    status = (request.args.get("status") or "").upper()
+    if status not in STATUSES:
+        return _api_error(400, f"Pass status= one of {', '.join(STATUSES)} (got {status!r}).")
+    queue = request.args.get("queue") or None
+    try:
+        limit = int(request.args.get("limit", "50"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= API_PAGE_MAX:
+        return _api_error(400, f"Pass limit= a whole number from 1 to {API_PAGE_MAX}.")
+    after = _page_key(request.args.get("after"))
+    rows = (
+        []
+        if _unstorable(queue)
+        else actions.page(
+            state,
+            status=status,
+            queue=queue,
+            limit=limit + 1,
+            after=after,
+            newest_first=status in NEWEST_FIRST,
+        )
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return jsonify(
+        {
+            "jobs": [_api_job(j, full=False) for j in rows],
+            "next": _key(rows[-1]) if more and rows else None,
+        }
+    )
+
+
+def api_job(job_id: str) -> Any:
+    """``GET <prefix>/api/jobs/<id>``: one job in full (payload and result masked)."""
+    found = _job_or_none(_state(), job_id)
+    if found is None:
+        return _api_error(404, f"No job with id {job_id!r}.")
+    return jsonify(_api_job(found, full=True))
+
+
 def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     """Put the dashboard on ``bp``, the blueprint of the app whose state is ``state``.
 
@@ -525,6 +602,8 @@ def register_dashboard(bp: Blueprint, state: QueueState) -> None:
     bp.add_url_rule("/jobs/<status>", view_func=jobs, methods=["GET"])
     bp.add_url_rule("/search", view_func=search, methods=["GET"])
     bp.add_url_rule("/events", view_func=events, methods=["GET"])
+    bp.add_url_rule("/api/jobs", view_func=api_jobs, methods=["GET"])
+    bp.add_url_rule("/api/jobs/<job_id>", view_func=api_job, methods=["GET"])
     bp.add_url_rule("/job/<job_id>", view_func=job, methods=["GET"])
     bp.add_url_rule("/job/<job_id>/payload.json", view_func=job_payload, methods=["GET"])
     bp.add_url_rule("/job/<job_id>/<action>", view_func=job_action, methods=["POST"])
