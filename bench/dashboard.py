@@ -99,9 +99,11 @@ def _seed_stats(app: Flask, days: float) -> int:
     """A fresh ``<table>_stats`` (and ``_queues``, which the overview reads) with
     one row per minute and queue for ``days`` up to now; returns the row count."""
     store = app.extensions["queue"].store
-    # Every table the pages read, besides the seeded job table (the job page
-    # reads the steps and the wait; the Events page the events).
-    for part in (store.queues, store.core.steps, store.core.waits, store.core.events):
+    # The tables the pages read beside the seeded job table (the job page its
+    # steps, wait and dependencies; the Events page). Not the start log: its
+    # index name outgrows PostgreSQL's 63 characters with this long table name.
+    core = store.core
+    for part in (store.queues, core.steps, core.waits, core.events, core.deps):
         part.create(store.engine, checkfirst=True)
     store.stats.drop(store.engine, checkfirst=True)
     store.stats.create(store.engine)
