@@ -84,13 +84,25 @@ class _Outage:
         self.failures += 1
         if self.failures == 1:
             self.since = time.monotonic()
-            log.warning(
-                "flask_queue: produce failed, is the database down? (%s: %s);"
-                " retrying with backoff up to %gs",
-                type(exc).__name__,
-                clipped(str(exc), LOG_LINE - 120),
-                self.max_backoff,
-            )
+            if exc.transient:
+                log.warning(
+                    "flask_queue: produce failed, is the database down? (%s: %s);"
+                    " retrying with backoff up to %gs",
+                    type(exc).__name__,
+                    clipped(str(exc), LOG_LINE - 120),
+                    self.max_backoff,
+                )
+            else:
+                # The database answers and says no (a table not migrated, a
+                # pooler that lost a prepared statement): waiting alone will
+                # not mend it, but a deploy (a migration) may, so the loop
+                # goes on and says once what to do.
+                log.warning(
+                    "flask_queue: produce failed (%s); retrying with backoff up to %gs%s",
+                    clipped(str(exc), LOG_LINE - 160),
+                    self.max_backoff,
+                    pooler_hint(exc),
+                )
         else:
             log.debug("flask_queue: produce failed again (%d in a row): %s", self.failures, exc)
         # The exponent is capped so that a days-long outage cannot overflow the float.
@@ -102,13 +114,12 @@ class _Outage:
     def produce(
         self, state: QueueState, stop: threading.Event, **options: Any
     ) -> ProduceResult | None:
-        """``produce(state, **options)``, or None after waiting out a failure that
-        an outage explains; any other error ends the loop."""
+        """``produce(state, **options)``, or None after waiting out a database
+        error (an outage, or one a deploy must mend: the loop never exits on
+        one); any other error (a bug) ends the loop."""
         try:
             result = produce(state, **options)
         except StorageError as exc:
-            if not exc.transient:
-                raise
             stop.wait(self.failed(exc))
             return None
         self.succeeded()
@@ -125,6 +136,22 @@ class _Outage:
             self.failures = 0
 
 
+#: What a transaction pooler's lost prepared statements look like (psycopg 3).
+POOLER_SIGNS = ("prepared statement", "DuplicatePreparedStatement", "InvalidSqlStatementName")
+
+
+def pooler_hint(exc: StorageError) -> str:
+    """The fix, when ``exc`` is a transaction pooler's: flask_queue turns
+    psycopg's preparing off unless the app set ``prepare_threshold`` itself."""
+    if not any(sign in str(exc) for sign in POOLER_SIGNS):
+        return ""
+    return (
+        "; this is a transaction pooler (PgBouncer, a pooled Supabase or Neon URL) losing"
+        " psycopg's prepared statements: remove prepare_threshold from connect_args, or"
+        " set it to None"
+    )
+
+
 def produce_loop(
     queue: Registry,
     interval: float,
@@ -139,8 +166,10 @@ def produce_loop(
     A produce that fails because the database is away (down, restarting,
     unreachable, out of connections) is retried after ``backoff`` seconds,
     doubling up to ``max_backoff`` while the failures go on; WARNING is logged
-    once when that starts and INFO when a produce succeeds again. Any other
-    error, a :class:`StorageError` for a missing table included, ends the loop.
+    once when that starts and INFO when a produce succeeds again. So is any
+    other database error (a table not migrated yet, a pooler's): it says once
+    what to do, and a deploy that mends it is picked up. Any other error (a
+    bug) ends the loop.
     """
     _check_interval(interval)
     _check_backoff(backoff, max_backoff)

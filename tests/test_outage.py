@@ -442,34 +442,62 @@ def test_only_an_unreachable_database_is_waited_out(
 
     # The loops call producer.produce(state): stub it where the worker looks it up.
     monkeypatch.setattr(flask_queue.worker, "produce", lambda state, **kw: produce(**kw))
-    if outage:
-        produce_loop(queue, 1, stop=stop, report=lambda _: None)
-        assert len(calls) == 2
-    else:
-        with pytest.raises(StorageError) as info:
-            produce_loop(queue, 1, stop=stop, report=lambda _: None)
-        assert info.value is error
-        assert len(calls) == 1
+    # Every database error is waited out (issue 21: the worker never exits on
+    # one); only an outage is called one.
+    produce_loop(queue, 1, stop=stop, report=lambda _: None)
+    assert len(calls) == 2 and stop.waits[0] <= 0.5
+    assert error.transient is outage
 
 
 @all_databases
 @pytest.mark.parametrize("loop_name", ["work", "produce_loop"])
-def test_a_missing_table_ends_the_loops(
+def test_a_missing_table_is_waited_out_until_a_migration_creates_it(
     make_app: AppFactory, queue: Queue, caplog: pytest.LogCaptureFixture, loop_name: str
 ) -> None:
-    # Migrations not run: the database answers, and waiting will not change
-    # its answer. The CLI turns this into its one-line error.
+    # Migrations not run yet: the loops do not exit (issue 21), they say once
+    # how to fix it and go on once the table is there (a deploy migrated).
     app = make_app(queue)
     stop = threading.Event()
     with app.app_context():
         store = app.extensions["queue"].store
         store.table.drop(store.engine)
-        with pytest.raises(StorageError, match="Could not"):
-            if loop_name == "work":
-                work(queue, concurrency=1, interval=0.05, stop=stop, report=lambda _: None)
-            else:
-                produce_loop(queue, 0.05, stop=stop, report=lambda _: None)
+        job_ids: list[str] = []
+
+        def migrate_later() -> None:
+            with app.app_context():
+                store.table.create(store.engine)
+                job_ids.append(queue.enqueue("echo", "after the migration").id)
+                time.sleep(0.5)
+                stop.set()
+
+        threading.Timer(0.3, migrate_later).start()
+        if loop_name == "work":
+            work(
+                queue,
+                concurrency=1,
+                interval=0.05,
+                stop=stop,
+                report=lambda _: None,
+                backoff=0.05,
+                max_backoff=0.1,
+            )
+        else:
+            produce_loop(
+                queue, 0.05, stop=stop, report=lambda _: None, backoff=0.05, max_backoff=0.1
+            )
+        assert queue.get(job_ids[0]) is None  # it ran (and its row went at its success)
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert len([w for w in warnings if "produce failed (" in w]) == 1
+    assert any("flask db upgrade" in w for w in warnings)
     assert not any("is the database down?" in r.message for r in caplog.records)
+
+
+def test_a_poolers_lost_prepared_statement_names_the_fix() -> None:
+    from flask_queue.worker import pooler_hint
+
+    lost = StorageError('Could not claim jobs: DuplicatePreparedStatement: "_pg3_0" already exists')
+    assert "transaction pooler" in pooler_hint(lost) and "prepare_threshold" in pooler_hint(lost)
+    assert pooler_hint(StorageError("Could not claim jobs: no such table")) == ""
 
 
 @pytest.mark.parametrize(

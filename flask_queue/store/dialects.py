@@ -99,6 +99,13 @@ class Postgres(Dialect):
     claims_in_one_statement = True
     _insert = staticmethod(postgresql.insert)
 
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        if engine.dialect.driver == "psycopg" and not sa.event.contains(
+            engine, "checkout", _unprepared
+        ):
+            sa.event.listen(engine, "checkout", _unprepared)
+
     def hour(self, minute: Any) -> Any:
         return sa.func.date_trunc("hour", minute)
 
@@ -110,6 +117,30 @@ class Postgres(Dialect):
     # ``predicates.key_among``).
     def among(self, column: Any, values: Sequence[Any]) -> Any:
         return column == sa.any_(_array(column, values))
+
+
+#: psycopg 3's own ``prepare_threshold``: a connection that still has it was not
+#: given one by the app (``connect_args``), which then keeps its choice.
+PSYCOPG_DEFAULT_THRESHOLD = 5
+
+
+def _unprepared(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """No server-side prepared statements on the engine's psycopg connections.
+
+    psycopg 3 prepares a statement once it ran 5 times on a connection, and
+    the claim and finish statements do. Through a transaction pooler
+    (PgBouncer's transaction mode: Supabase's and Neon's pooled URLs) the next
+    transaction lands on another server connection: "prepared statement
+    "_pg3_0" already exists" or "does not exist", and every claim fails. A
+    pooler cannot be told from the server by the client, so preparing is off
+    on every connection of the engine (the app's own statements too) unless
+    the app chose a threshold itself: a connection whose threshold is not
+    psycopg's default is left as it is. Once per pooled connection."""
+    if record.info.get("flask_queue_unprepared"):
+        return
+    record.info["flask_queue_unprepared"] = True
+    if getattr(dbapi_connection, "prepare_threshold", None) == PSYCOPG_DEFAULT_THRESHOLD:
+        dbapi_connection.prepare_threshold = None
 
 
 def _array(column: Any, values: Sequence[Any]) -> Any:
