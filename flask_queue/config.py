@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
     # A job whose handler returned a value stays COMPLETED this long with it.
     "QUEUE_KEEP_RESULTS": "1d",
     "QUEUE_KEEP_EVENTS": "7d",
+    # Workers LISTEN for due jobs on PostgreSQL: "auto" checks that a NOTIFY
+    # arrives (a transaction pooler drops them) and polls if not.
+    "QUEUE_LISTEN": "auto",
+    "QUEUE_LISTEN_URL": None,  # a direct URL for the LISTEN (the web's may be pooled)
     "QUEUE_DASHBOARD_AUTH": None,
     "QUEUE_TABLE_NAME": DEFAULT_TABLE_NAME,
     "QUEUE_INVOKE_MAX_AGE": "5m",
@@ -64,6 +68,8 @@ class QueueConfig:
     keep_completed: timedelta
     keep_results: timedelta
     keep_events: timedelta
+    listen: bool | str
+    listen_url: str | None
     dashboard_auth: Callable[[], bool] | str | None
     table_name: str
     invoke_max_age: timedelta
@@ -143,6 +149,15 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         retry = retry_delays(config["QUEUE_RETRY"], name="QUEUE_RETRY")
     except QueueError as exc:
         raise ConfigError(str(exc)) from None
+    listen = config["QUEUE_LISTEN"]
+    if listen not in (True, False, "auto"):
+        raise ConfigError(f"QUEUE_LISTEN must be 'auto', True or False, got {shown(listen)}.")
+    listen_url = config["QUEUE_LISTEN_URL"]
+    if listen_url is not None and not isinstance(listen_url, str):
+        raise ConfigError(
+            "QUEUE_LISTEN_URL must be a database URL string (a direct, unpooled one),"
+            f" got {type(listen_url).__name__}."
+        )
     auth = config["QUEUE_DASHBOARD_AUTH"]
     if auth is not None and not callable(auth) and not (isinstance(auth, str) and ":" in auth):
         raise ConfigError(
@@ -170,6 +185,8 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         keep_completed=_duration(config, "QUEUE_KEEP_COMPLETED", allow_zero=True),
         keep_results=_duration(config, "QUEUE_KEEP_RESULTS", allow_zero=True),
         keep_events=_duration(config, "QUEUE_KEEP_EVENTS", allow_zero=True),
+        listen=listen,
+        listen_url=listen_url,
         dashboard_auth=auth,
         table_name=table_name,
         invoke_max_age=_duration(config, "QUEUE_INVOKE_MAX_AGE"),

@@ -29,6 +29,8 @@ BACKOFF = 0.5
 #: The longest wait between retries while the database stays away: bounds how
 #: late a loop notices that it is back.
 MAX_BACKOFF = 30.0
+#: Seconds a worker waits for its own NOTIFY to reach its LISTEN (QUEUE_LISTEN="auto").
+LISTEN_CHECK = 2.0
 #: Seconds a stopping worker lets its runs finish (``flask queue work --grace``).
 GRACE = 30.0
 
@@ -230,7 +232,7 @@ def work(
         _stop_on_signals(stop, force)
     executor = ThreadExecutor(state, workers=concurrency)
     outage = _Outage(backoff, max_backoff)
-    idle = _Idle(state.store, stop, interval)
+    idle = _Idle(state.store, stop, interval, state.config.listen, state.config.listen_url)
     total = 0
     housekept = -math.inf
     try:
@@ -325,12 +327,22 @@ class _Idle:
     the listening connection is down, it just sleeps ``interval``.
     """
 
-    def __init__(self, store: JobStore, stop: threading.Event, interval: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        stop: threading.Event,
+        interval: float,
+        listen: bool | str = "auto",
+        listen_url: str | None = None,
+    ) -> None:
         self.store = store
         self.stop = stop
         self.interval = interval
         self.listener: Listener | None = None
         self._retry_at = 0.0
+        #: QUEUE_LISTEN: "auto" checks once that a NOTIFY arrives (see ``_heard``).
+        self.listen = listen
+        self.listen_url = listen_url
 
     def wait(self) -> None:
         listener = self._listener()
@@ -345,16 +357,38 @@ class _Idle:
             self._retry_at = time.monotonic() + MAX_BACKOFF
 
     def _listener(self) -> Listener | None:
+        if self.listen is False:
+            return None
         if self.listener is not None or time.monotonic() < self._retry_at:
             return self.listener
         if self.store.dialect != "postgresql":
             return None
         try:
-            self.listener = self.store.listener()
+            self.listener = self.store.listener(self.listen_url)
+            if self.listener is not None and self.listen == "auto":
+                self._heard(self.listener)
         except StorageError as exc:
             log.info("flask_queue: cannot listen for new jobs (%s); polling", exc)
+            self.close()
             self._retry_at = time.monotonic() + MAX_BACKOFF
         return self.listener
+
+    def _heard(self, listener: Listener) -> None:
+        """Once: a NOTIFY of our own must reach the LISTEN. Through a
+        transaction pooler it never does (nothing fails, every wait would just
+        end at the poll), so the worker says so and polls."""
+        self.listen = True  # checked once per worker
+        if self.store.notifier.hears(listener, LISTEN_CHECK):
+            return
+        log.warning(
+            "flask_queue: LISTEN hears no NOTIFY on this connection (a transaction pooler,"
+            " such as PgBouncer or a pooled Supabase/Neon URL?): polling every %gs instead;"
+            " set QUEUE_LISTEN_URL to a direct database URL for instant wake-ups, or"
+            " QUEUE_LISTEN=False to poll without this check",
+            self.interval,
+        )
+        self.close()
+        self.listen = False
 
     def close(self) -> None:
         if self.listener is not None:

@@ -87,6 +87,14 @@ class Notifier:
         self.core = core
         self.channel = channel_of(core.table)
 
+    def hears(self, listener: Listener, timeout: float) -> bool:
+        """Whether a NOTIFY sent through the app's engine reaches ``listener``
+        within ``timeout`` s: not through a transaction pooler, which lends the
+        LISTEN a server connection for one statement and never forwards what
+        arrives there afterwards."""
+        self.notify()
+        return listener.wait(timeout)
+
     def notify(self) -> None:
         """SELECT pg_notify(channel), in autocommit (PostgreSQL; no statement
         elsewhere, where workers poll): tell idle workers that a job is due now.
@@ -96,13 +104,20 @@ class Notifier:
         with storage_errors("notify workers"), self.core.one_statement() as c:
             c.execute(sa.select(sa.func.pg_notify(self.channel, "")))
 
-    def listener(self) -> Listener | None:
+    def listener(self, url: str | None = None) -> Listener | None:
         """LISTEN on a connection of its own, taken out of the pool: for a worker
-        to wait on between polls; None where the database or driver cannot."""
+        to wait on between polls; None where the database or driver cannot.
+        ``url``: on a connection to that database instead (a direct one, when
+        the app's engine goes through a transaction pooler)."""
         if not self.core.dialect.notifies:
             return None
         with storage_errors("listen for new jobs"):
-            raw = self.core.engine.raw_connection()
+            if url is not None:
+                # One connection for the worker's life, outside any pool.
+                engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+                raw = engine.raw_connection()
+            else:
+                raw = self.core.engine.raw_connection()
             conn = raw.driver_connection
             # Detached: the listening connection is the worker's for its whole
             # life, not a pool slot that other code could be handed mid-LISTEN.
