@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_KEEP_EVENTS": "7d",
     # Workers LISTEN for due jobs on PostgreSQL: "auto" checks that a NOTIFY
     # arrives (a transaction pooler drops them) and polls if not.
-    "QUEUE_LISTEN": "auto",
+    "QUEUE_LISTEN": True,
     "QUEUE_LISTEN_URL": None,  # a direct URL for the LISTEN (the web's may be pooled)
     "QUEUE_DASHBOARD_AUTH": None,
     "QUEUE_TABLE_NAME": DEFAULT_TABLE_NAME,

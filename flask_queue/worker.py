@@ -100,7 +100,8 @@ class _Outage:
                 # not mend it, but a deploy (a migration) may, so the loop
                 # goes on and says once what to do.
                 log.warning(
-                    "flask_queue: produce failed (%s); retrying with backoff up to %gs%s",
+                    "flask_queue: produce failed (%s: %s); retrying with backoff up to %gs%s",
+                    type(exc).__name__,
                     clipped(str(exc), LOG_LINE - 160),
                     self.max_backoff,
                     pooler_hint(exc),

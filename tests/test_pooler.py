@@ -113,7 +113,7 @@ def test_listen_auto_through_the_pooler_polls_and_says_why(
 ) -> None:
     queue = Queue()
     ran = counted(queue)
-    app = make_app(queue, url=POOLED, QUEUE_EXECUTOR="worker")
+    app = make_app(queue, url=POOLED, QUEUE_EXECUTOR="worker", QUEUE_LISTEN="auto")
     caplog.set_level(logging.INFO, logger="flask_queue")
     with app.app_context():
         threading.Timer(0.5, lambda: _in(app, queue.enqueue, "count", 7)).start()
