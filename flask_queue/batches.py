@@ -23,6 +23,7 @@ from .errors import InvalidOptionError, InvalidStatusError
 from .job import Job, new_id
 from .planning import AnySession
 from .store import NEEDS_COMPLETED, NEEDS_ENDED
+from .store.core import BLOCKED
 
 if TYPE_CHECKING:
     from .state import QueueState
@@ -92,7 +93,7 @@ class Batch:
         text = json.dumps(first, separators=(",", ":"))
         for name, needs in self.callbacks:
             row = store.new_row(payload=text, **_planned(self.state, name, {}))
-            row["status"] = "BLOCKED"
+            row["status"] = BLOCKED
             store.deps.add([row], members, needs=needs, batch=self.id, conn=conn)
             self.callback_jobs.append(store.to_job(row, payload=first))
         free_after_commit(self.state, [j.id for j in self.callback_jobs], self.session)

@@ -55,7 +55,7 @@ def enqueue(
     row = store.new_row(custom_id=id, payload=text, key=key, **fields)
     conn = session.connection() if session is not None else None
     if parents is not None:
-        return _enqueue_blocked(state, row, payload, parents, session)
+        return _enqueue_blocked(state, row, payload, parents, session, conn)
     due = row["run_at"] <= naive_utc(state.queue.clock())
     if id is not None:
         debounce = options.get("debounce") is not None
@@ -121,13 +121,13 @@ def _enqueue_blocked(
     payload: Any,
     parents: list[tuple[str, bool]],
     session: AnySession | None,
+    conn: Any,
 ) -> Job[Any]:
     """INSERT a job BLOCKED with its parents, then free it at once if they are
     done (after the commit, with ``session=``). An id that names no job is
     refused; a Job that is gone has completed (a job whose handler returned
     None is deleted at its success)."""
     store = state.store
-    conn = session.connection() if session is not None else None
     found = store.deps.statuses([p for p, _ in parents], conn)
     unknown = [p for p, held in parents if not held and p not in found]
     if unknown:
@@ -146,32 +146,14 @@ def _enqueue_blocked(
 
 def free_after_commit(state: QueueState, job_ids: list[str], session: AnySession | None) -> None:
     """Free these BLOCKED jobs whose parents are done, and dispatch those due:
-    now, or after ``session`` commits."""
-    if session is None:
-        _free(state, job_ids)
-        return
-    real = session() if callable(session) else session
-    real.info.setdefault("flask_queue_blocked", []).extend((state, i) for i in job_ids)
-    if not real.info.get("flask_queue_blocked_hooked"):
-        from sqlalchemy import event
-
-        event.listen(real, "after_commit", _free_pending)
-        event.listen(real, "after_rollback", lambda s: s.info.pop("flask_queue_blocked", None))
-        real.info["flask_queue_blocked_hooked"] = True
+    now, or after ``session`` commits (``dispatch_after_commit``'s hook)."""
+    _after_commit(state, job_ids, session, free=True)
 
 
 def _free(state: QueueState, job_ids: list[str]) -> None:
     freed = state.store.deps.resolve(job_ids).freed
     if freed:
         _dispatch(state, freed)
-
-
-def _free_pending(session: Session) -> None:
-    by_state: dict[int, tuple[QueueState, list[str]]] = {}
-    for state, job_id in session.info.pop("flask_queue_blocked", []):
-        by_state.setdefault(id(state), (state, []))[1].append(job_id)
-    for state, job_ids in by_state.values():
-        _free(state, job_ids)
 
 
 def enqueue_many(
@@ -239,14 +221,22 @@ def dispatch_after_commit(
     state: QueueState, job_ids: list[str], session: AnySession | None
 ) -> None:
     """Dispatch now, or after ``session`` commits (nothing when it rolls back)."""
+    _after_commit(state, job_ids, session, free=False)
+
+
+def _after_commit(
+    state: QueueState, job_ids: list[str], session: AnySession | None, *, free: bool
+) -> None:
+    """Dispatch (or with ``free``, free then dispatch) these jobs now, or once
+    ``session`` commits; a rollback drops them."""
     if not job_ids:
         return
     if session is None:
-        _dispatch(state, job_ids)
+        (_free if free else _dispatch)(state, job_ids)
         return
     real = session() if callable(session) else session  # scoped_session -> Session
     pending = real.info.setdefault("flask_queue_pending", [])
-    pending.extend((state, job_id) for job_id in job_ids)
+    pending.extend((state, job_id, free) for job_id in job_ids)
     if not real.info.get("flask_queue_hooked"):
         from sqlalchemy import event
 
@@ -263,11 +253,11 @@ def _dispatch(state: QueueState, job_ids: list[str]) -> None:
 
 
 def _dispatch_pending(session: Session) -> None:
-    by_state: dict[int, tuple[QueueState, list[str]]] = {}
-    for state, job_id in session.info.pop("flask_queue_pending", []):
-        by_state.setdefault(id(state), (state, []))[1].append(job_id)
-    for state, job_ids in by_state.values():
-        _dispatch(state, job_ids)
+    by_state: dict[tuple[int, bool], tuple[QueueState, list[str]]] = {}
+    for state, job_id, free in session.info.pop("flask_queue_pending", []):
+        by_state.setdefault((id(state), free), (state, []))[1].append(job_id)
+    for (_, free), (state, job_ids) in by_state.items():
+        (_free if free else _dispatch)(state, job_ids)
 
 
 def _drop_pending(session: Session) -> None:
