@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 
 from bench.common import bench_app, database_url, percentile, print_table
 from flask_queue import Job, Queue
-from flask_queue.store import JobStore
 from flask_queue.worker import work
 
 
@@ -34,33 +33,27 @@ def latencies(url: str, jobs: int, interval: float, listen: bool) -> list[float]
         started[job.payload] = time.monotonic()
         seen.set()
 
-    original = JobStore.listener
-    if not listen:
-        JobStore.listener = lambda self: None  # type: ignore[method-assign]
-    try:
-        with bench_app(url, queue, QUEUE_EXECUTOR="worker") as app:
-            stop = threading.Event()
+    with bench_app(url, queue, QUEUE_EXECUTOR="worker", QUEUE_LISTEN=listen) as app:
+        stop = threading.Event()
 
-            def serve() -> None:
-                with app.app_context():
-                    work(queue, concurrency=4, interval=interval, stop=stop, report=lambda _: None)
-
-            worker = threading.Thread(target=serve, daemon=True)
-            worker.start()
-            time.sleep(interval + 0.2)  # idle: listening, or between polls
-            enqueued: dict[int, float] = {}
+        def serve() -> None:
             with app.app_context():
-                for n in range(jobs):
-                    time.sleep(random.uniform(0.05, interval))
-                    seen.clear()
-                    enqueued[n] = time.monotonic()
-                    queue.enqueue("ping", n)
-                    if not seen.wait(interval * 5 + 5):
-                        raise RuntimeError(f"job {n} never started")
-            stop.set()
-            worker.join(10)
-    finally:
-        JobStore.listener = original  # type: ignore[method-assign]
+                work(queue, concurrency=4, interval=interval, stop=stop, report=lambda _: None)
+
+        worker = threading.Thread(target=serve, daemon=True)
+        worker.start()
+        time.sleep(interval + 0.2)  # idle: listening, or between polls
+        enqueued: dict[int, float] = {}
+        with app.app_context():
+            for n in range(jobs):
+                time.sleep(random.uniform(0.05, interval))
+                seen.clear()
+                enqueued[n] = time.monotonic()
+                queue.enqueue("ping", n)
+                if not seen.wait(interval * 5 + 5):
+                    raise RuntimeError(f"job {n} never started")
+        stop.set()
+        worker.join(10)
     return [(started[n] - enqueued[n]) * 1000 for n in range(jobs)]
 
 
