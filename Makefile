@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke bench-steps chaos clean
+.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke bench-steps chaos clean package-smoke
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,14 @@ test: $(BIN)/.installed
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check flask_queue tests example_app bench
-	$(BIN)/ruff format --check flask_queue tests example_app bench
+	$(BIN)/ruff check flask_queue tests example_app bench .ci
+	$(BIN)/ruff format --check flask_queue tests example_app bench .ci
 	$(BIN)/mypy
+
+# Build the sdist and wheel, install the wheel with its dependencies in a fresh
+# virtualenv, and serve the example app from it (README, "Install"; CI runs it).
+package-smoke: $(BIN)/.installed
+	$(BIN)/python .ci/package_smoke.py
 
 # Refresh the README's dashboard screenshots in docs/ (the browser tests).
 screenshots: $(BIN)/.installed

@@ -1,5 +1,6 @@
 """Background jobs for Flask apps that need nothing but their own SQL database and HTTP."""
 
+from ._version import __version__ as __version__
 from .errors import (
     ConfigError,
     InvalidDurationError,
@@ -21,8 +22,6 @@ from .errors import (
 from .extension import Handler, ProduceResult, Queue
 from .job import Event, Job, JobStatus
 from .scheduling import ScheduleType
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_DISPATCH_TIMEOUT": "2s",
     "QUEUE_MAX_PAYLOAD": 1024 * 1024,  # bytes of JSON; None: no limit
     "QUEUE_ENCRYPTION_KEYS": None,  # Fernet keys, newest first: payloads encrypted at rest
+    # OpenTelemetry spans and trace context (tracing.py): "auto" when
+    # opentelemetry-api is installed; True insists on it; False turns it off.
+    "QUEUE_TRACING": "auto",
 }
 
 
@@ -76,6 +79,7 @@ class QueueConfig:
     dispatch_timeout: timedelta
     max_payload: int | None
     encryption_keys: list[str] | None
+    tracing: bool
 
     @property
     def secret(self) -> str | None:
@@ -158,6 +162,7 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
             "QUEUE_LISTEN_URL must be a database URL string (a direct, unpooled one),"
             f" got {type(listen_url).__name__}."
         )
+    tracing = _tracing(config["QUEUE_TRACING"])
     auth = config["QUEUE_DASHBOARD_AUTH"]
     if auth is not None and not callable(auth) and not (isinstance(auth, str) and ":" in auth):
         raise ConfigError(
@@ -195,4 +200,18 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
         if config["QUEUE_MAX_PAYLOAD"] is None
         else _positive_int(config, "QUEUE_MAX_PAYLOAD"),
         encryption_keys=read_keys(config["QUEUE_ENCRYPTION_KEYS"]),
+        tracing=tracing,
     )
+
+
+def _tracing(value: Any) -> bool:
+    if value not in (True, False, "auto"):
+        raise ConfigError(f"QUEUE_TRACING must be 'auto', True or False, got {shown(value)}.")
+    from .tracing import AVAILABLE  # imports opentelemetry only here, once per app
+
+    if value is True and not AVAILABLE:
+        raise ConfigError(
+            "QUEUE_TRACING=True needs OpenTelemetry's API: pip install 'flask_queue[otel]'"
+            " (or set QUEUE_TRACING='auto' to trace only where it is installed)."
+        )
+    return bool(value) and AVAILABLE

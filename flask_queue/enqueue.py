@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import signals
+from . import signals, tracing
 from .actions import waitable
 from .errors import InvalidOptionError, shown
 from .job import Job, new_id
@@ -214,7 +214,10 @@ def _planned(state: QueueState, name: str, options: EnqueueOptions) -> dict[str,
     registry = state.queue
     planned: dict[str, Any] = {k: v for k, v in options.items() if k in PLAN_OPTIONS}
     priority = registry.priority_of(name, options.get("priority"))
-    return plan(registry.handlers, registry.clock(), name, priority=priority, **planned)
+    fields = plan(registry.handlers, registry.clock(), name, priority=priority, **planned)
+    if state.config.tracing:
+        fields["trace_context"] = tracing.carrier()
+    return fields
 
 
 def dispatch_after_commit(

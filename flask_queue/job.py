@@ -134,6 +134,10 @@ class Job(Generic[T]):
     #: The key a limited queue's limits hold per (``enqueue(key=)`` or the
     #: handler's ``key=`` function of the payload); None: the queue's keyless group.
     key: str | None = None
+    #: The W3C trace context the enqueue ran in (JSON of ``traceparent`` and
+    #: ``tracestate``), when tracing is on and a span was current: each run's
+    #: span links to it (tracing.py).
+    trace_context: str | None = None
 
     def _twin(self, id: str, payload: Any, key: str | None) -> Job[Any]:
         """This job with another id, payload and key: ``enqueue_many``'s jobs

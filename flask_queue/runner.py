@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
-from . import history, signals
+from . import history, signals, tracing
 from .control import CANCEL, RunControl
 from .errors import InvalidResultError, StorageError
 from .job import Job, Progress
@@ -68,7 +68,7 @@ def run_job(state: QueueState, job_id: str, attempt: int) -> RunResult:
             return RunResult(why, job_id, attempt)
         state.heartbeat.add(job.id, job.attempt)
         try:
-            outcome = decide(state, job)
+            outcome = _decided(state, job)
         except BaseException:
             state.heartbeat.discard(job.id, job.attempt)
             raise
@@ -91,7 +91,7 @@ def run_claimed(state: QueueState, job: Job[Any], finisher: Finisher | None) -> 
                 finisher.started(job)
             else:
                 state.store.mark_started([(job.id, job.attempt)])
-            outcome = decide(state, job)
+            outcome = _decided(state, job)
         except BaseException:
             state.heartbeat.discard(job.id, job.attempt)
             raise
@@ -119,6 +119,19 @@ def _finish_now(state: QueueState, job: Job[Any], outcome: Finish) -> RunResult:
     finally:
         state.heartbeat.discard(job.id, job.attempt)
     return RunResult(_describe(outcome) if owned else "lost", job.id, job.attempt)
+
+
+def _decided(state: QueueState, job: Job[Any]) -> Finish | None:
+    """``decide``, inside the run's span when tracing is on (tracing.py)."""
+    if not state.config.tracing:
+        return decide(state, job)
+    with tracing.run_span(job) as span:
+        outcome = decide(state, job)
+        if outcome is None:
+            tracing.finished(span, "timed out", None)
+        else:
+            tracing.finished(span, _describe(outcome), outcome.error)
+        return outcome
 
 
 def decide(state: QueueState, job: Job[Any]) -> Finish | None:
@@ -388,6 +401,8 @@ def _run(
         if control.why == CANCEL:
             return _cancelled(job, now(), ran=True), False
         seconds = time.perf_counter() - started
+        if config.tracing:
+            tracing.failed(exc)
         reason = "".join(traceback.format_exception(exc))
         if isinstance(exc, InvalidResultError) and not job.is_repeating:
             # The handler ran to its end: running it again would repeat its

@@ -270,6 +270,7 @@ class StoreCore:
             timeout=timedelta(milliseconds=m["timeout_ms"]) if m["timeout_ms"] else None,
             unique_until=aware_utc(m["unique_until"]),
             key=text_of(m["key"]),
+            trace_context=m["trace_context"],
         )
 
     def opened(self, text: str) -> str:
@@ -314,6 +315,7 @@ class StoreCore:
             "latest_run_at": None,
             "unique_until": None,
             "key": None,
+            "trace_context": None,
         }
         row.update(values)
         if row["custom_id"] is not None:

@@ -128,6 +128,9 @@ def job_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE_NAME) -> sa.Table
         # without one share one group. Exact bytes on MySQL, as custom ids, so
         # "Tenant" and "tenant" are two keys everywhere.
         sa.Column("key", _ExactString, nullable=True),
+        # OpenTelemetry (tracing.py): the enqueue's W3C trace context, as JSON;
+        # each run's span links to it. None without tracing or a current span.
+        sa.Column("trace_context", sa.Text, nullable=True),
         # Lists by status in run_at order, and the purge of kept history.
         sa.Index(f"ix_{name}_status_run_at", "status", "run_at"),
         # The claim of expired RUNNING leases.
