@@ -5,9 +5,9 @@ process while ``work()`` (CLI defaults) drains a due backlog of no-op jobs.
 
 Seeds first, then attaches ``py-spy record`` (pip install py-spy; root, or
 ptrace allowed) to its own pid for the drain only, and prints the top of the
-profile: samples per function, by self time and by inclusive time, over all
-threads (idle waits included: a thread parked on a lock shows as
-``wait``/``acquire``). ``make bench-profile`` writes bench/profile-<db>.txt.
+profile: samples per function, by self time and by inclusive time, of the
+thread holding the GIL (``--gil``: CPU on the interpreter, which is what a
+no-op drain is short of; waits on the database are not in it). ``make bench-profile`` writes bench/profile-<db>.txt.
 """
 
 from __future__ import annotations
@@ -90,14 +90,18 @@ def main() -> None:
         with bench_app(database_url(args.db, tmp), queue) as app, app.app_context():
             seed_due(queue, args.jobs)
             recorder = subprocess.Popen(
-                [spy, "record", "--pid", str(os.getpid()), "--rate", str(args.rate)]
-                + ["--format", "raw", "--output", str(raw), "--nonblocking"],
+                [
+                    *(spy, "record", "--pid", str(os.getpid()), "--rate", str(args.rate)),
+                    *("--format", "raw", "--output", str(raw), "--nonblocking", "--gil"),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
             time.sleep(1.0)  # py-spy attaches
             started = time.perf_counter()
-            ran = work(queue, concurrency=4, interval=1.0, max_jobs=args.jobs, report=lambda _: None)
+            ran = work(
+                queue, concurrency=4, interval=1.0, max_jobs=args.jobs, report=lambda _: None
+            )
             elapsed = time.perf_counter() - started
             recorder.send_signal(signal.SIGINT)
             recorder.wait(60)

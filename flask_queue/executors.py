@@ -9,6 +9,7 @@ dispatch failed and we know it) or by the lease (we do not know).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -171,12 +172,16 @@ class _PoolExecutor(Executor):
 
     def _submit(self, fn: Any, *args: Any) -> Future[Any]:
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="flask_queue")
-            future = self._pool.submit(fn, *args)
+            future = self._pool_now().submit(fn, *args)
             self._pending.add(future)
         future.add_done_callback(self._done)
         return future
+
+    def _pool_now(self) -> ThreadPoolExecutor:
+        # Called with the lock held.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="flask_queue")
+        return self._pool
 
     def _done(self, future: Future[Any]) -> None:
         with self._lock:
@@ -281,10 +286,62 @@ class ThreadExecutor(_PoolExecutor, _RunsHere):
 
     def __init__(self, state: QueueState, workers: int | None = None) -> None:
         super().__init__(state, workers or state.config.threads)
+        # Claimed runs wait here, not as one pool task each: up to ``workers``
+        # drain tasks take them in order. A future, its condition and its done
+        # callback per run were a quarter of a draining worker's samples on
+        # no-op jobs; the order and the concurrency are the pool queue's.
+        self._runs: collections.deque[Deliverable] = collections.deque()
+        #: Runs submitted and not ended (waiting here, or running); under _lock.
+        self._queued = 0
+        #: Drain tasks alive; under _lock.
+        self._drainers = 0
 
     def dispatch(self, job_id: str) -> None:
         # The claim happens on the pool too: enqueue returns at once.
         self._submit(self._claim_and_submit, [job_id])
+
+    def submit(self, job: Deliverable) -> Submitted:
+        with self._lock:
+            self._runs.append(job)
+            self._queued += 1
+            if self._drainers >= self.workers:
+                return None
+            self._drainers += 1
+            drainer = self._pool_now().submit(self._drain)
+        drainer.add_done_callback(self._drainer_cancelled)
+        return None
+
+    def _drainer_cancelled(self, future: Future[None]) -> None:
+        # ``shutdown(cancel=True)`` cancels a drain task that never began.
+        if future.cancelled():
+            with self._lock:
+                self._drainers -= 1
+
+    def _drain(self) -> None:
+        """Run waiting runs one after another until none waits."""
+        while True:
+            with self._lock:
+                if not self._runs:
+                    self._drainers -= 1
+                    return
+                job = self._runs.popleft()
+            try:
+                self.deliver(job)
+            except Exception:
+                log.exception("flask_queue: executor task failed")
+            except BaseException:
+                with self._lock:
+                    self._drainers -= 1
+                raise
+            finally:
+                with self._lock:
+                    self._queued -= 1
+                with self._freed:
+                    self._freed.notify_all()
+
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._pending) + self._queued
 
     def _deliver(self, job: Deliverable) -> None:
         run_claimed(self.state, job, self.state.finisher)  # type: ignore[arg-type]
@@ -295,6 +352,11 @@ class ThreadExecutor(_PoolExecutor, _RunsHere):
         return None
 
     def shutdown(self, wait: bool = True, *, cancel: bool = False) -> None:
+        if cancel:
+            # What has not begun never begins (the worker hands those runs back).
+            with self._lock:
+                self._queued -= len(self._runs)
+                self._runs.clear()
         super().shutdown(wait=wait, cancel=cancel)
         # The outcomes of the runs that ended are written before the process
         # goes: a worker told to stop leaves no finished run RUNNING. Without

@@ -48,8 +48,9 @@ class Finisher:
         self.heartbeat = heartbeat
         self.size = size
         self._pending: list[tuple[Job[Any], Finish]] = []
-        #: Runs whose handlers began, to mark started (``JobStore.mark_started``).
-        self._starts: list[tuple[str, int]] = []
+        #: Runs whose handlers began, to mark started (``JobStore.mark_started``),
+        #: with when (``time.monotonic``).
+        self._starts: list[tuple[str, int, float]] = []
         self._lock = threading.Lock()
         #: Held while a batch is written: ``flush`` waits for the writer's batch too.
         self._writing = threading.Lock()
@@ -57,12 +58,14 @@ class Finisher:
         self._thread: threading.Thread | None = None
 
     def started(self, job: Job[Any]) -> None:
-        """Note that a run's handler begins; marked in the database within
+        """Note that a run's handler begins; marked in the database within two
         ``FLUSH_DELAY`` (a process that dies sooner costs that run no attempt:
         a handler that kills its process faster than that is re-run each lease
-        instead of ending FAILED)."""
+        instead of ending FAILED). A start waits one whole delay first: most
+        quick runs end by then, and a run whose outcome deletes its row needs
+        no mark at all."""
         with self._lock:
-            self._starts.append((job.id, job.attempt))
+            self._starts.append((job.id, job.attempt, time.monotonic()))
             self._ensure_thread()
 
     def add(self, job: Job[Any], outcome: Finish) -> None:
@@ -82,13 +85,11 @@ class Finisher:
             )
             self._thread.start()
 
-    def _write_starts(self) -> bool:
-        with self._lock:
-            starts, self._starts = self._starts, []
+    def _write_starts(self, starts: list[tuple[str, int]], gone: set[tuple[str, int]]) -> bool:
         if not starts:
             return False
         try:
-            self.store.mark_started(starts)
+            self.store.mark_started(starts, deleted=gone)
         except Exception:
             # Only the crash accounting is lost: a death of these runs' process
             # would not count as an attempt. Their outcomes still get written.
@@ -106,15 +107,35 @@ class Finisher:
         (default: two leases), then writes what it can one by one and logs the
         rest, whose runs will run again after their leases.
         """
-        while self._write_some(patience) or self.pending():
+        while self._write_some(patience, every_start=True) or self.pending():
             pass
 
-    def _write_some(self, patience: float | None = None) -> bool:
-        """Write the pending starts and a batch of outcomes; whether there were any."""
+    def _write_some(self, patience: float | None = None, *, every_start: bool = False) -> bool:
+        """Write a batch of outcomes and the starts that waited a whole
+        ``FLUSH_DELAY`` (all of them with ``every_start``); whether there
+        was anything to write."""
         with self._writing:
-            wrote = self._write_starts()
             with self._lock:
                 batch, self._pending = self._pending[: self.size], self._pending[self.size :]
+                # A run whose outcome deletes its row in this same write needs
+                # no start mark: nothing is left to read it. If the outcome
+                # cannot be written, such a run is claimed again at its lease's
+                # end as one that never started: run again, as any run whose
+                # outcome was lost, but not counted as a failed attempt.
+                gone = {
+                    (job.id, job.attempt) for job, outcome in batch if outcome.status == "DELETE"
+                }
+                ended = {(job.id, job.attempt) for job, _ in batch}
+                young = time.monotonic() - FLUSH_DELAY
+                starts: list[tuple[str, int]] = []
+                waiting: list[tuple[str, int, float]] = []
+                for job_id, attempt, at in self._starts:
+                    if every_start or at <= young or (job_id, attempt) in ended:
+                        starts.append((job_id, attempt))
+                    else:
+                        waiting.append((job_id, attempt, at))
+                self._starts = waiting
+            wrote = self._write_starts(starts, gone)
             if batch:
                 self._write(batch, patience)
             return wrote or bool(batch)

@@ -31,6 +31,7 @@ from .store.core import CANCELLED
 if TYPE_CHECKING:
     from .config import QueueConfig
     from .finisher import Finisher
+    from .metrics import Metrics
     from .state import QueueState
 
 log = logging.getLogger("flask_queue")
@@ -123,7 +124,7 @@ def _finish_now(state: QueueState, job: Job[Any], outcome: Finish) -> RunResult:
 
 def _decided(state: QueueState, job: Job[Any]) -> Finish | None:
     """``decide``, inside the run's span when tracing is on (tracing.py)."""
-    if not state.config.tracing:
+    if not state.config.tracing or not tracing.recording():
         return decide(state, job)
     with tracing.run_span(job) as span:
         outcome = decide(state, job)
@@ -148,7 +149,9 @@ def decide(state: QueueState, job: Job[Any]) -> Finish | None:
     default = handler.retry if handler.retry is not None else state.config.retry
     control = _control(state, job, handler.timeout, default, handler.is_async)
     try:
-        outcome, succeeded = _run(job, handler.run, default, state.config, now, control)
+        outcome, succeeded = _run(
+            job, handler.run, default, state.config, now, control, state.metrics
+        )
     except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
         reason = (
             "flask_queue could not work out what comes after this run from the"
@@ -217,6 +220,8 @@ def _control(
             )
         retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
         signals.send(signals.job_failed, state.app, job=job, error=None, will_retry=retrying)
+        if state.metrics is not None:
+            state.metrics.run_failed(job.queue)
         state.tally.count(job.queue, False, at)
         _finish(state, job, outcome)
 
@@ -357,6 +362,7 @@ def _run(
     config: QueueConfig,
     now: Callable[[], datetime],
     control: RunControl,
+    metrics: Metrics | None = None,
 ) -> tuple[Finish, bool | None]:
     """Run the handler: the outcome to write, and whether the run succeeded
     (None: it ended at a sleep)."""
@@ -371,9 +377,13 @@ def _run(
         outcome = after_failure(earlier, reason, default_retry, at)
         _log_failure(earlier, reason.strip().splitlines()[-1], outcome, len(delays))
         signals.send(signals.job_failed, app, job=job, error=None, will_retry=False)
+        if metrics is not None:
+            metrics.run_failed(job.queue)
         error = job.error or history.line(reason)
         return _recorded(job, outcome, at, None, history.FAILED, error), False
     signals.send(signals.job_started, app, job=job)
+    if metrics is not None:
+        metrics.run_started(job.queue)
     at = now()
     started = time.perf_counter()
     try:
@@ -413,10 +423,14 @@ def _run(
         _log_failure(job, repr(exc), outcome, len(delays))
         retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
         signals.send(signals.job_failed, app, job=job, error=exc, will_retry=retrying)
+        if metrics is not None:
+            metrics.run_failed(job.queue)
         error = history.error_line(exc)
         return _recorded(job, outcome, at, seconds, history.FAILED, error), False
     seconds = time.perf_counter() - started
     signals.send(signals.job_succeeded, app, job=job, duration=seconds)
+    if metrics is not None:
+        metrics.run_succeeded(job.queue, seconds)
     finished = now()
     outcome = after_success(job, _kept_for(job, config, finished, result), finished, result)
     return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None), True

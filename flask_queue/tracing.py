@@ -41,9 +41,21 @@ AVAILABLE = trace is not None
 SYSTEM = "flask_queue"
 
 
+def recording() -> bool:
+    """Whether an SDK (a real tracer provider) is set up: until the app sets
+    one, OpenTelemetry's spans are no-ops, and making them cost a no-op run
+    more than the rest of its bookkeeping. Asked per call: an app may set its
+    provider after ``init_app``."""
+    return not isinstance(
+        trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    )
+
+
 def carrier() -> str | None:
     """The current trace context as the job stores it (JSON), or None when no
-    span is current (the propagator then writes nothing)."""
+    span is current (the propagator then writes nothing) or no SDK is set up."""
+    if not recording():
+        return None
     values: dict[str, str] = {}
     propagate.inject(values)
     return json.dumps(values, separators=(",", ":")) if values else None

@@ -358,3 +358,39 @@ def test_a_batch_cut_between_its_statements_writes_the_rest_and_warns_of_nothing
     assert all(r.errors == 1 for r in left.values())
     assert "lost their lease" not in caplog.text
     assert "retrying in" in caplog.text
+
+
+@all_databases
+def test_a_quick_runs_start_mark_waits_a_delay_and_is_skipped_when_its_row_goes(
+    app: Flask, queue: Queue, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22: a start mark waits one FLUSH_DELAY; a run whose outcome deletes
+    its row within it is never marked (one statement per batch fewer), a kept
+    outcome's start is still written, and an old start is written on its own."""
+    monkeypatch.setattr(finisher_module.Finisher, "_loop", lambda self: None)
+    state = app.extensions["queue"]
+    store = state.store
+    due_jobs(app, queue, clock, "echo", list(range(3)))
+    deleted, kept, running = store.claim_started(3, LEASE)
+    finisher = Finisher(store, state.heartbeat, size=10)
+    for job in (deleted, kept, running):
+        state.heartbeat.add(job.id, job.attempt)
+        finisher.started(job)
+    finisher.add(deleted, after_success(deleted, timedelta(0), clock()))
+    finisher.add(kept, after_success(kept, timedelta(hours=1), clock()))
+
+    def marks(seen: list[str]) -> list[str]:
+        return [s for s in seen if s.startswith("UPDATE") and "SET started_at" in s]
+
+    with statements(app) as seen:
+        assert finisher._write_some()  # the two outcomes; `running`'s start is young
+    assert len(marks(seen)) == 1  # `kept`'s start only
+    after = rows(app)
+    assert deleted.id not in after
+    assert after[kept.id].started_at is not None
+    assert after[running.id].started_at is None
+    time.sleep(finisher_module.FLUSH_DELAY)
+    with statements(app) as seen:
+        assert finisher._write_some()  # now a whole delay old
+    assert len(marks(seen)) == 1
+    assert rows(app)[running.id].started_at is not None

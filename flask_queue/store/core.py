@@ -79,6 +79,20 @@ def aware_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    """``aware_utc`` for a stored time, which is naive UTC on every database."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+#: Status text -> JobStatus, without the enum's lookup (an unknown text still
+#: goes through ``JobStatus()``, whose ValueError ``readable`` reports).
+_STATUSES = {status.value: status for status in JobStatus}
+
+
 def nameable(key: str) -> bool:
     """Whether a job's id or custom id can be ``key``. Neither holds NUL (ids are
     generated; custom ids refuse it) nor a lone surrogate (not UTF-8), and
@@ -237,41 +251,53 @@ class StoreCore:
 
     def to_job(self, row: Any, *, payload: Any = _UNSET) -> Job[Any]:
         """A ``Job`` from a result row or a row dict; ``payload`` skips decoding
-        when the caller already has it (enqueue does)."""
+        when the caller already has it (enqueue does).
+
+        Built without ``Job.__init__``: a frozen dataclass's sets each of its
+        thirty fields through ``object.__setattr__``, and with the eight time
+        conversions that was a fifth of a draining worker's time on the GIL.
+        ``tests/test_store.py`` checks that every field is set."""
         m = row._mapping if hasattr(row, "_mapping") else row
-        return Job(
+        history = m["history"]
+        retry = m["retry"]
+        result = m["result"]
+        timeout_ms = m["timeout_ms"]
+        schedule_type = m["schedule_type"]
+        job: Job[Any] = object.__new__(Job)
+        job.__dict__.update(
             id=m["id"],
             queue=m["queue"],
             payload=json.loads(self.opened(m["payload"])) if payload is _UNSET else payload,
-            run_at=aware_utc(m["run_at"]),  # type: ignore[arg-type]
-            status=JobStatus(m["status"]),
+            run_at=_aware(m["run_at"]),
+            status=_STATUSES.get(m["status"]) or JobStatus(m["status"]),
             custom_id=text_of(m["custom_id"]),
             reason=m["reason"],
             error=m["error"],
-            history=json.loads(m["history"]) if m["history"] else None,
+            history=json.loads(history) if history else None,
             count=m["count"],
-            schedule_type=ScheduleType(m["schedule_type"]) if m["schedule_type"] else None,
+            schedule_type=ScheduleType(schedule_type) if schedule_type else None,
             schedule=m["schedule"],
             count_limit=m["count_limit"],
             tz=m["tz"],
-            occurrence_at=aware_utc(m["occurrence_at"]),
+            occurrence_at=_aware(m["occurrence_at"]),
             attempt=m["attempt"],
             errors=m["errors"],
             priority=m["priority"],
-            retry=json.loads(m["retry"]) if m["retry"] else None,
-            lease_until=aware_utc(m["lease_until"]),
-            started_at=aware_utc(m["started_at"]),
-            created_at=aware_utc(m["created_at"]),
-            updated_at=aware_utc(m["updated_at"]),
-            result=json.loads(m["result"]) if m["result"] is not None else None,
+            retry=json.loads(retry) if retry else None,
+            lease_until=_aware(m["lease_until"]),
+            started_at=_aware(m["started_at"]),
+            created_at=_aware(m["created_at"]),
+            updated_at=_aware(m["updated_at"]),
+            result=json.loads(result) if result is not None else None,
             progress=_progress(m["progress"]),
-            cancelled_at=aware_utc(m["cancelled_at"]),
+            cancelled_at=_aware(m["cancelled_at"]),
             cancel_action=m["cancel_action"],
-            timeout=timedelta(milliseconds=m["timeout_ms"]) if m["timeout_ms"] else None,
-            unique_until=aware_utc(m["unique_until"]),
+            timeout=timedelta(milliseconds=timeout_ms) if timeout_ms else None,
+            unique_until=_aware(m["unique_until"]),
             key=text_of(m["key"]),
             trace_context=m["trace_context"],
         )
+        return job
 
     def opened(self, text: str) -> str:
         return self.cipher.open(text) if self.cipher is not None else plain_open(text)

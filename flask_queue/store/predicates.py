@@ -122,14 +122,12 @@ def held_id(t: sa.Table, now: Any) -> Any:
     return sa.case((t.c.cancelled_at.is_not(None), released_id(t, now)), else_=t.c.live_custom_id)
 
 
-def these_runs(ids: Any, attempts: Any, pairs: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
+def these_runs(
+    ids: Any, attempts: Any, pairs: Sequence[tuple[str, int]], dialect: Dialect
+) -> sa.ColumnElement[bool]:
     """The rows of these runs (id, attempt), on the columns ``ids`` and
-    ``attempts`` (the job table's or the start log's). The ids are also given
-    as a plain ``id IN (...)``: a row-constructor IN is not always served from
-    the primary key (InnoDB may scan an index, locking rows that other
-    claimers hold: deadlocks under eight claimers)."""
-    pairs = list(pairs)
-    return sa.and_(ids.in_([job_id for job_id, _ in pairs]), sa.tuple_(ids, attempts).in_(pairs))
+    ``attempts`` (the job table's or the start log's): ``dialect.runs_among``."""
+    return dialect.runs_among(ids, attempts, list(pairs))
 
 
 def reason_tail(t: sa.Table, dialect: Dialect) -> Any:

@@ -64,7 +64,10 @@ class RateLog:
         for chunk in chunks(sorted(runs)):
             stmt = (
                 sa.update(s)
-                .where(these_runs(s.c.job_id, s.c.attempt, chunk), s.c.started_at.is_(None))
+                .where(
+                    these_runs(s.c.job_id, s.c.attempt, chunk, self.core.dialect),
+                    s.c.started_at.is_(None),
+                )
                 .values(started_at=now)
             )
             self.core.repeatable("record rate-limited starts", stmt)

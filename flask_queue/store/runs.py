@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -302,7 +302,7 @@ class Runs:
         t = self.core.table
         now = self.core.now()
         asked = sa.and_(
-            these_runs(t.c.id, t.c.attempt, runs),
+            these_runs(t.c.id, t.c.attempt, runs, self.core.dialect),
             t.c.status == RUNNING,
             t.c.cancelled_at.is_not(None),
         )
@@ -338,26 +338,32 @@ class Runs:
             .where(
                 t.c.status == SCHEDULED,
                 t.c.lease_until.is_not(None),
-                these_runs(t.c.id, t.c.attempt, runs),
+                these_runs(t.c.id, t.c.attempt, runs, self.core.dialect),
             )
             .values(lease_until=None)
         )
 
-    def mark_started(self, runs: Sequence[tuple[str, int]]) -> None:
+    def mark_started(
+        self, runs: Sequence[tuple[str, int]], *, deleted: Collection[tuple[str, int]] = ()
+    ) -> None:
         """UPDATE by primary key per FINISH_CHUNK runs (and their stamps in the
         rate log): record that these claimed runs (id, attempt) began their
         handlers; from then on a death of their process counts as a failed
         attempt (see ``predicates.claim_values``). Only a run still RUNNING
         and unstarted is touched: an outcome written first stays as it is.
         Rows are locked in id order, and a deadlock with another writer of
-        them (InnoDB picks a victim) is tried again: it is safe to repeat."""
+        them (InnoDB picks a victim) is tried again: it is safe to repeat.
+
+        ``deleted``: runs whose outcome, written next, deletes their row: only
+        their rate-log stamps are written."""
         t = self.core.table
         now = self.core.now()
-        for chunk in chunks(sorted(runs)):
+        marked = [run for run in runs if run not in deleted] if deleted else runs
+        for chunk in chunks(sorted(marked)):
             stmt = (
                 sa.update(t)
                 .where(
-                    these_runs(t.c.id, t.c.attempt, chunk),
+                    these_runs(t.c.id, t.c.attempt, chunk, self.core.dialect),
                     t.c.status == RUNNING,
                     t.c.started_at.is_(None),
                 )
@@ -415,7 +421,7 @@ class Runs:
         mine = t.c.status == RUNNING
         statements: list[tuple[Any, Any, list[str]]] = []
         for chunk in chunks(deleted):
-            where = these_runs(t.c.id, t.c.attempt, chunk)
+            where = these_runs(t.c.id, t.c.attempt, chunk, self.core.dialect)
             # A run cancelled since its last beat is not deleted: it ends
             # CANCELLED (``_settle_cancelled``, when the count comes up short).
             uncancelled = t.c.cancelled_at.is_(None)
@@ -468,7 +474,7 @@ class Runs:
         replaced = sa.and_(t.c.status == SCHEDULED, t.c.lease_until.is_not(None))
         owned = sa.and_(
             sa.or_(t.c.status == RUNNING, replaced),
-            these_runs(t.c.id, t.c.attempt, runs),
+            these_runs(t.c.id, t.c.attempt, runs, self.core.dialect),
         )
         values: dict[str, Any] = {"lease_until": now + lease}
         if progress:
@@ -533,7 +539,9 @@ class Runs:
         for chunk in chunks(sorted(runs)):
             stmt = (
                 sa.update(t)
-                .where(these_runs(t.c.id, t.c.attempt, chunk), t.c.status == RUNNING)
+                .where(
+                    these_runs(t.c.id, t.c.attempt, chunk, self.core.dialect), t.c.status == RUNNING
+                )
                 .values(
                     status=SCHEDULED,
                     run_at=now,
