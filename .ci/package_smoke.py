@@ -93,6 +93,8 @@ def install(wheel: Path, env_dir: Path) -> Path:
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     # [scheduler]: the example app produces with the in-process APScheduler.
+    # pip's compile step reports a module that does not compile only as a
+    # warning: ``check_modules_and_cli`` imports every one.
     run(python, "-m", "pip", "install", "--quiet", f"{wheel}[scheduler]")
     where = run(python, "-c", "import flask_queue; print(flask_queue.__file__)", cwd=env_dir)
     if not Path(where.stdout.strip()).is_relative_to(env_dir):
@@ -165,6 +167,35 @@ def serve_example(python: Path, workdir: Path) -> None:
         log.close()
 
 
+#: Every module of the installed package imports (the example app's requests do
+#: not reach the worker, the CLI's commands or the pytest plugin).
+IMPORT_ALL = """
+import importlib, pkgutil, flask_queue
+names = [m.name for m in pkgutil.walk_packages(flask_queue.__path__, "flask_queue.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def check_modules_and_cli(python: Path, workdir: Path) -> None:
+    count = run(python, "-c", IMPORT_ALL, cwd=workdir).stdout.strip()
+    print(f"package-smoke: all {count} modules of the installed package import")
+    env = {"PATH": f"{python.parent}:/usr/bin:/bin", "HOME": str(workdir)}
+    flask = python.parent / "flask"
+    run(flask, "--app", "example_app", "queue", "--help", cwd=workdir, env=env)
+    # The worker of the installed package runs a job of its own.
+    run(
+        flask, "--app", "example_app", "queue", "enqueue", "record", '"smoke"', cwd=workdir, env=env
+    )
+    out = run(
+        flask, "--app", "example_app", "queue", "work", "--max-jobs", "1", cwd=workdir, env=env
+    ).stdout
+    if "worker stopped after 1 job(s)" not in out:
+        fail(f"flask queue work --max-jobs 1 did not run a job:\n{out}")
+    print("package-smoke: flask queue work ran a job")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flask_queue_package_") as tmp:
         root = Path(tmp)
@@ -172,6 +203,7 @@ def main() -> None:
         python = install(wheel, root / "venv")
         (root / "app").mkdir()
         serve_example(python, root / "app")
+        check_modules_and_cli(python, root / "app")
     print("package-smoke: ok")
 
 

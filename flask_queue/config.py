@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,6 +13,8 @@ from .durations import to_timedelta
 from .errors import ConfigError, QueueError, shown
 from .scheduling import retry_delays
 from .store.schema import DEFAULT_TABLE_NAME
+
+log = logging.getLogger("flask_queue")
 
 EXECUTORS = ("inline", "thread", "http", "worker")
 
@@ -207,11 +210,23 @@ def read_config(config: Mapping[str, Any]) -> QueueConfig:
 def _tracing(value: Any) -> bool:
     if value not in (True, False, "auto"):
         raise ConfigError(f"QUEUE_TRACING must be 'auto', True or False, got {shown(value)}.")
-    from .tracing import AVAILABLE  # imports opentelemetry only here, once per app
+    from . import tracing
 
-    if value is True and not AVAILABLE:
+    if not value:
+        return False
+    problem = None if tracing.AVAILABLE else "it is not installed"
+    if problem is None:
+        try:
+            tracing._otel()
+        except Exception as exc:  # noqa: BLE001 - a broken install: say so, once
+            problem = f"importing it failed ({type(exc).__name__}: {exc})"
+    if problem is None:
+        return True
+    if value is True:
         raise ConfigError(
-            "QUEUE_TRACING=True needs OpenTelemetry's API: pip install 'flask_queue[otel]'"
-            " (or set QUEUE_TRACING='auto' to trace only where it is installed)."
+            f"QUEUE_TRACING=True needs OpenTelemetry's API, and {problem}: pip install"
+            " 'flask_queue[otel]' (or set QUEUE_TRACING='auto' to trace only where it works)."
         )
-    return bool(value) and AVAILABLE
+    if tracing.AVAILABLE:
+        log.warning("flask_queue: tracing is off: OpenTelemetry's API is installed but %s", problem)
+    return False

@@ -178,15 +178,21 @@ def test_tracing_off_stores_nothing_and_makes_no_span(
     assert [s.name for s in spans.get_finished_spans()] == ["POST /bookings", "charge card"]
 
 
+@pytest.mark.parametrize(
+    "stored",
+    ["{not json", '{"traceparent": 5}', '{"baggage": 7}', "[1]", '{"tracestate": 1}'],
+)
 def test_a_corrupt_stored_context_runs_the_job_unlinked(
-    make_app: AppFactory, traced: Queue, spans: InMemorySpanExporter
+    make_app: AppFactory, traced: Queue, spans: InMemorySpanExporter, stored: str
 ) -> None:
+    """Review defect: a context that is JSON but not of strings raised in the
+    span's set-up, before the handler: the job stayed RUNNING, lease after lease."""
     app = make_app(traced, QUEUE_EXECUTOR="worker")
     with app.app_context():
         enqueue_in_request(traced, "ok")
         store = app.extensions["queue"].store
         with store.engine.begin() as c:
-            c.execute(store.table.update().values(trace_context="{not json"))
+            c.execute(store.table.update().values(trace_context=stored))
         work(traced, concurrency=1, interval=0.05, max_jobs=1, report=lambda _: None)
     (run,) = runs(spans)
     assert run.links == ()
@@ -205,7 +211,9 @@ def test_tracing_true_without_opentelemetry_says_what_to_install(
     import flask_queue.tracing
 
     monkeypatch.setattr(flask_queue.tracing, "AVAILABLE", False)
-    with pytest.raises(ConfigError, match=r"pip install 'flask_queue\[otel\]'"):
+    with pytest.raises(
+        ConfigError, match=r"it is not installed: pip install 'flask_queue\[otel\]'"
+    ):
         make_app(traced, QUEUE_TRACING=True)
 
 
@@ -309,3 +317,90 @@ def test_the_thread_executor_under_threads_keeps_each_runs_link(
         assert run.attributes is not None
         job_id = run.attributes["messaging.message.id"]
         assert [link.context.span_id for link in run.links] == [origins[str(job_id)]]
+
+
+@all_databases
+def test_only_the_trace_context_is_stored_never_baggage_nor_a_long_tracestate(
+    make_app: AppFactory, traced: Queue, spans: InMemorySpanExporter
+) -> None:
+    """Review defect: the global propagator also stored W3C baggage (a client's
+    header, unencrypted, in every row) and any size of tracestate (over MariaDB's
+    TEXT the enqueue failed)."""
+    from opentelemetry import baggage, context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    app = make_app(traced, QUEUE_EXECUTOR="worker")
+    big = TraceState([(f"vendor{n}", "x" * 200) for n in range(32)])  # ~6.7 KB
+    parent = NonRecordingSpan(
+        SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=big)
+    )
+    ctx = baggage.set_baggage("user.email", "alice@example.com" + "y" * 70_000)
+    token = context.attach(trace.set_span_in_context(parent, ctx))
+    try:
+        with app.app_context():
+            job, origin = enqueue_in_request(traced, "ok")
+            stored = json.loads(traced.get(job.id).trace_context)  # type: ignore[union-attr]
+    finally:
+        context.detach(token)
+    assert set(stored) == {"traceparent"}
+    assert stored["traceparent"].split("-")[2] == f"{origin.span_id:016x}"
+
+
+def test_a_small_tracestate_is_kept(
+    make_app: AppFactory, traced: Queue, spans: InMemorySpanExporter
+) -> None:
+    from opentelemetry import context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    app = make_app(traced, QUEUE_EXECUTOR="worker")
+    parent = NonRecordingSpan(
+        SpanContext(
+            0x1234,
+            0x5678,
+            is_remote=True,
+            trace_flags=TraceFlags(1),
+            trace_state=TraceState([("vendor", "abc")]),
+        )
+    )
+    token = context.attach(trace.set_span_in_context(parent))
+    try:
+        with app.app_context():
+            job, _ = enqueue_in_request(traced, "ok")
+            stored = json.loads(traced.get(job.id).trace_context)  # type: ignore[union-attr]
+    finally:
+        context.detach(token)
+    assert stored["tracestate"] == "vendor=abc"
+
+
+def test_tracing_off_imports_nothing_of_opentelemetry_and_ignores_its_env(tmp_path: Path) -> None:
+    """Review defect: ``import flask_queue`` imported OpenTelemetry's global
+    propagators, so a bad ``OTEL_PROPAGATORS`` broke the import, whatever
+    QUEUE_TRACING said; with tracing on, the global propagators are not used."""
+    script = f"""
+import sys
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from flask_queue import Queue
+assert not any(m.startswith("opentelemetry.") for m in sys.modules), "imported at import (the namespace package aside)"
+for tracing in (False, "auto"):
+    app = Flask("t")
+    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite:///{tmp_path}/t.db", SECRET_KEY="k",
+                      QUEUE_EXECUTOR="inline", QUEUE_TRACING=tracing,
+                      QUEUE_TABLE_NAME="off_" + str(tracing).lower())
+    db = SQLAlchemy(app)
+    q = Queue(app)
+    q.handler("ok")(lambda job: None)
+    with app.app_context():
+        db.create_all()
+        q.enqueue("ok", None)
+    loaded = any(m.startswith("opentelemetry.") for m in sys.modules)
+    assert loaded == (tracing == "auto"), (tracing, loaded)
+    assert "opentelemetry.propagate" not in sys.modules
+print("ok")
+"""
+    env = dict(os.environ, OTEL_PROPAGATORS="b3", PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
