@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke bench-steps chaos clean package-smoke
+.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke bench-steps chaos clean package-smoke bench-floor bench-profile
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check flask_queue tests example_app bench .ci
 	$(BIN)/ruff format --check flask_queue tests example_app bench .ci
 	$(BIN)/mypy
+
+# The raw at-least-once drain beside `flask queue work` on the same table (issue 22).
+bench-floor: $(BIN)/.installed
+	$(BIN)/python -m bench.floor --jobs 20000 --db postgresql --db mysql --db sqlite --rounds 3
+
+# Where a draining worker's CPU goes (py-spy on the GIL holder): bench/profile-postgresql.txt.
+bench-profile: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python -m bench.profile_drain --jobs 20000 --db postgresql --out bench/profile-postgresql.txt
 
 # Build the sdist and wheel, install the wheel with its dependencies in a fresh
 # virtualenv, and serve the example app from it (README, "Install"; CI runs it).
@@ -65,6 +74,7 @@ include bench/scale.mk
 bench-smoke: $(BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.drain --jobs 50 --db sqlite --db postgresql --db mysql
 	$(BIN)/python -m bench.wakeup --jobs 2 --interval 0.2
+	$(BIN)/python -m bench.floor --jobs 300 --db sqlite --db postgresql --db mysql --rounds 1
 	$(BIN)/python -m bench.backlog --db sqlite --db postgresql --db mysql --sizes 600,1000
 	$(BIN)/python -m bench.keys --db sqlite --db postgresql --db mysql --jobs 3000 --keys 1000 --claims 3 --rounds 1 --head 300
 	$(BIN)/python -m bench.dashboard --smoke --db sqlite,postgresql,mysql
