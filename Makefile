@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke bench-steps chaos clean package-smoke bench-floor bench-profile
+.PHONY: demo test lint screenshots bench bench-dashboard bench-smoke bench-steps chaos clean package-smoke bench-floor bench-profile bench-memory
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(BIN)/.installed
 # The raw at-least-once drain beside `flask queue work` on the same table (issue 22).
 bench-floor: $(BIN)/.installed
 	$(BIN)/python -m bench.floor --jobs 20000 --db postgresql --db mysql --db sqlite --rounds 3
+
+# A worker's RSS after 10,000 and after 1,000,000 drained jobs (issue 22, item 4).
+bench-memory: $(BIN)/.installed
+	$(BIN)/python -m bench.memory --jobs 1000000 --db postgresql
 
 # Where a draining worker's CPU goes (py-spy on the GIL holder): bench/profile-postgresql.txt.
 bench-profile: $(BIN)/.installed
@@ -75,6 +79,7 @@ bench-smoke: $(BIN)/.installed $(BENCH_BIN)/.installed
 	$(BIN)/python -m bench.drain --jobs 50 --db sqlite --db postgresql --db mysql
 	$(BIN)/python -m bench.wakeup --jobs 2 --interval 0.2
 	$(BIN)/python -m bench.floor --jobs 300 --db sqlite --db postgresql --db mysql --rounds 1
+	$(BIN)/python -m bench.memory --jobs 10500 --db sqlite
 	$(BIN)/python -m bench.backlog --db sqlite --db postgresql --db mysql --sizes 600,1000
 	$(BIN)/python -m bench.keys --db sqlite --db postgresql --db mysql --jobs 3000 --keys 1000 --claims 3 --rounds 1 --head 300
 	$(BIN)/python -m bench.dashboard --smoke --db sqlite,postgresql,mysql
