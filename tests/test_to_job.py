@@ -50,3 +50,38 @@ def test_an_unknown_status_is_named(make_app: AppFactory, queue: Queue) -> None:
         with pytest.raises(ValueError, match="'WEIRD' is not a valid JobStatus"):
             store.to_job(row)
         assert queue.get(job.id) is not None
+
+
+@all_databases
+def test_runs_among_names_exactly_these_runs_whatever_their_ids(
+    make_app: AppFactory, queue: Queue
+) -> None:
+    """The batch predicate of starts, finishes and beats (``Dialect.runs_among``):
+    PostgreSQL passes generated ids as one array literal, and any other id as a
+    bound array; both must select exactly the (id, attempt) pairs given."""
+    app = make_app(queue)
+    with app.app_context():
+        store: Any = app.extensions["queue"].store
+        t = store.table
+        ids = ["06abcxyz", "plain2", 'we,ird"{}', "x y"]
+        rows = [
+            store.new_row(
+                id=i, queue="echo", payload="null", run_at=store.now(), status="RUNNING", attempt=2
+            )
+            for i in ids
+        ]
+        store.insert(rows)
+
+        def chosen(pairs: list[tuple[str, int]]) -> set[str]:
+            where = store.core.dialect.runs_among(t.c.id, t.c.attempt, pairs)
+            with store.engine.connect() as c:
+                return set(c.scalars(sa.select(t.c.id).where(where)))
+
+        assert chosen([("06abcxyz", 2), ("plain2", 2)]) == {"06abcxyz", "plain2"}
+        assert chosen([("06abcxyz", 2), ("plain2", 1)]) == {"06abcxyz"}  # the attempt guards
+        assert chosen([('we,ird"{}', 2), ("x y", 2), ("plain2", 2)]) == {
+            'we,ird"{}',
+            "x y",
+            "plain2",
+        }
+        assert chosen([("we", 2), ("ird", 2)]) == set()
