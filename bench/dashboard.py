@@ -87,9 +87,15 @@ def _pages(app: Flask) -> list[tuple[str, str]]:
 def _seed_jobs(app: Flask, url: str, table: str, rows: int, reseed: bool) -> None:
     engine = app.extensions["queue"].store.engine
     have = 0
-    if not reseed and sa.inspect(engine).has_table(table):
-        with engine.connect() as c:
-            have = c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+    inspector = sa.inspect(engine)
+    if not reseed and inspector.has_table(table):
+        # A table seeded by an older release lacks the columns added since:
+        # seeded again (dropped and created) rather than read and failed on.
+        columns = {c["name"] for c in inspector.get_columns(table)}
+        current = set(app.extensions["queue"].store.table.columns.keys())
+        if current <= columns:
+            with engine.connect() as c:
+                have = c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
     if have != rows:
         print(f"seeding {rows:,} rows into {table} ... ", end="", flush=True)
         print(f"{seed(url, table, rows):.1f} s", flush=True)
