@@ -219,9 +219,7 @@ def _control(
                 job.id,
             )
         retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
-        signals.send(signals.job_failed, state.app, job=job, error=None, will_retry=retrying)
-        if state.metrics is not None:
-            state.metrics.run_failed(job.queue)
+        _told_failed(state.app, state.metrics, job, None, retrying)
         state.tally.count(job.queue, False, at)
         _finish(state, job, outcome)
 
@@ -376,9 +374,7 @@ def _run(
         at = now()
         outcome = after_failure(earlier, reason, default_retry, at)
         _log_failure(earlier, reason.strip().splitlines()[-1], outcome, len(delays))
-        signals.send(signals.job_failed, app, job=job, error=None, will_retry=False)
-        if metrics is not None:
-            metrics.run_failed(job.queue)
+        _told_failed(app, metrics, job, None, False)
         error = job.error or history.line(reason)
         return _recorded(job, outcome, at, None, history.FAILED, error), False
     signals.send(signals.job_started, app, job=job)
@@ -422,9 +418,7 @@ def _run(
             outcome = after_failure(job, reason, default_retry, now())
         _log_failure(job, repr(exc), outcome, len(delays))
         retrying = outcome.status == SCHEDULED and outcome.failed_copy_reason is None
-        signals.send(signals.job_failed, app, job=job, error=exc, will_retry=retrying)
-        if metrics is not None:
-            metrics.run_failed(job.queue)
+        _told_failed(app, metrics, job, exc, retrying)
         error = history.error_line(exc)
         return _recorded(job, outcome, at, seconds, history.FAILED, error), False
     seconds = time.perf_counter() - started
@@ -434,6 +428,15 @@ def _run(
     finished = now()
     outcome = after_success(job, _kept_for(job, config, finished, result), finished, result)
     return _recorded(job, outcome, at, seconds, history.SUCCEEDED, None), True
+
+
+def _told_failed(
+    app: Any, metrics: Metrics | None, job: Job[Any], error: BaseException | None, retrying: bool
+) -> None:
+    """A failed run, to the ``job_failed`` receivers and to the metrics."""
+    signals.send(signals.job_failed, app, job=job, error=error, will_retry=retrying)
+    if metrics is not None:
+        metrics.run_failed(job.queue)
 
 
 def _kept_for(

@@ -319,6 +319,33 @@ def test_the_thread_executor_under_threads_keeps_each_runs_link(
         assert [link.context.span_id for link in run.links] == [origins[str(job_id)]]
 
 
+def stored_under_remote_parent(
+    app: Any, queue: Queue, trace_state: list[tuple[str, str]], baggage_value: str | None = None
+) -> tuple[dict[str, str], Any]:
+    """The context stored by an enqueue in a request whose incoming context has
+    ``trace_state`` (and a baggage entry): what an instrumented app would pass on."""
+    from opentelemetry import baggage, context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    parent = NonRecordingSpan(
+        SpanContext(
+            0x1234,
+            0x5678,
+            is_remote=True,
+            trace_flags=TraceFlags(1),
+            trace_state=TraceState(trace_state),
+        )
+    )
+    ctx = baggage.set_baggage("user.email", baggage_value) if baggage_value else None
+    token = context.attach(trace.set_span_in_context(parent, ctx))
+    try:
+        with app.app_context():
+            job, origin = enqueue_in_request(queue, "ok")
+            return json.loads(queue.get(job.id).trace_context), origin  # type: ignore[union-attr]
+    finally:
+        context.detach(token)
+
+
 @all_databases
 def test_only_the_trace_context_is_stored_never_baggage_nor_a_long_tracestate(
     make_app: AppFactory, traced: Queue, spans: InMemorySpanExporter
@@ -326,22 +353,11 @@ def test_only_the_trace_context_is_stored_never_baggage_nor_a_long_tracestate(
     """Review defect: the global propagator also stored W3C baggage (a client's
     header, unencrypted, in every row) and any size of tracestate (over MariaDB's
     TEXT the enqueue failed)."""
-    from opentelemetry import baggage, context
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
-
     app = make_app(traced, QUEUE_EXECUTOR="worker")
-    big = TraceState([(f"vendor{n}", "x" * 200) for n in range(32)])  # ~6.7 KB
-    parent = NonRecordingSpan(
-        SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1), trace_state=big)
+    big = [(f"vendor{n}", "x" * 200) for n in range(32)]  # ~6.7 KB
+    stored, origin = stored_under_remote_parent(
+        app, traced, big, "alice@example.com" + "y" * 70_000
     )
-    ctx = baggage.set_baggage("user.email", "alice@example.com" + "y" * 70_000)
-    token = context.attach(trace.set_span_in_context(parent, ctx))
-    try:
-        with app.app_context():
-            job, origin = enqueue_in_request(traced, "ok")
-            stored = json.loads(traced.get(job.id).trace_context)  # type: ignore[union-attr]
-    finally:
-        context.detach(token)
     assert set(stored) == {"traceparent"}
     assert stored["traceparent"].split("-")[2] == f"{origin.span_id:016x}"
 
@@ -349,26 +365,8 @@ def test_only_the_trace_context_is_stored_never_baggage_nor_a_long_tracestate(
 def test_a_small_tracestate_is_kept(
     make_app: AppFactory, traced: Queue, spans: InMemorySpanExporter
 ) -> None:
-    from opentelemetry import context
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
-
     app = make_app(traced, QUEUE_EXECUTOR="worker")
-    parent = NonRecordingSpan(
-        SpanContext(
-            0x1234,
-            0x5678,
-            is_remote=True,
-            trace_flags=TraceFlags(1),
-            trace_state=TraceState([("vendor", "abc")]),
-        )
-    )
-    token = context.attach(trace.set_span_in_context(parent))
-    try:
-        with app.app_context():
-            job, _ = enqueue_in_request(traced, "ok")
-            stored = json.loads(traced.get(job.id).trace_context)  # type: ignore[union-attr]
-    finally:
-        context.detach(token)
+    stored, _ = stored_under_remote_parent(app, traced, [("vendor", "abc")])
     assert stored["tracestate"] == "vendor=abc"
 
 

@@ -73,7 +73,7 @@ class Dialect:
         return column.in_(values)
 
     def runs_among(
-        self, ids: Any, attempts: Any, pairs: list[tuple[str, int]]
+        self, ids: Any, attempts: Any, pairs: Sequence[tuple[str, int]]
     ) -> sa.ColumnElement[bool]:
         """The rows of these runs (id, attempt) on the columns ``ids`` and
         ``attempts``. The ids are also given as a plain ``id IN (...)``: a
@@ -81,7 +81,7 @@ class Dialect:
         may scan an index, locking rows that other claimers hold: deadlocks
         under eight claimers)."""
         return sa.and_(
-            ids.in_([job_id for job_id, _ in pairs]), sa.tuple_(ids, attempts).in_(pairs)
+            ids.in_([job_id for job_id, _ in pairs]), sa.tuple_(ids, attempts).in_(list(pairs))
         )
 
     def tail(self, text: Any, chars: int) -> Any:
@@ -136,7 +136,7 @@ class Postgres(Dialect):
     # for 100 runs), a new text per batch size that psycopg split again on
     # every call (a tenth of a draining worker's samples).
     def runs_among(
-        self, ids: Any, attempts: Any, pairs: list[tuple[str, int]]
+        self, ids: Any, attempts: Any, pairs: Sequence[tuple[str, int]]
     ) -> sa.ColumnElement[bool]:
         job_ids = [job_id for job_id, _ in pairs]
         numbers = [attempt for _, attempt in pairs]

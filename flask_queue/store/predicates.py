@@ -122,14 +122,6 @@ def held_id(t: sa.Table, now: Any) -> Any:
     return sa.case((t.c.cancelled_at.is_not(None), released_id(t, now)), else_=t.c.live_custom_id)
 
 
-def these_runs(
-    ids: Any, attempts: Any, pairs: Sequence[tuple[str, int]], dialect: Dialect
-) -> sa.ColumnElement[bool]:
-    """The rows of these runs (id, attempt), on the columns ``ids`` and
-    ``attempts`` (the job table's or the start log's): ``dialect.runs_among``."""
-    return dialect.runs_among(ids, attempts, list(pairs))
-
-
 def reason_tail(t: sa.Table, dialect: Dialect) -> Any:
     """The last ``REASON_TAIL`` characters of ``reason`` for a row written
     before the ``error`` column was (NULL there), where a traceback names

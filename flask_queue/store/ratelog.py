@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from .core import RUNNING, StoreCore, chunks
 from .errors import storage_errors
-from .predicates import key_among, these_runs
+from .predicates import key_among
 
 #: Seconds between looks at the queue table while it holds no limited queue.
 LIMITS_RECHECK = 1.0
@@ -65,7 +65,7 @@ class RateLog:
             stmt = (
                 sa.update(s)
                 .where(
-                    these_runs(s.c.job_id, s.c.attempt, chunk, self.core.dialect),
+                    self.core.dialect.runs_among(s.c.job_id, s.c.attempt, chunk),
                     s.c.started_at.is_(None),
                 )
                 .values(started_at=now)

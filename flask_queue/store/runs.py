@@ -30,7 +30,6 @@ from .predicates import (
     held_id,
     released_id,
     settled,
-    these_runs,
     unstarted_run,
 )
 from .ratelog import RateLog
@@ -302,7 +301,7 @@ class Runs:
         t = self.core.table
         now = self.core.now()
         asked = sa.and_(
-            these_runs(t.c.id, t.c.attempt, runs, self.core.dialect),
+            self.core.dialect.runs_among(t.c.id, t.c.attempt, runs),
             t.c.status == RUNNING,
             t.c.cancelled_at.is_not(None),
         )
@@ -338,7 +337,7 @@ class Runs:
             .where(
                 t.c.status == SCHEDULED,
                 t.c.lease_until.is_not(None),
-                these_runs(t.c.id, t.c.attempt, runs, self.core.dialect),
+                self.core.dialect.runs_among(t.c.id, t.c.attempt, runs),
             )
             .values(lease_until=None)
         )
@@ -363,7 +362,7 @@ class Runs:
             stmt = (
                 sa.update(t)
                 .where(
-                    these_runs(t.c.id, t.c.attempt, chunk, self.core.dialect),
+                    self.core.dialect.runs_among(t.c.id, t.c.attempt, chunk),
                     t.c.status == RUNNING,
                     t.c.started_at.is_(None),
                 )
@@ -421,7 +420,7 @@ class Runs:
         mine = t.c.status == RUNNING
         statements: list[tuple[Any, Any, list[str]]] = []
         for chunk in chunks(deleted):
-            where = these_runs(t.c.id, t.c.attempt, chunk, self.core.dialect)
+            where = self.core.dialect.runs_among(t.c.id, t.c.attempt, chunk)
             # A run cancelled since its last beat is not deleted: it ends
             # CANCELLED (``_settle_cancelled``, when the count comes up short).
             uncancelled = t.c.cancelled_at.is_(None)
@@ -474,7 +473,7 @@ class Runs:
         replaced = sa.and_(t.c.status == SCHEDULED, t.c.lease_until.is_not(None))
         owned = sa.and_(
             sa.or_(t.c.status == RUNNING, replaced),
-            these_runs(t.c.id, t.c.attempt, runs, self.core.dialect),
+            self.core.dialect.runs_among(t.c.id, t.c.attempt, runs),
         )
         values: dict[str, Any] = {"lease_until": now + lease}
         if progress:
@@ -540,7 +539,8 @@ class Runs:
             stmt = (
                 sa.update(t)
                 .where(
-                    these_runs(t.c.id, t.c.attempt, chunk, self.core.dialect), t.c.status == RUNNING
+                    self.core.dialect.runs_among(t.c.id, t.c.attempt, chunk),
+                    t.c.status == RUNNING,
                 )
                 .values(
                     status=SCHEDULED,
