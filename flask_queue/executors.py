@@ -125,8 +125,7 @@ class _RunsHere(Executor):
     def claim(self, limit: int, ids: list[str] | None = None) -> list[Any]:
         state = self.state
         jobs = state.store.claim_started(limit, state.config.lease, ids=ids)
-        for job in jobs:
-            state.heartbeat.add(job.id, job.attempt)
+        state.heartbeat.add_many([(job.id, job.attempt) for job in jobs])
         return jobs
 
     def dispatch(self, job_id: str) -> None:

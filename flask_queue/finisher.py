@@ -174,8 +174,7 @@ class Finisher:
                         job.id,
                     )
         finally:
-            for job, _ in batch:
-                self.heartbeat.discard(job.id, job.attempt)
+            self.heartbeat.discard_many([(job.id, job.attempt) for job, _ in batch])
 
     def _write_through_outages(
         self, batch: list[tuple[Job[Any], Finish]], patience: float | None

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -53,8 +54,13 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def add(self, job_id: str, attempt: int) -> None:
+        self.add_many([(job_id, attempt)])
+
+    def add_many(self, runs: Iterable[tuple[str, int]]) -> None:
+        """``add`` for a claim's runs, under one lock."""
         with self._lock:
-            self._runs[(job_id, attempt)] += 1
+            for run in runs:
+                self._runs[run] += 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="flask_queue-heartbeat", daemon=True
@@ -70,13 +76,17 @@ class Heartbeat:
             self._wake.set()  # the loop's next wait is shorter now
 
     def discard(self, job_id: str, attempt: int) -> None:
+        self.discard_many([(job_id, attempt)])
+
+    def discard_many(self, runs: Iterable[tuple[str, int]]) -> None:
+        """``discard`` for a batch of written outcomes, under one lock."""
         with self._lock:
-            key = (job_id, attempt)
-            self._runs[key] -= 1
-            if self._runs[key] <= 0:
-                del self._runs[key]
-                self._finishing.discard(key)
-                self._controls.pop(key, None)
+            for key in runs:
+                self._runs[key] -= 1
+                if self._runs[key] <= 0:
+                    del self._runs[key]
+                    self._finishing.discard(key)
+                    self._controls.pop(key, None)
 
     def finishing(self, job_id: str, attempt: int) -> None:
         """Say the run's outcome is being recorded (it stays in the beat meanwhile:

@@ -165,13 +165,27 @@ class Job(Generic[T]):
         call it between units of work in a long sync handler."""
         self._run_control("check").check()
 
-    def _run_control(self, what: str, part: str = "_control") -> Any:
-        control = self.__dict__.get(part)
+    def _run_control(self, what: str) -> Any:
+        control = self.__dict__.get("_control")
         if control is None:
             raise InvalidStatusError(
                 f"job.{what}() works inside the job's handler only (job {self.id})."
             )
         return control
+
+    def _steps(self, what: str) -> Any:
+        """The run's ``RunSteps``, made at its first use (the runner leaves the
+        means to make them: most handlers use none)."""
+        fields = self.__dict__
+        steps = fields.get("_steps_made")
+        if steps is None:
+            make = fields.get("_make_steps")
+            if make is None:
+                raise InvalidStatusError(
+                    f"job.{what}() works inside the job's handler only (job {self.id})."
+                )
+            steps = fields["_steps_made"] = make()
+        return steps
 
     # -- inside a handler: durable steps (steps.py) ------------------------------------
 
@@ -183,25 +197,25 @@ class Job(Generic[T]):
         record commit together: a step that only writes to this database happens
         exactly once. Raises ``InvalidStepError`` for a name used twice in a run
         or a result that is not JSON."""
-        return self._run_control("step", "_steps").step(name, fn, args, kwargs, session)
+        return self._steps("step").step(name, fn, args, kwargs, session)
 
     def sleep(self, name: str, duration: Any) -> None:
         """End this run and run the job again after ``duration`` ("1d", seconds,
         a timedelta), its steps kept; the next run replays the handler and goes
         on after the sleep. Holds no thread, connection or lease meanwhile."""
-        self._run_control("sleep", "_steps").sleep(name, duration)
+        self._steps("sleep").sleep(name, duration)
 
     def sleep_until(self, name: str, when: datetime) -> None:
         """``sleep`` until ``when`` (a timezone-aware datetime); a time passed
         already goes straight on."""
-        self._run_control("sleep_until", "_steps").sleep_until(name, when)
+        self._steps("sleep_until").sleep_until(name, when)
 
     @property
     def parent_results(self) -> dict[str, Any]:
         """{parent id: result} of a job enqueued with ``after=`` (read once per
         run; a parent that returned None, or whose row was purged before its
         last sibling finished, maps to None). Inside the handler only."""
-        return self._run_control("parent_results", "_steps").parent_results()  # type: ignore[no-any-return]
+        return self._steps("parent_results").parent_results()  # type: ignore[no-any-return]
 
     def wait_for_event(
         self, name: str, event: str, match: dict[str, Any] | None = None, timeout: Any = "7d"
@@ -211,9 +225,7 @@ class Job(Generic[T]):
         replays the handler and this returns the ``Event`` (None after the
         timeout). Only events emitted after the wait began meet it. Holds no
         thread, connection or lease meanwhile."""
-        return self._run_control("wait_for_event", "_steps").wait_for_event(
-            name, event, match, timeout
-        )
+        return self._steps("wait_for_event").wait_for_event(name, event, match, timeout)
 
     def wait(self, timeout: Any = WAIT_TIMEOUT) -> Job[Any]:
         """``queue.wait(self.id, timeout=...)``: the job once COMPLETED, FAILED or

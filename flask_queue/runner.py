@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import traceback
@@ -15,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-
-from flask import current_app
 
 from . import history, signals, tracing
 from .control import CANCEL, RunControl
@@ -150,7 +149,7 @@ def decide(state: QueueState, job: Job[Any]) -> Finish | None:
     control = _control(state, job, handler.timeout, default, handler.is_async)
     try:
         outcome, succeeded = _run(
-            job, handler.run, default, state.config, now, control, state.metrics
+            job, handler.run, default, state.config, now, control, state.app, state.metrics
         )
     except Exception as exc:  # noqa: BLE001 - a row this release cannot plan
         reason = (
@@ -185,18 +184,22 @@ def _control(
     limit = job.timeout or default_timeout
     control = RunControl(job.id, job.attempt, limit.total_seconds() if limit else None)
     # Job is frozen; the control is not the job's data, and progress reports to it.
-    object.__setattr__(job, "_control", control)
-    steps = RunSteps(
-        state.store,
-        job.id,
-        job.count,
-        job.attempt,
-        state.store.clock,
-        state.config.max_payload,
-        control,
+    # The steps are made at the handler's first step, sleep or wait (Job._steps):
+    # most handlers have none, and a no-op run paid for them.
+    job.__dict__.update(
+        _control=control,
+        _make_steps=functools.partial(
+            RunSteps,
+            state.store,
+            job.id,
+            job.count,
+            job.attempt,
+            state.store.clock,
+            state.config.max_payload,
+            control,
+        ),
+        progress=Progress(job.progress, control),
     )
-    object.__setattr__(job, "_steps", steps)
-    object.__setattr__(job, "progress", Progress(tuple(job.progress), control))
 
     def on_timeout() -> None:
         # On a thread of its own (heartbeat.expire). The run stays in the beat:
@@ -360,12 +363,13 @@ def _run(
     config: QueueConfig,
     now: Callable[[], datetime],
     control: RunControl,
+    app: Any,
     metrics: Metrics | None = None,
 ) -> tuple[Finish, bool | None]:
     """Run the handler: the outcome to write, and whether the run succeeded
-    (None: it ended at a sleep)."""
+    (None: it ended at a sleep). ``app`` is the signals' sender (the app whose
+    context the run is in)."""
     delays = _delays(job, default_retry)
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
     if job.errors > len(delays):
         # Only runs whose runner died get here (the claim counted them): the
         # retries are used up, so fail the job instead of running it again.
@@ -393,7 +397,7 @@ def _run(
         if control.why == CANCEL:
             return _cancelled(job, now(), ran=True), False
         seconds = time.perf_counter() - started
-        steps = job.__dict__["_steps"]
+        steps = job._steps("sleep")
         wake_if = (steps.occurrence, pause.name) if pause.waits else None
         outcome = Finish(status=SCHEDULED, run_at=pause.wake, errors=job.errors, wake_if=wake_if)
         entry = history.WAITING if pause.waits else history.SLEPT

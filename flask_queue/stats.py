@@ -25,6 +25,7 @@ log = logging.getLogger("flask_queue")
 FLUSH_EVERY = 10.0
 #: How long the per-minute rows are kept (the longest chart is a day).
 KEEP = timedelta(days=2)
+ONE_MINUTE = timedelta(minutes=1)
 #: Seconds between a process's deletes of rows older than ``KEEP``.
 PRUNE_EVERY = 3600.0
 
@@ -44,10 +45,17 @@ class Tally:
         self._writing = threading.Lock()
         self._next = time.monotonic() + every
         self._prune_next = 0.0
+        #: The minute of the last run counted: [start, end).
+        self._minute: tuple[datetime, datetime] | None = None
 
     def count(self, queue: str, succeeded: bool, when: datetime) -> None:
         """One run ended (a failure that will be retried counts as failed)."""
-        key = (minute_of(when), queue)
+        # The minute runs end in is nearly always the last one's: two comparisons,
+        # not a ``replace`` per run (a tuple, swapped whole, so threads may share it).
+        minute = self._minute
+        if minute is None or not minute[0] <= when < minute[1]:
+            minute = self._minute = (minute_of(when), minute_of(when) + ONE_MINUTE)
+        key = (minute[0], queue)
         with self._lock:
             pair = self._counts.setdefault(key, [0, 0])
             pair[0 if succeeded else 1] += 1

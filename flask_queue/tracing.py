@@ -60,7 +60,14 @@ def _otel() -> tuple[Any, Any]:
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    # Loads now the provider that OTEL_PYTHON_TRACER_PROVIDER names, if any:
+    # ``recording`` then reads the API's global instead of asking it (below).
+    trace.get_tracer_provider()
     return trace, TraceContextTextMapPropagator()
+
+
+#: ``recording``'s sign that the API no longer keeps its provider where it did.
+_UNKNOWN = object()
 
 
 def recording() -> bool:
@@ -69,8 +76,15 @@ def recording() -> bool:
     more than the rest of its bookkeeping. Asked per call: an app may set its
     provider after ``init_app``."""
     trace, _ = _otel()
-    return not isinstance(
-        trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    # ``get_tracer_provider()`` looks in os.environ on every call until a provider
+    # is set: a tenth of a no-op run's bookkeeping with the API installed and no
+    # SDK set up. ``set_tracer_provider`` sets this global (once per process), and
+    # ``_otel`` loaded an environment-named provider already, so it is read as is.
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is _UNKNOWN:  # a release of the API that keeps it elsewhere
+        provider = trace.get_tracer_provider()
+    return provider is not None and not isinstance(
+        provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
     )
 
 
