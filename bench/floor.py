@@ -132,6 +132,7 @@ def main() -> None:
             for _ in range(args.rounds):  # alternating: the machine's noise hits both
                 raw.append(one_round(database_url(kind, tmp), args.jobs, "raw"))
                 worker.append(one_round(database_url(kind, tmp), args.jobs, "worker"))
+                print(f"{kind}: raw {raw[-1]:,.0f}  worker {worker[-1]:,.0f} jobs/s", flush=True)
             floor, ours = median(raw), median(worker)
             rows.append(
                 [
